@@ -1,0 +1,55 @@
+"""Run checkpoints: written atomically, read safely (weights_only), and refused with a clear message when foreign."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+FORMAT = "scoredist-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names the file and says what to do."""
+
+
+def checkpoint_path(run_or_file: str | Path) -> Path:
+    """A run folder's last checkpoint, or the file itself if a .pt file was given."""
+    path = Path(run_or_file)
+    return path if path.suffix == ".pt" else path / "checkpoints" / "last.pt"
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename over the old one: a kill at any moment leaves
+    either the previous checkpoint or the new one, never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}: trainer.resume takes a run folder (holding checkpoints/last.pt) or a .pt file"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle of foreign classes, not a torch file at all
+        raise CheckpointError(
+            f"{path} is not a readable scoredist checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "it may be truncated or from another program. Resume from another run folder or start a new run."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a torch file but not a scoredist checkpoint (no '{FORMAT}' marker)")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this scoredist reads {VERSION}")
+    return state

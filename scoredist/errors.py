@@ -1,0 +1,17 @@
+"""Errors that mean "the user asked for something that cannot be done": the CLI prints their message, no traceback.
+
+Set HYDRA_FULL_ERROR=1 to see the traceback anyway.
+"""
+
+from scoredist.checkpoint import CheckpointError
+
+
+class WeightsNotFoundError(RuntimeError):
+    """Model weights are not available (offline, or a folder that is not a diffusers pipeline); says what to pass."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite steps; the run was checkpointed before stopping."""
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError, WeightsNotFoundError)

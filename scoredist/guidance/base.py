@@ -1,0 +1,136 @@
+"""What every guidance model answers: ε̂(x_t; y, t) for a batch, in one call.
+
+A guidance model is frozen. Losses only ever call `predict_noise`, `alphas_cumprod` and (for VSD) `make_source_model`;
+the trainer uses `encode` / `decode` to move between RGB renders and the model's own space.
+
+Conventions used everywhere in scoredist:
+- `t` is an integer index into `alphas_cumprod` (0 … T−1, T = 1000 for every model here).
+- `x_t = sqrt(ᾱ_t) x + sqrt(1 − ᾱ_t) ε`.
+- RGB images are (B, 3, H, W) in [0, 1]; the model space may be SD latents (B, 4, H/8, W/8), pixels in [−1, 1], or 2D points.
+- `predict_noise` always returns ε (v-prediction models are converted) in float32, whatever the model's own dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def scaled_linear_alphas_cumprod(
+    num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> torch.Tensor:
+    """ᾱ_t of Stable Diffusion's "scaled_linear" schedule, (T,) float64.
+
+    The exact priors use the same schedule so that timestep thresholds (NFSD's t < 200) mean the same thing on both.
+    """
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def add_noise(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ᾱ_t) x + sqrt(1 − ᾱ_t) ε, with t of shape (B,) broadcast over the trailing dimensions of x."""
+    abar = alphas_cumprod.to(x.device)[t].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return abar.sqrt() * x + (1 - abar).sqrt() * noise
+
+
+class SourceModel(nn.Module):
+    """A trainable ε_ψ(x_t; y, t): VSD's estimate of the distribution of the current renders.
+
+    For Stable Diffusion it is a LoRA copy of the UNet; for the exact priors a small network. `parameters()` yields only
+    what VSD should train.
+    """
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Guidance(nn.Module):
+    """Frozen noise predictor ε_φ(x_t; y, t).
+
+    Subclasses set `alphas_cumprod` (a (T,) float buffer) and the model space (`channels`, `downscale`): a render of
+    H×W pixels becomes a model input of `channels`×(H/downscale)×(W/downscale).
+    """
+
+    channels: int = 3
+    downscale: int = 1
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        self.requires_grad_(False)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.alphas_cumprod.shape[0]
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """ε̂ for each row: x_t (N, ...), t (N,) long, prompts a list of N strings → (N, ...) float32.
+
+        All rows are evaluated in ONE batched model call; callers stack every condition a step needs.
+        """
+        raise NotImplementedError
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ValueError with a helpful message if this model cannot condition on `prompt`. Default: accept all."""
+
+    def check_resolution(self, height: int, width: int) -> None:
+        """Raise ValueError if renders of height×width cannot be fed to this model."""
+        if height % self.downscale or width % self.downscale:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by {self.downscale}, the model's downscale factor "
+                f"(a latent model needs multiples of {self.downscale}); choose e.g. "
+                f"{height // self.downscale * self.downscale or self.downscale}."
+            )
+
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        """RGB (B, 3, H, W) in [0, 1] → model space, differentiably. Default: pixels in [−1, 1]."""
+        return rgb * 2 - 1
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space → RGB (B, 3, H, W) in [0, 1], for previews and final images (no gradient needed)."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def make_source_model(self) -> SourceModel:
+        """A fresh trainable ε_ψ initialised to agree with (or near) this model, for VSD."""
+        raise NotImplementedError(f"{type(self).__name__} has no trainable source model, so loss=vsd cannot use it")
+
+    def sample(self, prompt: str, num_samples: int, num_steps: int = 50, generator=None) -> torch.Tensor:
+        """Deterministic DDIM samples from the model under `prompt` (in model space): the "DDIM lower bound" row."""
+        shape = self.sample_shape()
+        x = torch.randn((num_samples, *shape), generator=generator, device=self.alphas_cumprod.device)
+        return ddim_sample(self, x, [prompt] * num_samples, num_steps)
+
+    def sample_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+
+@torch.no_grad()
+def ddim_timesteps(num_train_timesteps: int, num_steps: int) -> torch.Tensor:
+    """Descending integer timesteps of an evenly spaced DDIM grid, e.g. 999 … 0 for num_steps=1000."""
+    return torch.linspace(num_train_timesteps - 1, 0, num_steps).round().long()
+
+
+@torch.no_grad()
+def ddim_step(
+    guidance: Guidance, x_t: torch.Tensor, t: int, t_next: int, prompts: Sequence[str]
+) -> torch.Tensor:
+    """One deterministic DDIM move from t to t_next (t_next < t generates, t_next > t inverts); t_next = −1 means ᾱ = 1."""
+    abar = guidance.alphas_cumprod
+    a_t = abar[t]
+    a_next = abar[t_next] if t_next >= 0 else torch.ones_like(a_t)
+    tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    eps = guidance.predict_noise(x_t, tt, prompts)
+    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    return a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+
+
+@torch.no_grad()
+def ddim_sample(guidance: Guidance, x_T: torch.Tensor, prompts: Sequence[str], num_steps: int) -> torch.Tensor:
+    """Integrate the probability-flow ODE from pure noise x_T (at t = T−1) down to x_0 with `num_steps` DDIM steps."""
+    steps = ddim_timesteps(guidance.num_train_timesteps, num_steps).tolist() + [-1]
+    x = x_T
+    for t, t_next in zip(steps[:-1], steps[1:]):
+        x = ddim_step(guidance, x, t, t_next, prompts)
+    return x

@@ -1,0 +1,318 @@
+"""ShapesPrior: an exact Gaussian-mixture prior over 3×R×R images of the procedural shapes world (design.md §3).
+
+Every caption "<colour> <shape>" owns a bank of views (azimuths × elevations). Every view owns one mixture component
+per variant: the clean render and one per corruption (`shapes_world.VARIANTS`). Component k of a caption bank is
+view k // V_n, variant k % V_n (V_n variants). Fixed weights: views uniform; within a view the clean component has
+`clean_weight` and the corruptions share the rest equally; captions uniform. Means are the renders in [−1, 1]; every
+component has the same isotropic variance σ² (`variance`).
+
+A prompt selects components (prompts.py):
+- colour/shape words select captions (none named = all), "" therefore selects the whole world;
+- no descriptor selects every variant (clean + corrupted: the "SDS source has artifacts" story of the paper);
+  descriptors select the union of the variants they name (target-suffix words name the clean one);
+- view phrases restrict the bank views: overhead if elevation ≥ `overhead_elevation`, otherwise by azimuth:
+  front |az| ≤ 45°, back |az| ≥ 135°, side in between.
+Excluded components get log-weight −inf in that row, so every row of a batch, whatever its prompt, is evaluated in one
+`GaussianMixture.predict_noise` call, and the result is exactly E[ε | x_t, y].
+
+Caption banks are rendered lazily (only those some prompt needs) and cached; the empty prompt needs all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scoredist.guidance.base import Guidance, SourceModel, scaled_linear_alphas_cumprod
+from scoredist.guidance.mixture import GaussianMixture
+from scoredist.guidance.prompts import COLOURS, SHAPES, ParsedPrompt, parse_prompt, vocabulary_message
+from scoredist.guidance.shapes_world import VARIANT_NAMES, corrupt, render_views
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class ComponentLabel:
+    """What one mixture component is: e.g. red cube, blurry, seen from azimuth 45°, elevation 15°."""
+
+    colour: str
+    shape: str
+    variant: str
+    azimuth: float
+    elevation: float
+    view: str
+
+    @property
+    def caption(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    def __str__(self) -> str:
+        return f"{self.caption} ({self.variant}, {self.view}, az {self.azimuth:g}°, el {self.elevation:g}°)"
+
+
+def view_name(azimuth: float, elevation: float, overhead_elevation: float = 60.0) -> str:
+    """The view phrase a camera gets (threestudio-style): overhead first, then front/side/back by azimuth."""
+    if elevation >= overhead_elevation:
+        return "overhead view"
+    az = (azimuth + 180.0) % 360.0 - 180.0  # (−180, 180]
+    if abs(az) <= 45.0:
+        return "front view"
+    if abs(az) >= 135.0:
+        return "back view"
+    return "side view"
+
+
+class ShapesPrior(Guidance):
+    """Exact mixture prior over images of the shapes world; pixels in [−1, 1], model input (N, 3, R, R)."""
+
+    channels = 3
+    downscale = 1
+
+    def __init__(
+        self,
+        resolution: int = 32,
+        num_azimuths: int = 8,
+        elevations: Sequence[float] = (15.0, 40.0),
+        distance: float = 2.6,
+        variance: float = 0.01,
+        clean_weight: float = 0.5,
+        supersample: int = 2,
+        overhead_elevation: float = 60.0,
+        mixture_cache_size: int = 4,
+        device: str = "cpu",
+        precision: str = "fp32",
+    ):
+        super().__init__(scaled_linear_alphas_cumprod())
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if not 0.0 < clean_weight < 1.0:
+            raise ValueError(f"clean_weight must be in (0, 1), got {clean_weight}")
+        # The mixture is exact and cheap, so it always runs in float64 whatever `precision` says (the result is fp32).
+        self.precision = precision
+        self.resolution = int(resolution)
+        self.distance = float(distance)
+        self.variance = float(variance)
+        self.supersample = int(supersample)
+        self.overhead_elevation = float(overhead_elevation)
+        self.mixture_cache_size = int(mixture_cache_size)
+        self._abar64 = scaled_linear_alphas_cumprod()  # exact ᾱ for the float64 mixture (the buffer is float32)
+
+        azimuths = [360.0 * i / num_azimuths for i in range(num_azimuths)]
+        self.bank_views: list[tuple[float, float]] = [(az, float(el)) for el in elevations for az in azimuths]
+        self.bank_view_names = [view_name(az, el, self.overhead_elevation) for az, el in self.bank_views]
+        n_var, n_view = len(VARIANT_NAMES), len(self.bank_views)
+        self._variant_of = torch.arange(n_var).repeat(n_view)  # (K_c,) component → variant index
+        self._view_of = torch.arange(n_view).repeat_interleave(n_var)  # (K_c,) component → view index
+        variant_logw = torch.full((n_var,), math.log((1 - clean_weight) / (n_var - 1)), dtype=torch.float64)
+        variant_logw[VARIANT_NAMES.index("clean")] = math.log(clean_weight)
+        self._component_logw = variant_logw[self._variant_of] - math.log(n_view)  # (K_c,), sums to 1 in prob space
+
+        self.captions: list[tuple[str, str]] = [(c, s) for c in COLOURS for s in SHAPES]
+        self._banks: dict[tuple[str, str], torch.Tensor] = {}  # caption → means (K_c, D) float64 on CPU
+        self._mixtures: OrderedDict = OrderedDict()  # (captions, device) → (GaussianMixture, {caption: offset})
+        self.build_seconds = 0.0  # total time spent rendering banks (measured; reported by tests/benchmarks)
+        self.to(device)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Banks and selections
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @property
+    def components_per_caption(self) -> int:
+        return len(self.bank_views) * len(VARIANT_NAMES)
+
+    def bank(self, colour: str, shape: str) -> torch.Tensor:
+        """Component means of one caption, rendered on first use: (K_c, 3·R·R) float64 in [−1, 1]."""
+        key = (colour, shape)
+        if key not in self._banks:
+            start = time.perf_counter()
+            az, el = zip(*self.bank_views)
+            clean = render_views(shape, colour, az, el, self.distance, self.resolution, self.supersample)  # (V,3,R,R)
+            variants = torch.stack([corrupt(clean, name) for name in VARIANT_NAMES], dim=1)  # (V, n_var, 3, R, R)
+            self._banks[key] = (variants.reshape(self.components_per_caption, -1).double() * 2 - 1).contiguous()
+            self.build_seconds += time.perf_counter() - start
+        return self._banks[key]
+
+    def _selection(self, prompt: str) -> tuple[list[tuple[str, str]], torch.Tensor]:
+        """Captions a prompt selects and, within each caption bank, the component mask (K_c,) bool."""
+        return self._selection_of(parse_prompt(prompt), prompt)
+
+    def _selection_of(self, parsed: ParsedPrompt, prompt: str) -> tuple[list[tuple[str, str]], torch.Tensor]:
+        colours = parsed.colours or COLOURS
+        shapes = parsed.shapes or SHAPES
+        captions = [(c, s) for c, s in self.captions if c in colours and s in shapes]
+        mask = torch.ones(self.components_per_caption, dtype=torch.bool)
+        if parsed.variants:
+            wanted = torch.tensor([VARIANT_NAMES.index(v) for v in parsed.variants])
+            mask &= torch.isin(self._variant_of, wanted)
+        if parsed.views:
+            views = [i for i, name in enumerate(self.bank_view_names) if name in parsed.views]
+            if not views:
+                raise ValueError(
+                    f"no view of the bank matches {', '.join(parsed.views)} in prompt {prompt!r}: the bank has "
+                    f"elevations {sorted({el for _, el in self.bank_views})} and overhead needs elevation ≥ "
+                    f"{self.overhead_elevation:g}; add such an elevation to `elevations` in the config"
+                )
+            mask &= torch.isin(self._view_of, torch.tensor(views))
+        return captions, mask
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ValueError (listing the vocabulary) if the prompt has an unknown word or selects no component."""
+        self._selection(prompt)
+
+    def check_resolution(self, height: int, width: int) -> None:
+        if height != self.resolution or width != self.resolution:
+            raise ValueError(
+                f"the shapes prior is a distribution over {self.resolution}x{self.resolution} images, got renders of "
+                f"{height}x{width}; set the renderer's size to {self.resolution} or the prior's resolution to match"
+            )
+
+    def sample_shape(self) -> tuple[int, ...]:
+        return (3, self.resolution, self.resolution)
+
+    def _mixture(self, captions: list[tuple[str, str]], device) -> tuple[GaussianMixture, dict]:
+        """The mixture over the given captions' banks (cached, a few most recent caption sets) and bank offsets."""
+        key = (tuple(captions), str(device))
+        if key in self._mixtures:
+            self._mixtures.move_to_end(key)
+            return self._mixtures[key]
+        means = torch.cat([self.bank(*c) for c in captions])
+        offsets = {c: i * self.components_per_caption for i, c in enumerate(captions)}
+        logw = self._component_logw.repeat(len(captions))
+        entry = (GaussianMixture(means, logw, self.variance).to(device), offsets)
+        self._mixtures[key] = entry
+        while len(self._mixtures) > self.mixture_cache_size:
+            self._mixtures.popitem(last=False)
+        return entry
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # The guidance interface
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Exact ε̂ = E[ε | x_t, y] per row: x_t (N, 3, R, R), t (N,) long, N prompts → (N, 3, R, R) float32."""
+        n = x_t.shape[0]
+        if len(prompts) != n:
+            raise ValueError(f"got {n} rows but {len(prompts)} prompts")
+        self.check_resolution(x_t.shape[-2], x_t.shape[-1])
+        selections = [self._selection(p) for p in prompts]
+        needed = {c for captions, _ in selections for c in captions}
+        captions = [c for c in self.captions if c in needed]  # canonical order, so the cache key is stable
+        mixture, offsets = self._mixture(captions, x_t.device)
+        # Row i: the prior's own log-weights on the components its prompt selects, −inf elsewhere (the softmax of
+        # the responsibilities renormalises within the selection).
+        log_weights = torch.full((n, mixture.means.shape[0]), -math.inf, dtype=torch.float64)
+        k_c = self.components_per_caption
+        for i, (row_captions, mask) in enumerate(selections):
+            row_logw = torch.where(mask, self._component_logw, -math.inf)
+            for c in row_captions:
+                log_weights[i, offsets[c] : offsets[c] + k_c] = row_logw
+        abar = self._abar64[t.long().cpu()].to(x_t.device)
+        eps = mixture.predict_noise(x_t.reshape(n, -1), abar, log_weights.to(x_t.device))
+        return eps.reshape(x_t.shape).float()
+
+    def make_source_model(self) -> ShapesSourceModel:
+        return ShapesSourceModel(self).to(self.alphas_cumprod.device)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Inspection, for tests and evaluations
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def components(self, prompt: str = "") -> tuple[torch.Tensor, list[ComponentLabel]]:
+        """Means of the components a prompt selects, (K, 3, R, R) float32 in [−1, 1], and their labels."""
+        captions, mask = self._selection(prompt)
+        idx = mask.nonzero().squeeze(1)
+        means = torch.cat([self.bank(*c)[idx] for c in captions]).float()
+        labels = [self._label(c, int(k)) for c in captions for k in idx]
+        return means.reshape(-1, *self.sample_shape()), labels
+
+    def _label(self, caption: tuple[str, str], k: int) -> ComponentLabel:
+        az, el = self.bank_views[int(self._view_of[k])]
+        variant = VARIANT_NAMES[int(self._variant_of[k])]
+        return ComponentLabel(caption[0], caption[1], variant, az, el, self.bank_view_names[int(self._view_of[k])])
+
+    @torch.no_grad()
+    def nearest_component(self, x: torch.Tensor, prompt: str = "") -> list[ComponentLabel]:
+        """Label of the nearest component mean (Euclidean, model space) per image: x (N, 3, R, R) → N labels.
+
+        Searches the components `prompt` selects ("" = the whole world).
+        """
+        captions, mask = self._selection(prompt)
+        flat = x.detach().reshape(x.shape[0], -1).double().cpu()
+        best = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+        best_label: list[ComponentLabel | None] = [None] * x.shape[0]
+        for c in captions:  # one caption bank at a time keeps the distance matrix small
+            means = self.bank(*c)
+            d = torch.cdist(flat, means).masked_fill(~mask, math.inf)  # (N, K_c)
+            dmin, kmin = d.min(dim=1)
+            for i in (dmin < best).nonzero().squeeze(1).tolist():
+                best[i] = dmin[i]
+                best_label[i] = self._label(c, int(kmin[i]))
+        return best_label  # type: ignore[return-value]
+
+    def reference_image(self, caption: str, azimuth: float = 0.0, elevation: float = 20.0) -> torch.Tensor:
+        """A clean (or, with descriptors, corrupted) render of the caption in model space: (3, R, R) in [−1, 1]."""
+        from scoredist.guidance.shapes_world import render_caption
+
+        return self.encode(render_caption(caption, azimuth, elevation, self.resolution, self.distance))
+
+
+def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps: (N,) → (N, dim)."""
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=t.device) / (dim // 2))
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class ShapesSourceModel(SourceModel):
+    """VSD's ε_ψ for the shapes world: ε_ψ(x_t; y, t) = ε_φ(x_t; y, t) + r_ψ(x_t, t, y).
+
+    ε_φ is the frozen exact prior (not a submodule: nothing of it is trained); r_ψ is a small conv net (~15k
+    parameters) conditioned on a sinusoidal time embedding and a learned embedding per prompt (prompts hashed by
+    CRC-32 into `prompt_slots` rows, so any prompt, "" included, has one without growing the parameter set). The last
+    conv is zero-initialised: the source model starts exactly at ε_φ(x_t; y), as a zero-initialised LoRA does.
+    """
+
+    def __init__(self, prior: ShapesPrior, width: int = 32, prompt_slots: int = 64):
+        super().__init__()
+        self._prior = (prior,)  # a tuple hides it from nn.Module: not a parameter owner, not in state_dict
+        self.width = width
+        self.prompt_slots = prompt_slots
+        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.prompt_embedding = nn.Embedding(prompt_slots, width)
+        nn.init.normal_(self.prompt_embedding.weight, std=0.02)
+        self.conv_in = nn.Conv2d(3, width, 3, padding=1)
+        self.conv_mid = nn.Conv2d(width, width, 3, padding=1)
+        self.conv_out = nn.Conv2d(width, 3, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def prompt_slot(self, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([zlib.crc32(p.encode()) % self.prompt_slots for p in prompts], dtype=torch.long)
+
+    def residual(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """r_ψ: (N, 3, R, R) → (N, 3, R, R)."""
+        emb = self.time_mlp(_timestep_embedding(t, self.width)) + self.prompt_embedding(
+            self.prompt_slot(prompts).to(x_t.device)
+        )
+        h = F.silu(self.conv_in(x_t) + emb[:, :, None, None])
+        h = F.silu(self.conv_mid(h))
+        return self.conv_out(h)
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """ε_ψ for each row (differentiable in ψ): x_t (N, 3, R, R), t (N,), N prompts → (N, 3, R, R) float32."""
+        base = self._prior[0].predict_noise(x_t, t, prompts)
+        return base + self.residual(x_t.float(), t, prompts)
+
+
+# `vocabulary_message` is re-exported so that callers reporting a bad prompt can show the vocabulary.
+__all__ = ["ComponentLabel", "ShapesPrior", "ShapesSourceModel", "view_name", "vocabulary_message"]

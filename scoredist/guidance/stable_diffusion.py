@@ -1,0 +1,380 @@
+"""Stable Diffusion (or any diffusers UNet2DConditionModel + CLIP text encoder folder) as a frozen guidance model.
+
+    ε_φ(x_t; y, t) = UNet(x_t, t, CLIP(y))                       ("epsilon" models)
+    ε              = sqrt(ᾱ_t) v + sqrt(1 − ᾱ_t) x_t              ("v_prediction" models, e.g. SD 2.1-v)
+    ε              = (x_t − sqrt(ᾱ_t) x̂_0) / sqrt(1 − ᾱ_t)        ("sample" models)
+
+Model space: SD latents z = s · E(2·rgb − 1) with s = vae.config.scaling_factor, (B, 4, H/8, W/8); or, for a folder
+without a `vae/` subfolder, pixels in [−1, 1] (B, 3, H, W).
+
+Weights load only through `from_pretrained(..., use_safetensors=True)` of a hub id or a local folder; the tiny test
+folder from `scoredist.guidance.tiny_pipeline` goes through exactly this code. When weights cannot be found offline
+the constructor fails at once with `WeightsNotFoundError`, saying what to pass instead.
+
+TODO (NeRF): camera-conditioned VSD (the LoRA UNet additionally sees the camera pose through a class embedding) is not
+implemented; the LoRA source here is conditioned on the prompt only, as in the 2D setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from scoredist.guidance.base import Guidance, SourceModel
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every transformer block
+
+
+class WeightsNotFoundError(RuntimeError):
+    """The diffusion model's weights are not available (offline and not cached, or a wrong local folder)."""
+
+
+def _what_to_pass_instead(pretrained: str) -> str:
+    return (
+        f"Could not load diffusion weights from {pretrained!r}. Either pass a local diffusers folder "
+        "(guidance.pretrained=/path/to/local/folder, containing model_index.json, unet/, text_encoder/, tokenizer/, "
+        "scheduler/ and, for latent models, vae/, with .safetensors weights), build a tiny random-weight test pipeline "
+        "with `python scripts/make_tiny_pipeline.py tiny-sd` and pass guidance.pretrained=tiny-sd, or use the exact "
+        "offline prior with guidance=shapes. (The model hub is unreachable or HF_HUB_OFFLINE is set, and this hub id "
+        "is not in the local cache.)"
+    )
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set, read at call time (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub endpoint: a down network fails here in ≤ timeout s (DNS errors at once), instead of
+    after huggingface_hub's ~25 s of retries. Behind a proxy a direct connect proves nothing, so it is skipped."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else that does not exist on disk is a mistyped folder.
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def resolve_pretrained(pretrained: str, revision: str | None = None) -> tuple[str, bool, dict]:
+    """Check, without touching the network, that weights can be found.
+
+    Returns (source, local_files_only, model_index): source is a local folder or a hub id. Raises WeightsNotFoundError
+    for a missing folder, a folder without model_index.json, or a hub id that is not cached while HF_HUB_OFFLINE is
+    set or the hub is unreachable.
+    """
+    path = Path(pretrained).expanduser()
+    if path.exists() or _looks_like_path(pretrained):
+        if not (path / "model_index.json").is_file():
+            reason = "does not exist" if not path.exists() else "has no model_index.json"
+            raise WeightsNotFoundError(f"Local folder {str(path)!r} {reason}. " + _what_to_pass_instead(pretrained))
+        return str(path), True, json.loads((path / "model_index.json").read_text())
+
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(pretrained, "model_index.json", revision=revision)
+    except HFValidationError as err:
+        raise WeightsNotFoundError(f"{pretrained!r} is neither a folder nor a valid hub id. ") from err
+    # Offline also when the hub cannot be reached, so that a cached model loads from disk without retry delays.
+    offline = hub_offline() or not hub_reachable()
+    if not isinstance(cached, str):
+        if offline:
+            raise WeightsNotFoundError(_what_to_pass_instead(pretrained))
+        try:  # online: one small download tells us quickly whether the id exists and is accessible
+            cached = hf_hub_download(pretrained, "model_index.json", revision=revision)
+        except (OSError, ValueError) as err:  # HfHubHTTPError, ConnectionError, LocalEntryNotFoundError are OSErrors
+            raise WeightsNotFoundError(_what_to_pass_instead(pretrained) + f" ({type(err).__name__}: {err})") from err
+    return pretrained, offline, json.loads(Path(cached).read_text())
+
+
+class StableDiffusion(Guidance):
+    """Frozen text-conditioned UNet (SD 1.x/2.x layout), latent or pixel space.
+
+    Args:
+        pretrained: hub id or local diffusers folder.
+        revision, variant: passed to every `from_pretrained` (e.g. variant="fp16" for half-precision files).
+        enable_xformers: use xformers attention in the UNet (needs the xformers package; PyTorch SDPA is the default).
+        offload_text_encoder: keep the text encoder on the CPU in fp32; it only runs once per new prompt, because
+            prompt embeddings are cached, so this saves its GPU memory (≈0.7 GB for SD 2.1) at little cost.
+        device, precision: where the models live and, on CUDA, their dtype (fp16/bf16); on CPU always fp32.
+    """
+
+    def __init__(
+        self,
+        pretrained: str = "stabilityai/stable-diffusion-2-1-base",
+        revision: str | None = None,
+        variant: str | None = None,
+        enable_xformers: bool = False,
+        offload_text_encoder: bool = False,
+        device: str = "cpu",
+        precision: str = "fp32",
+    ):
+        if precision not in DTYPES:
+            raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+        dtype = DTYPES[precision] if str(device).startswith("cuda") else torch.float32
+        source, local_only, model_index = resolve_pretrained(pretrained, revision)
+        load = {"local_files_only": local_only, "use_safetensors": True}
+        load.update({k: v for k, v in {"revision": revision, "variant": variant}.items() if v is not None})
+
+        try:
+            scheduler, unet, vae, text_encoder, tokenizer = _load_components(
+                source, model_index, load, dtype, text_encoder_dtype=torch.float32 if offload_text_encoder else dtype
+            )
+        except (OSError, ValueError) as err:  # missing files, .bin-only folders, hub errors (all OSErrors)
+            raise WeightsNotFoundError(_what_to_pass_instead(pretrained) + f" ({type(err).__name__}: {err})") from err
+
+        super().__init__(scheduler_alphas_cumprod(scheduler))
+        self.prediction_type = scheduler.config.prediction_type
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"unsupported prediction_type {self.prediction_type!r}; expected one of {PREDICTION_TYPES}"
+            )
+        self.model_dtype = dtype
+
+        self.unet = unet.requires_grad_(False).eval()
+        self.vae = None if vae is None else vae.requires_grad_(False).eval()
+        text_encoder = text_encoder.requires_grad_(False).eval()
+        if offload_text_encoder:
+            object.__setattr__(self, "text_encoder", text_encoder)  # outside the module tree: .to(cuda) skips it
+        else:
+            self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._num_source_models = 0
+        self._active_adapter: str | None = None
+
+        self.channels = unet.config.in_channels
+        if self.vae is None:
+            self.downscale = 1
+        else:
+            self.downscale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            if self.vae.config.latent_channels != self.channels:
+                raise ValueError(
+                    f"UNet in_channels={self.channels} != VAE latent_channels={self.vae.config.latent_channels}: "
+                    "inpainting/depth UNets are not supported as guidance"
+                )
+            if dtype == torch.float16 and self.vae.config.force_upcast:
+                self.vae.to(torch.float32)  # SD VAEs overflow in fp16; this is what diffusers' pipelines do too
+        if enable_xformers:
+            self.unet.enable_xformers_memory_efficient_attention()
+        self.to(device)
+
+    # ---- prompts -------------------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device  # not unet.device/dtype: diffusers walks every module for those
+
+    @property
+    def unet_dtype(self) -> torch.dtype:
+        return self.unet.conv_in.weight.dtype
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return self.vae.encoder.conv_in.weight.dtype  # may be fp32 under an fp16 UNet (force_upcast)
+
+    def check_prompt(self, prompt: str) -> None:
+        """Reject non-strings and prompts longer than CLIP's context: their tail (e.g. a source/target suffix) would
+        otherwise be silently truncated away."""
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        n, limit = len(self.tokenizer(prompt, truncation=False).input_ids), self.tokenizer.model_max_length
+        if n > limit:
+            raise ValueError(
+                f"prompt has {n} tokens (with BOS/EOS), more than the text encoder's {limit}; "
+                f"the words after the limit would be ignored. Shorten it: {prompt!r}"
+            )
+
+    @torch.no_grad()
+    def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(N, L, D) text embeddings in the UNet's dtype/device, one row per prompt.
+
+        Each distinct prompt goes through the text encoder once per lifetime (all new ones in a single batch); later
+        calls only index the cache.
+        """
+        new = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if new:
+            tokens = self.tokenizer(
+                new,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            enc_device = next(self.text_encoder.parameters()).device
+            hidden = self.text_encoder(tokens.input_ids.to(enc_device))[0]  # last_hidden_state (n, L, D), as SD uses
+            for prompt, h in zip(new, hidden):
+                self._prompt_cache[prompt] = h
+        rows = [self._prompt_cache[p] for p in prompts]
+        return torch.stack(rows).to(device=self.device, dtype=self.unet_dtype)
+
+    # ---- noise prediction ----------------------------------------------------------------------------------------
+
+    def _to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Convert the UNet's raw output (float32, shape of x_t) to ε using the prediction type."""
+        if self.prediction_type == "epsilon":
+            return out
+        abar = self.alphas_cumprod[t].view(-1, *([1] * (x_t.dim() - 1)))
+        a, b = abar.sqrt(), (1 - abar).sqrt()
+        if self.prediction_type == "v_prediction":  # v = a ε − b x_0  ⇒  ε = a v + b x_t
+            return a * out + b * x_t
+        return (x_t - a * out) / b  # "sample": out = x̂_0
+
+    def unet_eps(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """ONE UNet call on the stacked batch, whatever adapters are active: (N, C, h, w) → ε (N, C, h, w) float32.
+
+        Gradients flow to whatever requires them (the LoRA weights when called from LoRASource).
+        """
+        if len(prompts) != x_t.shape[0]:
+            raise ValueError(f"got {len(prompts)} prompts for {x_t.shape[0]} rows of x_t")
+        emb = self.prompt_embeddings(prompts)
+        t = t.to(self.device).long()
+        x_in = x_t.to(device=self.device, dtype=self.unet_dtype)
+        # The UNet runs in its own dtype: an outer autocast (trainer in AMP) must not re-cast it op by op.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            out = self.unet(x_in, t, encoder_hidden_states=emb, return_dict=False)[0]
+        if out.shape[1] == 2 * x_t.shape[1]:
+            out = out[:, : x_t.shape[1]]  # learned-variance UNets output [ε, v]; the variance is not needed
+        return self._to_eps(out.float(), x_t.float().to(self.device), t)
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Frozen ε_φ for x_t (N, C, h, w), t (N,) long, N prompts → (N, C, h, w) float32, in one UNet call.
+
+        Runs without autograd (the losses detach the direction anyway, and keeping the UNet graph would cost GBs) and
+        with every LoRA adapter disabled, so a VSD source model sharing this UNet never leaks into ε_φ.
+        """
+        with self._adapters_disabled():
+            return self.unet_eps(x_t, t, prompts)
+
+    @contextlib.contextmanager
+    def _adapters_disabled(self) -> Iterator[None]:
+        if not getattr(self.unet, "_hf_peft_config_loaded", False):
+            yield
+            return
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+
+    # ---- model space ---------------------------------------------------------------------------------------------
+
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        """RGB (B, 3, H, W) in [0, 1] → latents (B, 4, H/8, W/8) float32, differentiably (posterior mean, not a
+        sample, so that the same render always gives the same latent); pixel models: 2·rgb − 1."""
+        if self.vae is None:
+            return rgb * 2 - 1
+        x = (rgb * 2 - 1).to(device=self.device, dtype=self.vae_dtype)
+        z = self.vae.encode(x).latent_dist.mean
+        shift = self.vae.config.shift_factor or 0.0
+        return ((z - shift) * self.vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents (B, 4, h, w) → RGB (B, 3, 8h, 8w) in [0, 1], float32; pixel models: (x + 1) / 2."""
+        if self.vae is None:
+            return super().decode(x.float())
+        shift = self.vae.config.shift_factor or 0.0
+        z = x.to(device=self.device, dtype=self.vae_dtype) / self.vae.config.scaling_factor + shift
+        return ((self.vae.decode(z).sample.float() + 1) / 2).clamp(0, 1)
+
+    def sample_shape(self) -> tuple[int, ...]:
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.channels, h, w)
+
+    def make_source_model(self, rank: int = 4, alpha: float | None = None) -> LoRASource:
+        """A LoRA ε_ψ on this UNet (shared frozen weights), equal to ε_φ at start."""
+        self._num_source_models += 1
+        source = LoRASource(self, f"vsd{self._num_source_models}", rank=rank, alpha=alpha)
+        self._active_adapter = source.adapter_name  # add_adapter activates the new adapter
+        return source
+
+
+class LoRASource(SourceModel):
+    """VSD's ε_ψ: LoRA adapters on the attention projections of the guidance's own UNet.
+
+    The frozen UNet weights are shared with the guidance, not copied (memory matters for SD); only the low-rank
+    matrices are new, kept in float32 for stable AdamW updates even when the UNet is fp16. peft initialises B = 0,
+    so ε_ψ = ε_φ at start. `parameters()` yields only the LoRA weights; the guidance is held outside the module tree
+    so that it is neither trained, saved nor moved through this object.
+    """
+
+    def __init__(self, guidance: StableDiffusion, adapter_name: str, rank: int = 4, alpha: float | None = None):
+        super().__init__()
+        from peft import LoraConfig
+
+        config = LoraConfig(
+            r=rank, lora_alpha=alpha or rank, target_modules=LORA_TARGETS, init_lora_weights=True, lora_dropout=0.0
+        )
+        with warnings.catch_warnings():  # several adapters on one UNet is intended here (one per source model)
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            guidance.unet.add_adapter(config, adapter_name=adapter_name)
+        marker = f".{adapter_name}."
+        params = [p for n, p in guidance.unet.named_parameters() if marker in n]
+        for p in params:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        self.lora = nn.ParameterList(params)  # the very Parameter objects inside the UNet's LoRA layers
+        self.adapter_name = adapter_name
+        object.__setattr__(self, "guidance", guidance)
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """ε_ψ for x_t (N, C, h, w), t (N,), N prompts → (N, C, h, w) float32, with autograd to the LoRA weights."""
+        guidance = self.guidance
+        if guidance._active_adapter != self.adapter_name:  # set_adapter walks every module: only when switching
+            guidance.unet.set_adapter(self.adapter_name)  # also gives this adapter back its requires_grad
+            guidance._active_adapter = self.adapter_name
+        return guidance.unet_eps(x_t, t, prompts)
+
+
+def scheduler_alphas_cumprod(scheduler) -> torch.Tensor:
+    """(T,) ᾱ_t of the folder's training noise schedule."""
+    return torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32)
+
+
+def _load_components(source: str, model_index: dict, load: dict, dtype: torch.dtype, text_encoder_dtype: torch.dtype):
+    """from_pretrained of each subfolder; the VAE only when model_index.json lists one (pixel-space models have none).
+
+    The scheduler config is read into a DDPMScheduler whatever its class (PNDM for SD 2.1-base): only the training
+    schedule (β's → ᾱ) and prediction_type are needed, and those keys are shared by all of diffusers' schedulers.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    common = {k: v for k, v in load.items() if k in ("local_files_only", "revision")}
+    config = DDPMScheduler.load_config(source, subfolder="scheduler", **common)
+    scheduler = DDPMScheduler.from_config(config)
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=dtype, **load)
+    has_vae = (model_index.get("vae") or [None])[0] is not None
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=dtype, **load) if has_vae else None
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=text_encoder_dtype, **load)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
+    return scheduler, unet, vae, text_encoder, tokenizer

@@ -1,0 +1,67 @@
+"""Reading and writing the images a person looks at: PNG files, grids, progress strips, MP4s."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """An image file as (1, 3, height, width) in [0, 1]: alpha dropped, grey expanded, resized with antialiasing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist (give the path of a PNG or JPG file)")
+    img = torch.from_numpy(np.asarray(iio.imread(path))).float() / 255.0
+    img = img[..., None].expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
+    img = img.permute(2, 0, 1)[None]
+    return F.interpolate(img, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] → (B, H, W, 3) uint8."""
+    return (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grid(images: torch.Tensor, min_size: int = 128) -> np.ndarray:
+    """A row of the batch as one uint8 image, upsampled (nearest) to at least `min_size` pixels high so tiny renders
+    stay visible."""
+    scale = max(1, -(-min_size // images.shape[-2]))
+    if scale > 1:
+        images = F.interpolate(images.detach().float(), scale_factor=scale, mode="nearest")
+    return np.concatenate(list(to_uint8(images)), axis=1)
+
+
+def save_png(images: torch.Tensor, path: str | Path, min_size: int = 128) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, grid(images, min_size))
+    return path
+
+
+def save_strip(frames: Sequence[np.ndarray], path: str | Path, max_frames: int = 10) -> Path:
+    """Progress strip: up to `max_frames` evenly spaced frames (uint8 HxWx3 each) side by side."""
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int))
+    iio.imwrite(path, np.concatenate([frames[i] for i in idx], axis=1))
+    return Path(path)
+
+
+def save_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -> Path | None:
+    """MP4 of the progress frames through imageio-ffmpeg; None if there are too few frames or no encoder."""
+    if len(frames) < 2:
+        return None
+    try:
+        iio.imwrite(path, np.stack([pad_to_macro_block(f) for f in frames]), extension=".mp4", fps=fps)
+    except Exception:  # an optional artefact: a missing encoder must never fail a finished run
+        return None
+    return Path(path)
+
+
+def pad_to_macro_block(frame: np.ndarray, block: int = 16) -> np.ndarray:
+    """H.264 players want sides that are multiples of 16; pad (edge colour) rather than let the encoder resample."""
+    h, w = frame.shape[:2]
+    return np.pad(frame, ((0, -h % block), (0, -w % block), (0, 0)), mode="edge")

@@ -1,0 +1,102 @@
+"""The shared machinery of every score-distillation loss.
+
+A loss maps (guidance, x, t, ε, prompts, step) to a direction g with the shape of x; the parameters then receive
+∇θ = w(t) · g · ∂x/∂θ. CFG convention, used by every loss here (the diffusers form):
+
+    ε_cfg(x_t; y) = ε(x_t; ∅) + s · (ε(x_t; y) − ε(x_t; ∅))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from scoredist.guidance.base import add_noise
+
+# w(t) as a function of ᾱ_t. "1-abar" is DreamFusion's and the paper's 2D choice.
+WEIGHTINGS = {
+    "1-abar": lambda abar: 1 - abar,
+    "uniform": lambda abar: torch.ones_like(abar),
+    "sqrt(abar)(1-abar)": lambda abar: abar.sqrt() * (1 - abar),
+}
+
+
+def weight(weighting: str, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """w(t) per batch element, (B,)."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+    return WEIGHTINGS[weighting](alphas_cumprod.to(t.device)[t].float())
+
+
+def predict_conditions(
+    guidance, x_t: torch.Tensor | Sequence[torch.Tensor], t: torch.Tensor, conditions: Sequence[Sequence[str]]
+) -> list[torch.Tensor]:
+    """ε̂ for several conditions in ONE batched guidance call.
+
+    x_t: (B, ...) shared by all conditions, or one (B, ...) tensor per condition (DDS noises two images).
+    conditions: C lists of B prompts. Returns C tensors of shape (B, ...).
+    """
+    xs = list(x_t) if isinstance(x_t, (list, tuple)) else [x_t] * len(conditions)
+    prompts = [p for cond in conditions for p in cond]
+    eps = guidance.predict_noise(torch.cat(xs), t.repeat(len(conditions)), prompts)
+    return list(eps.chunk(len(conditions)))
+
+
+def noised(guidance, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t of the detached render: the score is a constant in every SDS-family gradient, never differentiated."""
+    return add_noise(x.detach(), noise, t, guidance.alphas_cumprod)
+
+
+def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def norm(x: torch.Tensor) -> float:
+    """Mean per-sample L2 norm of a term, for logging."""
+    return x.flatten(1).norm(dim=1).mean().item()
+
+
+def surrogate_loss(x: torch.Tensor, weighted_direction: torch.Tensor) -> torch.Tensor:
+    """0.5 ‖x − sg(x − w·g)‖² / B: its gradient w.r.t. x is exactly w·g / B (the batch mean of per-sample w·g)."""
+    target = (x - weighted_direction).detach()
+    return 0.5 * ((x - target) ** 2).sum() / x.shape[0]
+
+
+class ScoreLoss:
+    """Base class. Subclasses implement `direction`; `__call__` applies w(t).
+
+    Stateful losses (VSD's source model, DDS's reference) override `attach`, `after_step`, `state_dict` and
+    `load_state_dict`; the trainer calls them and checkpoints the state with the run.
+    """
+
+    def __init__(self, weighting: str = "1-abar"):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+        self.weighting = weighting
+
+    def attach(self, guidance, x_init: torch.Tensor) -> None:
+        """Called once before training with the renderer's initial output in model space (detached)."""
+
+    def direction(self, guidance, x, t, noise, prompts, step) -> tuple[torch.Tensor, dict[str, float]]:
+        """(g with the shape of x, a dict of scalars to log)."""
+        raise NotImplementedError
+
+    def weighting_at(self, step: int) -> str:
+        """The w(t) in force at this step (two-stage losses switch it)."""
+        return self.weighting
+
+    def __call__(self, guidance, x, t, noise, prompts, step) -> tuple[torch.Tensor, dict[str, float]]:
+        g, logs = self.direction(guidance, x, t, noise, prompts, step)
+        w = weight(self.weighting_at(step), guidance.alphas_cumprod, t).view(-1, *([1] * (x.dim() - 1)))
+        return w * g, logs
+
+    def after_step(self, guidance, x: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        """Called after the parameter update with the detached render (VSD trains its source model here)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

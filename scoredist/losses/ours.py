@@ -1,0 +1,52 @@
+"""Ours (McAllister et al.): describe the source distribution with text, after an SDS first stage.
+
+    stage 1 (step < switch):  the `stage_one` loss (SDS, s = 40 in the paper's 2D setting)
+    stage 2 (step ≥ switch):  g = s · (ε(x_t; y + tgt_suffix) − ε(x_t; y + src_suffix))
+
+Stage one produces SDS's characteristic artifacts, which the source suffix then describes. The switch is tested with
+`>=`, so a run resumed past it is in stage two at once (the reference 3D code tested `==` and never switched on resume).
+"""
+
+from __future__ import annotations
+
+from scoredist.guidance.prompts import SRC_SUFFIX, TGT_SUFFIX
+from scoredist.losses.base import ScoreLoss, noised, norm, predict_conditions
+from scoredist.schedules import resolve_switch_step, stage_switched
+
+
+class Ours(ScoreLoss):
+    def __init__(
+        self,
+        guidance_scale: float = 40.0,
+        src_suffix: str = SRC_SUFFIX,
+        tgt_suffix: str = TGT_SUFFIX,
+        stage_one: ScoreLoss | None = None,
+        switch_fraction: float | None = 0.5,
+        switch_step: int | None = None,
+        max_steps: int = 1000,
+        weighting: str = "1-abar",
+    ):
+        super().__init__(weighting)
+        self.guidance_scale, self.src_suffix, self.tgt_suffix = guidance_scale, src_suffix, tgt_suffix
+        self.stage_one = stage_one
+        self.switch = resolve_switch_step(max_steps, switch_fraction, switch_step) if stage_one is not None else 0
+
+    def in_stage_two(self, step: int) -> bool:
+        return stage_switched(step, self.switch)
+
+    def weighting_at(self, step: int) -> str:
+        return self.weighting if self.in_stage_two(step) else self.stage_one.weighting_at(step)
+
+    def direction(self, guidance, x, t, noise, prompts, step):
+        if not self.in_stage_two(step):
+            g, logs = self.stage_one.direction(guidance, x, t, noise, prompts, step)
+            return g, {**logs, "ours/stage": 1}
+        tgt = [p + self.tgt_suffix for p in prompts]
+        src = [p + self.src_suffix for p in prompts]
+        g = self.guidance_scale * self.bridge(guidance, noised(guidance, x, t, noise), t, src, tgt)
+        return g, {"norm/bridge": norm(g), "ours/stage": 2}
+
+    def bridge(self, guidance, x_t, t, src, tgt):
+        """The single-step bridge ε(x_t; y_tgt) − ε(x_t; y_src), both conditions in one call."""
+        eps_tgt, eps_src = predict_conditions(guidance, x_t, t, [tgt, src])
+        return eps_tgt - eps_src

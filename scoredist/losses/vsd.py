@@ -1,0 +1,68 @@
+"""Variational Score Distillation (ProlificDreamer): the source distribution is learned online.
+
+    g = ε_cfg(x_t; y) − ε_ψ(x_t; y)
+
+ε_ψ is a trainable copy of the model (a LoRA of the UNet for Stable Diffusion, a small network for the exact priors),
+fitted after every step to the current renders with the plain denoising loss, t ~ U[0, T), and the prompt dropped to
+∅ with probability `condition_dropout` (so that it also learns the unconditional render distribution).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from scoredist.guidance.base import add_noise
+from scoredist.losses.base import ScoreLoss, cfg, noised, norm, predict_conditions
+
+
+class VSD(ScoreLoss):
+    def __init__(
+        self,
+        guidance_scale: float = 7.5,
+        lora_lr: float = 3e-4,
+        condition_dropout: float = 0.1,
+        source_steps: int = 1,
+        weighting: str = "1-abar",
+    ):
+        super().__init__(weighting)
+        self.guidance_scale, self.lora_lr = guidance_scale, lora_lr
+        self.condition_dropout, self.source_steps = condition_dropout, source_steps
+        self.source = None
+        self.optimizer = None
+
+    def attach(self, guidance, x_init):
+        self.source = guidance.make_source_model()
+        self.optimizer = torch.optim.AdamW(self.source.parameters(), lr=self.lora_lr)
+
+    def direction(self, guidance, x, t, noise, prompts, step):
+        x_t = noised(guidance, x, t, noise)
+        eps_cond, eps_uncond = predict_conditions(guidance, x_t, t, [prompts, [""] * len(prompts)])
+        with torch.no_grad():
+            eps_source = self.source.predict_noise(x_t, t, prompts).float()
+        eps_cfg = cfg(eps_uncond, eps_cond, self.guidance_scale)
+        return eps_cfg - eps_source, {"norm/cfg": norm(eps_cfg), "norm/source": norm(eps_source)}
+
+    def after_step(self, guidance, x, prompts):
+        """Fit ε_ψ to the current renders: `source_steps` denoising steps on x (detached)."""
+        x = x.detach()
+        total = 0.0
+        for _ in range(self.source_steps):
+            t = torch.randint(0, guidance.num_train_timesteps, (x.shape[0],), device=x.device)
+            noise = torch.randn_like(x)
+            drop = torch.rand(x.shape[0]).tolist()
+            conditioned = [p if d >= self.condition_dropout else "" for p, d in zip(prompts, drop)]
+            pred = self.source.predict_noise(add_noise(x, noise, t, guidance.alphas_cumprod), t, conditioned)
+            loss = F.mse_loss(pred.float(), noise)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+        return {"vsd/source_loss": total / self.source_steps}
+
+    def state_dict(self):
+        return {"source": self.source.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.source.load_state_dict(state["source"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,162 @@
+"""2D particles as the "renderer": the parameters are the points themselves, x = θ (N, 2), so ∂x/∂θ = I.
+
+This is the toy world of the bridge picture: every particle is one batch row of the guidance call, and watching the
+particles move shows what a loss's direction g does to a distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from scoredist.renderers.base import Render, Renderer
+
+PANEL = 512  # side of each panel of particles.png, pixels
+BLUE, RED, GREY = (40, 90, 220), (210, 30, 30), (205, 205, 205)
+
+
+class PointsRenderer(Renderer):
+    """N particles θ (N, 2) optimised directly; `forward` returns all of them.
+
+    Args:
+        num_points: N, the number of particles.
+        init_mean, init_std: particles start at init_mean + init_std · z, z ~ N(0, I).
+        seed: seed of the initial draw; None draws from torch's global RNG (which the trainer seeds).
+        record_every: keep a snapshot of the positions every this many forward passes (for the trajectory figure).
+        max_records: memory cap on snapshots; when exceeded, every other one is dropped and record_every doubles,
+            so the whole run stays covered at a coarser step.
+    """
+
+    outputs_rgb = False
+
+    def __init__(
+        self,
+        num_points: int = 512,
+        init_mean: Sequence[float] = (0.0, 0.0),
+        init_std: float = 1.0,
+        seed: int | None = None,
+        record_every: int = 10,
+        max_records: int = 256,
+    ):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = torch.randn(num_points, 2, generator=generator)
+        init = torch.tensor([float(v) for v in init_mean]) + float(init_std) * z
+        self.points = nn.Parameter(init.clone())
+        self.register_buffer("initial", init.clone())
+        self.record_every = int(record_every)
+        self.max_records = max(2, int(max_records))
+        self.num_forwards = 0
+        self.snapshots: list[torch.Tensor] = []  # (N, 2) CPU copies, positions *before* the update of that step
+        self.snapshot_steps: list[int] = []
+
+    def forward(self, batch_size: int) -> Render:
+        """All particles, x (N, 2); `batch_size` is ignored because the particles themselves are the batch."""
+        if self.training and self.num_forwards % self.record_every == 0:
+            self._record()
+        self.num_forwards += 1
+        n = self.points.shape[0]
+        return Render(x=self.points, prompt_suffixes=[""] * n)
+
+    def _record(self) -> None:
+        self.snapshots.append(self.points.detach().cpu().clone())
+        self.snapshot_steps.append(self.num_forwards)
+        if len(self.snapshots) > self.max_records:
+            self.snapshots, self.snapshot_steps = self.snapshots[::2], self.snapshot_steps[::2]
+            self.record_every *= 2
+
+    def trajectory(self) -> torch.Tensor:
+        """Recorded positions followed by the current ones, (S + 1, N, 2) on the CPU."""
+        return torch.stack([*self.snapshots, self.points.detach().cpu()])
+
+    def write_artifacts(self, run_dir: Path, decode=None) -> list[Path]:
+        """Write particles.png (trajectories, and the final particles decoded by the guidance) and particles.npz."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        traj = self.trajectory()
+        panels = [trajectory_panel(self.initial.cpu(), traj, self.num_forwards)]
+        if decode is not None:
+            preview = decode(self.points.detach())
+            if preview.dim() == 4 and preview.shape[1] == 3:
+                panels.append(image_panel(preview[0], "final particles on the guidance density"))
+        figure = Image.new("RGB", (PANEL * len(panels), panels[0].height), "white")
+        for i, panel in enumerate(panels):
+            figure.paste(panel, (i * PANEL, 0))
+        png = run_dir / "particles.png"
+        figure.save(png)
+        npz = run_dir / "particles.npz"
+        np.savez(
+            npz,
+            initial=self.initial.cpu().numpy(),
+            final=traj[-1].numpy(),
+            trajectory=traj.numpy(),
+            steps=np.array([*self.snapshot_steps, self.num_forwards]),
+        )
+        return [png, npz]
+
+
+def _view_box(points: torch.Tensor) -> tuple[float, float, float]:
+    """A square (cx, cy, half-side) holding 99 % of the points with a 10 % margin, so outliers do not squash the plot."""
+    lo = torch.quantile(points, 0.005, dim=0)
+    hi = torch.quantile(points, 0.995, dim=0)
+    centre = (lo + hi) / 2
+    half = float((hi - lo).max()) / 2 * 1.1 + 1e-3
+    return float(centre[0]), float(centre[1]), half
+
+
+def trajectory_panel(initial: torch.Tensor, traj: torch.Tensor, num_forwards: int) -> Image.Image:
+    """A PANEL×(PANEL + 40) image: grey paths, blue initial and red final particles, axes, legend.
+
+    initial (N, 2), traj (S, N, 2) with traj[-1] the final positions.
+    """
+    every = torch.cat([initial[None], traj]).reshape(-1, 2).double()
+    cx, cy, half = _view_box(every)
+    header = 40
+    img = Image.new("RGB", (PANEL, PANEL + header), "white")
+    draw = ImageDraw.Draw(img)
+
+    def to_px(p: torch.Tensor) -> list[tuple[float, float]]:
+        """World points (M, 2) → M pixel coordinates (u right, v down)."""
+        p = p.reshape(-1, 2).double()
+        u = (p[:, 0] - cx + half) / (2 * half) * PANEL
+        v = (cy + half - p[:, 1]) / (2 * half) * PANEL + header
+        return list(zip(u.tolist(), v.tolist()))
+
+    # axes through the origin when visible, and the frame with its corner coordinates
+    origin_u, origin_v = to_px(torch.zeros(2, dtype=torch.float64))[0]
+    if 0 <= origin_u <= PANEL:
+        draw.line([(origin_u, header), (origin_u, PANEL + header)], fill=(235, 235, 235))
+    if header <= origin_v <= PANEL + header:
+        draw.line([(0, origin_v), (PANEL, origin_v)], fill=(235, 235, 235))
+    draw.rectangle([0, header, PANEL - 1, PANEL + header - 1], outline=(120, 120, 120))
+    draw.text((4, header + 2), f"({cx - half:.2f}, {cy + half:.2f})", fill=(90, 90, 90))
+    draw.text((PANEL - 110, PANEL + header - 14), f"({cx + half:.2f}, {cy - half:.2f})", fill=(90, 90, 90))
+
+    # at most 256 paths, evenly chosen, so the figure stays readable with many particles
+    n = traj.shape[1]
+    chosen = torch.linspace(0, n - 1, min(n, 256)).round().long().unique()
+    paths = torch.cat([initial[None], traj])[:, chosen]  # (S + 1, M, 2)
+    for j in range(paths.shape[1]):
+        draw.line(to_px(paths[:, j]), fill=GREY, width=1)
+    for points, colour in ((initial, BLUE), (traj[-1], RED)):
+        for u, v in to_px(points):
+            draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=colour)
+
+    draw.text((6, 4), f"{n} particles, {num_forwards} steps", fill=(0, 0, 0))
+    draw.text((6, 20), "blue: initial   red: final   grey: paths", fill=(0, 0, 0))
+    return img
+
+
+def image_panel(rgb: torch.Tensor, title: str) -> Image.Image:
+    """An RGB tensor (3, H, W) in [0, 1] resized to PANEL×PANEL under a 40-pixel title."""
+    array = (rgb.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    picture = Image.fromarray(array).resize((PANEL, PANEL), Image.NEAREST)
+    img = Image.new("RGB", (PANEL, PANEL + 40), "white")
+    img.paste(picture, (0, 40))
+    ImageDraw.Draw(img).text((6, 12), title, fill=(0, 0, 0))
+    return img

@@ -1,0 +1,92 @@
+"""Timestep schedules and step-dependent values, as plain functions of the training step.
+
+A schedule decides which diffusion times t a step may draw. Times are fractions of the T training timesteps (0.02 = 2 %);
+`sample` turns them into integer indices, optionally snapped to a coarse DDIM grid as the paper's 2D code does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def linear_ramp(step: int, start_step: int, end_step: int, start: float, end: float) -> float:
+    """start before start_step, end after end_step, linear in between (a generic value schedule)."""
+    if step <= start_step or end_step <= start_step:
+        return start if step <= start_step else end
+    frac = min(1.0, (step - start_step) / (end_step - start_step))
+    return start + frac * (end - start)
+
+
+def stage_switched(step: int, switch_step: int | None) -> bool:
+    """True once the run is in its second stage. `>=`, not `==`: a run resumed past the switch must still switch."""
+    return switch_step is not None and step >= switch_step
+
+
+def resolve_switch_step(max_steps: int, fraction: float | None = None, step: int | None = None) -> int | None:
+    """The step at which a two-stage loss switches: an explicit step wins, else a fraction of max_steps, else never."""
+    if step is not None:
+        return int(step)
+    if fraction is not None:
+        return int(round(fraction * max_steps))
+    return None
+
+
+class TimestepSchedule:
+    """Uniform t in [t_min, t_max] (fractions of T); subclasses move the bounds with the step.
+
+    grid: if set, t is drawn uniformly from a `grid`-step DDIM grid (multiples of T // grid) inside the bounds, as the
+    paper's text-to-image code does with grid=500; if None, from every integer timestep inside the bounds.
+    """
+
+    def __init__(self, t_min: float = 0.02, t_max: float = 0.98, grid: int | None = None):
+        if not 0.0 <= t_min <= t_max <= 1.0:
+            raise ValueError(f"schedule needs 0 <= t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
+        self.t_min, self.t_max, self.grid = t_min, t_max, grid
+
+    def bounds(self, step: int) -> tuple[float, float]:
+        return self.t_min, self.t_max
+
+    def index_range(self, step: int, num_train_timesteps: int) -> tuple[int, int, int]:
+        """(first, last, stride) of the allowed integer timesteps at this step."""
+        lo, hi = self.bounds(step)
+        stride = num_train_timesteps // self.grid if self.grid else 1
+        first = math.ceil(lo * num_train_timesteps / stride) * stride
+        last = min(math.floor(hi * num_train_timesteps / stride) * stride, num_train_timesteps - 1)
+        return first, max(first, last), stride
+
+    def sample(self, step: int, batch_size: int, num_train_timesteps: int, device) -> torch.Tensor:
+        """(batch_size,) long timesteps, drawn with torch's global RNG (seeded and checkpointed by the trainer)."""
+        first, last, stride = self.index_range(step, num_train_timesteps)
+        k = torch.randint(0, (last - first) // stride + 1, (batch_size,), device=device)
+        return first + stride * k
+
+
+class AnnealedSchedule(TimestepSchedule):
+    """t_max drops from `t_max` to `t_max_after` at `anneal_step` (the paper's NeRF setting: 0.98 → 0.5 at step 5000)."""
+
+    def __init__(self, t_min=0.02, t_max=0.98, t_max_after=0.5, anneal_step=5000, grid=None):
+        super().__init__(t_min, t_max, grid)
+        self.t_max_after, self.anneal_step = t_max_after, anneal_step
+
+    def bounds(self, step: int) -> tuple[float, float]:
+        return self.t_min, self.t_max_after if step >= self.anneal_step else self.t_max
+
+
+class DecaySchedule(TimestepSchedule):
+    """Both bounds (or t itself, when t_min == t_max) decay from their start values to `t_min_end`/`t_max_end` over
+    `max_steps`, linearly or as sqrt (fast early, as in DreamTime-style schedules)."""
+
+    def __init__(self, t_min=0.02, t_max=0.98, t_min_end=0.02, t_max_end=0.5, max_steps=1000, mode="linear", grid=None):
+        super().__init__(t_min, t_max, grid)
+        if mode not in ("linear", "sqrt"):
+            raise ValueError(f"DecaySchedule mode must be 'linear' or 'sqrt', got {mode!r}")
+        self.t_min_end, self.t_max_end, self.max_steps, self.mode = t_min_end, t_max_end, max_steps, mode
+
+    def bounds(self, step: int) -> tuple[float, float]:
+        frac = min(1.0, step / max(1, self.max_steps))
+        if self.mode == "sqrt":
+            frac = math.sqrt(frac)
+        lerp = lambda a, b: a + frac * (b - a)
+        return lerp(self.t_min, self.t_min_end), lerp(self.t_max, self.t_max_end)

@@ -1,0 +1,36 @@
+"""Shared pytest setup: no test may reach the model hub or an experiment tracker; tiny models are built once."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub (it reads these once, at import): every load must come from disk.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory):
+    """A tiny random-weight SD folder (latent space, downscale 8, ε-prediction, 4×8×8 latents ↔ 64×64 RGB)."""
+    from scoredist.guidance.tiny_pipeline import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_v_path(tmp_path_factory):
+    """The same architecture with prediction_type="v_prediction"."""
+    from scoredist.guidance.tiny_pipeline import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd-v"), prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_path(tmp_path_factory):
+    """A tiny pixel-space folder: no VAE, the UNet works on 3×16×16 RGB in [−1, 1]."""
+    from scoredist.guidance.tiny_pipeline import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-pixel"), pixel_space=True)

@@ -1,0 +1,184 @@
+"""Every direction against a hand computation on a stub guidance, and the identities between the losses."""
+
+import pytest
+import torch
+
+from scoredist.guidance.base import scaled_linear_alphas_cumprod
+from scoredist.guidance.prompts import SRC_SUFFIX, TGT_SUFFIX
+from scoredist.losses.base import predict_conditions, surrogate_loss, weight
+from scoredist.losses.bridge import Bridge, ddim_path
+from scoredist.losses.csd import CSD
+from scoredist.losses.dds import DDS
+from scoredist.losses.nfsd import NFSD
+from scoredist.losses.ours import Ours
+from scoredist.losses.sds import SDS
+from scoredist.losses.vsd import VSD
+from tests.stubs import FixedSource, StubGuidance
+
+ABAR = scaled_linear_alphas_cumprod().float()
+TABLE = {
+    "": (0.5, 0.0),
+    "cat": (0.2, 1.0),
+    "neg": (0.3, -2.0),
+    "cat" + SRC_SUFFIX: (0.1, 0.5),
+    "cat" + TGT_SUFFIX: (0.4, -0.5),
+    "dog": (0.7, 0.25),
+}
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    noise = torch.randn(2, 3, 8, 8)
+    t = torch.tensor([100, 700])
+    a = ABAR[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x + (1 - a).sqrt() * noise
+    return StubGuidance(TABLE), x, t, noise, x_t
+
+
+def eps(prompt, x_t):
+    a, b = TABLE[prompt]
+    return a * x_t + b
+
+
+def test_sds_direction_matches_hand_computation(setup):
+    guidance, x, t, noise, x_t = setup
+    g, logs = SDS(guidance_scale=7.5).direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    # ε_∅ + s(ε_y − ε_∅) − ε, written out with the stub's coefficients: (0.5 + 7.5·(0.2 − 0.5)) x_t + 7.5·1 − ε
+    expected = (0.5 + 7.5 * (0.2 - 0.5)) * x_t + 7.5 * 1.0 - noise
+    torch.testing.assert_close(g, expected, atol=1e-5, rtol=1e-5)
+    assert guidance.calls == 1 and guidance.rows == 4
+    assert logs["norm/noise"] == pytest.approx(noise.flatten(1).norm(dim=1).mean().item())
+
+
+def test_weighting_multiplies_direction(setup):
+    guidance, x, t, noise, x_t = setup
+    loss = SDS(guidance_scale=7.5, weighting="1-abar")
+    wg, _ = loss(guidance, x, t, noise, ["cat", "cat"], 0)
+    g, _ = loss.direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    torch.testing.assert_close(wg, (1 - ABAR[t]).view(-1, 1, 1, 1) * g)
+    torch.testing.assert_close(weight("sqrt(abar)(1-abar)", ABAR, t), ABAR[t].sqrt() * (1 - ABAR[t]))
+    torch.testing.assert_close(weight("uniform", ABAR, t), torch.ones(2))
+    with pytest.raises(ValueError, match="unknown weighting"):
+        SDS(weighting="snr")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_surrogate_gradient_is_exactly_weighted_direction(batch):
+    x = torch.randn(batch, 4, 8, 8, requires_grad=True)
+    wg = torch.randn(batch, 4, 8, 8)
+    surrogate_loss(x, wg).backward()
+    # the gradient of 0.5‖x − sg(x − wg)‖²/B is wg/B, up to the float rounding of x − (x − wg)
+    torch.testing.assert_close(x.grad, wg / batch, rtol=0, atol=1e-6)
+
+
+def test_nfsd_switches_its_denoising_term_at_t_200(setup):
+    guidance, x, t, noise, x_t = setup  # t = 100 (below) and 700 (above)
+    g, _ = NFSD(guidance_scale=40, negative_prompt="neg").direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    classifier = 40 * (eps("cat", x_t) - eps("", x_t))
+    torch.testing.assert_close(g[0], (classifier + eps("", x_t))[0], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(g[1], (classifier + eps("", x_t) - eps("neg", x_t))[1], atol=1e-4, rtol=1e-5)
+    assert guidance.calls == 1 and guidance.rows == 6
+
+
+def test_csd_direction_and_reduction_to_the_sds_guidance_term(setup):
+    guidance, x, t, noise, x_t = setup
+    g, _ = CSD(w1=10, w2=3, negative_prompt="neg").direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    expected = 10 * (eps("cat", x_t) - eps("", x_t)) + 3 * (eps("", x_t) - eps("neg", x_t))
+    torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-5)
+    # (w1, w2) = (s, 0): exactly SDS's guidance term ε_cfg − ε_∅ = s(ε_y − ε_∅)
+    s = 7.5
+    g_csd, _ = CSD(w1=s, w2=0).direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    g_sds, _ = SDS(guidance_scale=s).direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    torch.testing.assert_close(g_csd, g_sds + noise - eps("", x_t), atol=1e-5, rtol=1e-5)
+
+
+def test_csd_w2_annealing_is_linear_over_the_run():
+    loss = CSD(w1=40, w2=40, w2_end=20, max_steps=100)
+    assert [loss.w2_at(s) for s in (0, 50, 100, 200)] == [40, 30, 20, 20]
+
+
+def test_ours_direction_and_zero_when_source_equals_target(setup):
+    guidance, x, t, noise, x_t = setup
+    loss = Ours(guidance_scale=40, stage_one=None)
+    g, logs = loss.direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    expected = 40 * (eps("cat" + TGT_SUFFIX, x_t) - eps("cat" + SRC_SUFFIX, x_t))
+    torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-5)
+    assert logs["ours/stage"] == 2 and guidance.calls == 1
+    same, _ = Ours(src_suffix=", x", tgt_suffix=", x", stage_one=None).direction(guidance, x, t, noise, ["cat"] * 2, 0)
+    assert same.abs().max() == 0
+
+
+def test_ours_switches_stages_at_the_right_step_and_after_resume(setup):
+    guidance, x, t, noise, x_t = setup
+    loss = Ours(guidance_scale=40, stage_one=SDS(guidance_scale=40, weighting="uniform"), switch_fraction=0.5,
+                max_steps=100, weighting="1-abar")
+    stages = {s: loss.direction(guidance, x, t, noise, ["cat", "cat"], s)[1]["ours/stage"] for s in (0, 49, 50, 51, 99)}
+    assert stages == {0: 1, 49: 1, 50: 2, 51: 2, 99: 2}
+    assert loss.weighting_at(10) == "uniform" and loss.weighting_at(60) == "1-abar"
+    # A fresh loss object (what a resumed run builds) at a step past the switch is in stage two at once.
+    resumed = Ours(stage_one=SDS(), switch_fraction=0.5, max_steps=100)
+    assert resumed.in_stage_two(73)
+    assert Ours(stage_one=SDS(), switch_step=7, switch_fraction=0.5, max_steps=100).switch == 7
+    stage_one_g, _ = loss.direction(guidance, x, t, noise, ["cat", "cat"], 10)
+    sds_g, _ = SDS(guidance_scale=40).direction(guidance, x, t, noise, ["cat", "cat"], 10)
+    torch.testing.assert_close(stage_one_g, sds_g)
+
+
+def test_dds_direction_and_zero_on_its_own_reference(setup):
+    guidance, x, t, noise, x_t = setup
+    x_ref = torch.randn_like(x)
+    loss = DDS(source_prompt="dog")
+    loss.attach(guidance, x_ref)
+    g, _ = loss.direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    a = ABAR[t].view(-1, 1, 1, 1)
+    x_ref_t = a.sqrt() * x_ref + (1 - a).sqrt() * noise  # same t, same ε
+    torch.testing.assert_close(g, eps("cat", x_t) - eps("dog", x_ref_t), atol=1e-5, rtol=1e-5)
+    assert guidance.calls == 1
+    same = DDS(source_prompt="cat")
+    same.attach(guidance, x)
+    assert same.direction(guidance, x, t, noise, ["cat", "cat"], 0)[0].abs().max() == 0
+
+
+def test_dds_with_cfg_uses_one_call_of_four_conditions(setup):
+    guidance, x, t, noise, x_t = setup
+    loss = DDS(source_prompt="dog", guidance_scale=2.0)
+    loss.attach(guidance, x[:1])  # a single reference broadcast over the batch
+    g, _ = loss.direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    a = ABAR[t].view(-1, 1, 1, 1)
+    x_ref_t = a.sqrt() * x[:1] + (1 - a).sqrt() * noise
+    cfg = lambda p, z: eps("", z) + 2.0 * (eps(p, z) - eps("", z))
+    torch.testing.assert_close(g, cfg("cat", x_t) - cfg("dog", x_ref_t), atol=1e-4, rtol=1e-5)
+    assert guidance.calls == 1 and guidance.rows == 8
+
+
+def test_vsd_with_a_source_that_predicts_the_noise_equals_sds(setup):
+    guidance, x, t, noise, x_t = setup
+    loss = VSD(guidance_scale=7.5)
+    loss.source = FixedSource(noise)
+    g_vsd, _ = loss.direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    g_sds, _ = SDS(guidance_scale=7.5).direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    torch.testing.assert_close(g_vsd, g_sds)
+
+
+def test_bridge_with_one_step_equals_ours(setup):
+    guidance, x, t, noise, x_t = setup
+    ours, _ = Ours(guidance_scale=40, stage_one=None).direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    bridge, _ = Bridge(num_steps=1, guidance_scale=40, stage_one=None).direction(guidance, x, t, noise, ["cat"] * 2, 0)
+    torch.testing.assert_close(bridge, ours, atol=1e-3, rtol=1e-4)
+
+
+def test_bridge_k_steps_evaluates_both_branches_per_step_in_one_call(setup):
+    guidance, x, t, noise, x_t = setup
+    g, _ = Bridge(num_steps=3, stage_one=None).direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    assert guidance.calls == 3 and guidance.rows == 12 and torch.isfinite(g).all()
+    path = ddim_path(torch.tensor([999, 30]), 3)
+    assert path[:, 0].tolist() == [999, 666, 333, -1] and path[:, 1].tolist() == [30, 20, 10, -1]
+
+
+def test_predict_conditions_splits_in_condition_order():
+    guidance = StubGuidance(TABLE)
+    x_t = torch.ones(2, 3, 8, 8)
+    a, b = predict_conditions(guidance, x_t, torch.tensor([5, 5]), [["cat", "cat"], ["neg", "neg"]])
+    assert a.mean().item() == pytest.approx(1.2) and b.mean().item() == pytest.approx(-1.7)

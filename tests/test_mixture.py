@@ -1,0 +1,140 @@
+"""GaussianMixture: the closed-form ε̂ against the textbook formula, numerical integration and DDIM sampling."""
+
+import math
+
+import pytest
+import torch
+
+from scoredist.guidance.base import Guidance, ddim_sample, scaled_linear_alphas_cumprod
+from scoredist.guidance.mixture import GaussianMixture
+
+ABAR = scaled_linear_alphas_cumprod()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many small tensor ops: on a loaded 2-core machine OpenMP threads made these tests 10–40× slower (measured)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _quadrature_eps(grid_x0: torch.Tensor, prior_density: torch.Tensor, x_t: torch.Tensor, abar: float, cell: float):
+    """E[ε | x_t] by summing over a grid of x0 (G, D): posterior ∝ p(x0) N(x_t; a x0, b² I), ε = (x_t − a x0) / b."""
+    a, b = math.sqrt(abar), math.sqrt(1 - abar)
+    log_lik = -0.5 * ((x_t[None] - a * grid_x0) ** 2).sum(1) / b**2
+    w = prior_density * torch.exp(log_lik - log_lik.max()) * cell
+    mean_x0 = (w[:, None] * grid_x0).sum(0) / w.sum()
+    return (x_t - a * mean_x0) / b
+
+
+def _mixture_density(grid: torch.Tensor, means, weights, variances) -> torch.Tensor:
+    """Σ π_k N(x; μ_k, σ_k² I) on a grid (G, D) → (G,)."""
+    d = grid.shape[1]
+    out = torch.zeros(grid.shape[0], dtype=torch.float64)
+    for mu, pi, var in zip(means, weights, variances):
+        sq = ((grid - mu) ** 2).sum(1)
+        out += pi * torch.exp(-0.5 * sq / var) / (2 * math.pi * var) ** (d / 2)
+    return out
+
+
+def test_single_gaussian_hand_computed_value():
+    # N(1, 1) data, ᾱ = 0.5, x_t = 1: a = b = √½, ε̂ = b (x_t − a μ) / (a² σ² + b²) = √½ (1 − √½) / 1 = 0.2071068.
+    mix = GaussianMixture(torch.tensor([[1.0]]), variances=1.0)
+    eps = mix.predict_noise(torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64))
+    assert abs(eps.item() - 0.20710678) < 1e-7
+
+
+def test_single_gaussian_textbook_formula():
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.randn(1, 5, generator=gen, dtype=torch.float64)
+    var = 0.3
+    mix = GaussianMixture(mu, variances=var)
+    t = torch.tensor([0, 10, 200, 500, 999])
+    abar = ABAR[t]
+    x_t = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+    a, b = abar.sqrt()[:, None], (1 - abar).sqrt()[:, None]
+    expected = b * (x_t - a * mu) / (a**2 * var + b**2)
+    torch.testing.assert_close(mix.predict_noise(x_t, abar), expected, rtol=0, atol=1e-12)
+
+
+def test_1d_mixture_matches_numerical_integration():
+    means = torch.tensor([[-2.0], [0.5], [3.0]], dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64)
+    variances = torch.tensor([0.05, 0.2, 0.1], dtype=torch.float64)
+    mix = GaussianMixture(means, weights.log(), variances)
+    grid = torch.linspace(-8, 8, 80001, dtype=torch.float64)[:, None]
+    density = _mixture_density(grid, means, weights, variances)
+    for t, x in [(30, -1.9), (150, 0.3), (400, 1.2), (700, -0.4), (990, 2.5)]:
+        x_t = torch.tensor([x], dtype=torch.float64)
+        expected = _quadrature_eps(grid, density, x_t, ABAR[t].item(), 16 / 80000)
+        got = mix.predict_noise(x_t[None], ABAR[t : t + 1])[0]
+        assert abs(got.item() - expected.item()) < 1e-6, (t, x, got, expected)
+
+
+def test_2d_mixture_matches_numerical_integration():
+    means = torch.tensor([[-1.5, 0.0], [1.0, 1.0], [0.5, -1.5]], dtype=torch.float64)
+    weights = torch.tensor([0.4, 0.35, 0.25], dtype=torch.float64)
+    var = 0.15
+    mix = GaussianMixture(means, weights.log(), var)
+    axis = torch.linspace(-5, 5, 801, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    density = _mixture_density(grid, means, weights, [var] * 3)
+    cell = (10 / 800) ** 2
+    for t, x in [(100, (-1.0, 0.2)), (300, (0.7, 0.6)), (600, (0.0, -1.0)), (900, (1.5, -0.5))]:
+        x_t = torch.tensor(x, dtype=torch.float64)
+        expected = _quadrature_eps(grid, density, x_t, ABAR[t].item(), cell)
+        got = mix.predict_noise(x_t[None], ABAR[t : t + 1])[0]
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_minus_inf_log_weight_excludes_a_component():
+    means = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    full = GaussianMixture(means, torch.log(torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)), 0.1)
+    pair = GaussianMixture(means[:2], torch.log(torch.tensor([0.4, 0.6], dtype=torch.float64)), 0.1)
+    x_t = torch.tensor([[0.3, 0.4], [-0.2, 1.0]], dtype=torch.float64)
+    abar = ABAR[[250, 600]]
+    row = torch.log(torch.tensor([0.2, 0.3, 0.0], dtype=torch.float64))  # log 0 = −inf
+    got = full.predict_noise(x_t, abar, row.expand(2, -1))
+    torch.testing.assert_close(got, pair.predict_noise(x_t, abar), rtol=0, atol=1e-12)
+    assert not torch.allclose(got, full.predict_noise(x_t, abar), atol=1e-3)
+
+
+class _MixtureGuidance(Guidance):
+    """The 2-D mixture as a Guidance model, so that base.ddim_sample can integrate its probability-flow ODE."""
+
+    def __init__(self, mixture: GaussianMixture):
+        super().__init__(scaled_linear_alphas_cumprod())
+        self.mixture = mixture
+
+    def predict_noise(self, x_t, t, prompts):
+        return self.mixture.predict_noise(x_t.double(), ABAR[t]).float()
+
+
+def test_ddim_sampling_reproduces_mixture_moments():
+    means = torch.tensor([[-1.5, 0.0], [1.0, 1.0], [0.5, -1.5]], dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    var = 0.1
+    mix = GaussianMixture(means, weights.log(), var)
+    gen = torch.Generator().manual_seed(1)
+    n = 20000
+    # Start from the exact marginal at t = T−1 (ᾱ_999 ≈ 0.005 is not 0, so N(0, I) would be slightly off).
+    abar_T = ABAR[-1]
+    x_T = abar_T.sqrt() * mix.sample(n, gen) + (1 - abar_T).sqrt() * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    x0 = ddim_sample(_MixtureGuidance(mix), x_T.float(), [""] * n, num_steps=200).double()
+
+    mean = weights @ means
+    second = (weights[:, None, None] * (means[:, :, None] * means[:, None, :])).sum(0) + var * torch.eye(2)
+    cov = second - mean[:, None] * mean[None, :]
+    # Standard error of the mean ≈ sqrt(1.2 / 20000) ≈ 0.008: a tolerance of 0.03 is ~4 standard errors.
+    torch.testing.assert_close(x0.mean(0), mean, rtol=0, atol=0.03)
+    # 200 DDIM steps shrink the within-mode variance by ~3 % (discretisation), hence 0.04 on entries of size ~1.
+    torch.testing.assert_close(torch.cov(x0.T), cov, rtol=0, atol=0.04)
+    # Mode proportions: the fraction of samples nearest to each mean is the mixture weight (± 0.015).
+    nearest = torch.cdist(x0, means).argmin(1)
+    frac = torch.bincount(nearest, minlength=3).double() / n
+    torch.testing.assert_close(frac, weights, rtol=0, atol=0.015)
+    # And the within-mode spread is σ² (deterministic sampling must not collapse modes onto their means).
+    within = ((x0 - means[nearest]) ** 2).mean().item()
+    assert abs(within - var) < 0.01, within

@@ -1,0 +1,363 @@
+"""The shapes world (renderer, corruptions, prompts) and its exact mixture prior ShapesPrior."""
+
+import importlib.util
+import math
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from scoredist.guidance.base import add_noise
+from scoredist.guidance.mixture import GaussianMixture
+from scoredist.guidance.prompts import NFSD_NEGATIVE, SRC_SUFFIX, TGT_SUFFIX, parse_prompt
+from scoredist.guidance.shapes import ShapesPrior, view_name
+from scoredist.guidance.shapes_world import (
+    BACKGROUND_RGB,
+    COLOUR_RGB,
+    SHAPE_SDFS,
+    VARIANT_NAMES,
+    corrupt,
+    render,
+    render_caption,
+    render_views,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many small tensor ops: on a loaded 2-core machine OpenMP threads made these tests 10–40× slower (measured)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def small_prior():
+    """4 azimuths × 1 elevation: the world is 30 captions × 4 views × 16 variants = 1920 components."""
+    return ShapesPrior(resolution=32, num_azimuths=4, elevations=(20.0,))
+
+
+@pytest.fixture(scope="module")
+def cube():
+    """A clean red cube, (3, 32, 32) in [0, 1]."""
+    return render("cube", "red", azimuth=30.0, elevation=25.0, resolution=32)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Renderer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_renderer_is_deterministic_and_draws_the_object(cube):
+    again = render("cube", "red", azimuth=30.0, elevation=25.0, resolution=32)
+    assert torch.equal(cube, again)
+    assert cube.shape == (3, 32, 32) and cube.min() >= 0 and cube.max() <= 1
+    torch.testing.assert_close(cube[:, 0, 0], torch.tensor(BACKGROUND_RGB))  # corner = plain background
+    centre = cube[:, 14:18, 14:18].mean((1, 2))
+    assert centre[0] > 0.3 and centre[0] > 3 * centre[1] and centre[0] > 3 * centre[2]  # red dominates
+    object_fraction = ((cube - torch.tensor(BACKGROUND_RGB)[:, None, None]).abs().sum(0) > 0.05).float().mean()
+    assert 0.1 < object_fraction < 0.7
+
+
+def test_every_caption_renders_a_distinct_image():
+    images = torch.stack(
+        [render(s, c, 30.0, 25.0, resolution=32) for c in COLOUR_RGB for s in SHAPE_SDFS]
+    ).flatten(1)  # (30, D)
+    d = torch.cdist(images, images) + torch.eye(len(images)) * 1e9
+    assert d.min() > 1.0  # every pair differs by more than 1 in L2 over 3072 values in [0, 1]
+
+
+def test_views_and_resolutions():
+    imgs = render_views("cone", "blue", [0.0, 90.0, 180.0], [20.0, 20.0, 20.0], resolution=64)
+    assert imgs.shape == (3, 3, 64, 64)
+    # The key light is in front: the front view of the object is brighter than the back view.
+    mask = (imgs - torch.tensor(BACKGROUND_RGB)[:, None, None]).abs().sum(1) > 0.05
+    front, back = imgs[0][:, mask[0]].mean(), imgs[2][:, mask[2]].mean()
+    assert front > back + 0.05
+
+
+def test_rendering_a_bank_is_fast():
+    start = time.perf_counter()
+    render_views("torus", "purple", list(range(0, 360, 45)) * 2, [15.0] * 8 + [40.0] * 8, resolution=32)
+    assert time.perf_counter() - start < 3.0  # measured ~0.06 s single-threaded
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Corruptions
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _saturation(img):
+    return (img.amax(0) - img.amin(0)).mean().item()
+
+
+def _high_freq(img):
+    return ((img[:, 1:, :] - img[:, :-1, :]) ** 2).mean().item() + ((img[:, :, 1:] - img[:, :, :-1]) ** 2).mean().item()
+
+
+def _luma(img):
+    return 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]
+
+
+def test_corruptions_change_the_image_in_the_expected_direction(cube):
+    c = {name: corrupt(cube, name) for name in VARIANT_NAMES}
+    assert _saturation(c["oversaturated"]) > 1.3 * _saturation(cube)
+    assert _high_freq(c["smooth"]) < 0.7 * _high_freq(cube)
+    assert _high_freq(c["blurry"]) < 0.6 * _high_freq(c["smooth"])  # measured 0.51
+    assert _high_freq(c["noisy"]) > 2.0 * _high_freq(cube)
+    for name in ("foggy", "hazy", "low contrast", "dull"):
+        assert _luma(c[name]).std() < 0.7 * _luma(cube).std(), name
+    assert c["foggy"].mean() > cube.mean()  # fog is white
+    for name in ("dark", "gloomy"):
+        assert c[name].mean() < 0.6 * cube.mean(), name
+    assert _saturation(c["dull"]) < 0.5 * _saturation(cube)
+    # pixelated: 4×4 blocks constant at 32²
+    blocks = c["pixelated"].reshape(3, 8, 4, 8, 4)
+    assert torch.allclose(blocks, blocks[:, :, :1, :, :1].expand_as(blocks), atol=1e-6)
+    assert not torch.allclose(cube.reshape(3, 8, 4, 8, 4), cube.reshape(3, 8, 4, 8, 1, 4)[..., 0, :1].unsqueeze(2))
+    # cartoon: posterised (4 levels per channel) with black outlines
+    levels = torch.unique((c["cartoon"] * 3).round() / 3 - c["cartoon"])
+    assert levels.abs().max() < 1e-6
+    assert (c["cartoon"].sum(0) == 0).float().mean() > 0.02
+    # bad structure permutes tiles: the same pixel values, in other places
+    assert torch.equal(c["bad structure"].flatten().sort().values, cube.flatten().sort().values)
+    assert (c["bad structure"] - cube).abs().mean() > 0.05
+    # malformed: a geometric warp, no noise added
+    assert (c["malformed"] - cube).abs().mean() > 0.02
+    assert _high_freq(c["malformed"]) < 1.5 * _high_freq(cube)
+
+
+def test_corruptions_are_pure_deterministic_and_distinct(cube):
+    other = render("cube", "red", azimuth=120.0, elevation=25.0, resolution=32)
+    batch = torch.stack([cube, other])
+    outs = []
+    for name in VARIANT_NAMES:
+        once = corrupt(cube, name)
+        assert torch.equal(once, corrupt(cube, name)), name  # deterministic (noise seeded from the image)
+        assert torch.equal(corrupt(batch, name)[0], once), name  # batched = one by one
+        assert once.min() >= 0 and once.max() <= 1, name
+        outs.append(once.flatten())
+    d = torch.cdist(torch.stack(outs), torch.stack(outs)) + torch.eye(len(outs)) * 1e9
+    assert d.min() > 1.0  # every variant is its own mixture mean
+    # noise differs between views (it is seeded by the image, not a single global pattern)
+    n0, n1 = corrupt(cube, "noisy") - cube, corrupt(other, "noisy") - other
+    assert (n0 - n1).abs().mean() > 0.05
+
+
+def test_render_caption_applies_descriptors(cube):
+    img = render_caption("a red cube", azimuth=30.0, elevation=25.0, resolution=32)
+    assert torch.equal(img, cube)
+    assert torch.equal(render_caption("a red cube, blurry", 30.0, 25.0, 32), corrupt(cube, "blurry"))
+    with pytest.raises(ValueError, match="exactly one colour and one shape"):
+        render_caption("a cube")
+
+
+def test_render_shape_script_writes_png(tmp_path):
+    spec = importlib.util.spec_from_file_location("render_shape", ROOT / "scripts" / "render_shape.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["a green torus", str(tmp_path / "ref.png"), "--azimuth", "45", "--resolution", "64"])
+    img = iio.imread(out)
+    assert img.shape == (64, 64, 3) and img.dtype.name == "uint8"
+    expected = render_caption("a green torus", 45.0, 20.0, 64)
+    assert abs(img / 255.0 - expected.permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_suffix_constants_parse():
+    src = parse_prompt("a red cube" + SRC_SUFFIX)
+    assert (src.colours, src.shapes, src.views) == (("red",), ("cube",), ())
+    assert src.variants == (
+        "oversaturated", "smooth", "pixelated", "cartoon", "foggy", "hazy", "blurry", "bad structure", "noisy", "malformed",
+    )  # fmt: skip
+    assert parse_prompt("a red cube" + TGT_SUFFIX).variants == ("clean",)
+    neg = parse_prompt(NFSD_NEGATIVE)
+    assert (neg.colours, neg.shapes) == ((), ())
+    # 10 words, 9 variants: "blurry" and "out of focus" are one corruption
+    assert set(neg.variants) == {
+        "cartoon", "blurry", "low quality", "malformed", "low contrast", "dull", "dark", "pixelated", "gloomy",
+    }  # fmt: skip
+
+
+def test_prompt_phrases_fillers_and_views():
+    assert parse_prompt("") == parse_prompt("   ")
+    assert parse_prompt("").colours == () and parse_prompt("").variants == ()
+    p = parse_prompt("A photo of the blue sphere, front view")
+    assert (p.colours, p.shapes, p.views) == (("blue",), ("sphere",), ("front view",))
+    assert parse_prompt("a cube, out of focus").variants == ("blurry",)  # "of" inside the phrase is not a filler
+    assert parse_prompt("low resolution").variants == parse_prompt("low-resolution").variants == ("pixelated",)
+    assert parse_prompt("bad structure").variants == ("bad structure",)
+
+
+def test_unknown_word_lists_the_vocabulary():
+    with pytest.raises(ValueError, match="unknown word 'shiny'") as err:
+        parse_prompt("a shiny red cube")
+    message = str(err.value)
+    for word in ("colours: red", "shapes: sphere", "torus", "descriptors:", "bad structure", "views: front view"):
+        assert word in message
+    with pytest.raises(ValueError, match="unknown word 'structure'"):
+        parse_prompt("a red cube, structure")  # half a phrase is not a word
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The prior
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_view_names():
+    assert [view_name(a, 20) for a in (0, 45, 90, 135, 180, 270, 315)] == [
+        "front view", "front view", "side view", "back view", "back view", "side view", "front view",
+    ]  # fmt: skip
+    assert view_name(0, 70) == "overhead view"
+
+
+def test_prior_checks(small_prior):
+    assert small_prior.sample_shape() == (3, 32, 32)
+    small_prior.check_resolution(32, 32)
+    with pytest.raises(ValueError, match="32x32"):
+        small_prior.check_resolution(64, 64)
+    small_prior.check_prompt("a red cube, back view" + SRC_SUFFIX)
+    with pytest.raises(ValueError, match="colours: red"):
+        small_prior.check_prompt("a red car")
+    with pytest.raises(ValueError, match="overhead"):
+        small_prior.check_prompt("a red cube, overhead view")  # no bank view has elevation ≥ 60
+    with pytest.raises(ValueError, match="precision"):
+        ShapesPrior(precision="fp8")
+
+
+def test_prompt_selects_components(small_prior):
+    _, labels = small_prior.components("a red cube")
+    assert len(labels) == 4 * 16 and {lab.caption for lab in labels} == {"red cube"}
+    _, labels = small_prior.components("a red cube, blurry, noisy")
+    assert {lab.variant for lab in labels} == {"blurry", "noisy"} and len(labels) == 8
+    _, labels = small_prior.components("a red cube, front view" + TGT_SUFFIX)
+    assert [(lab.variant, lab.azimuth) for lab in labels] == [("clean", 0.0)]
+    _, labels = small_prior.components("a cube")
+    assert len({lab.colour for lab in labels}) == 6
+
+
+def test_predict_noise_is_the_exact_mixture_of_the_selection(small_prior):
+    """"a red cube" = its 64 components with weights ½·¼ (clean) and ½·¼/15 (each corruption)."""
+    means, labels = small_prior.components("a red cube")
+    weights = torch.tensor([0.5 / 4 if lab.variant == "clean" else 0.5 / 15 / 4 for lab in labels], dtype=torch.float64)
+    assert abs(weights.sum().item() - 1.0) < 1e-12
+    reference = GaussianMixture(means.double().flatten(1), weights.log(), variances=0.01)
+    gen = torch.Generator().manual_seed(0)
+    t = torch.tensor([50, 300, 700])
+    x_t = add_noise(means[[0, 5, 17]], torch.randn(3, 3, 32, 32, generator=gen), t, small_prior.alphas_cumprod)
+    got = small_prior.predict_noise(x_t, t, ["a red cube"] * 3)
+    abar = small_prior._abar64[t]
+    expected = reference.predict_noise(x_t.double().flatten(1), abar).float().reshape(got.shape)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert got.dtype == torch.float32
+
+
+def test_batched_rows_with_different_prompts_equal_row_by_row(small_prior):
+    prompts = [
+        "a red cube",
+        "",
+        "a blue torus, blurry, noisy",
+        "a red cube, front view",
+        "a green cone" + SRC_SUFFIX,
+        "a green cone" + TGT_SUFFIX,
+        NFSD_NEGATIVE,
+    ]
+    gen = torch.Generator().manual_seed(1)
+    n = len(prompts)
+    t = torch.tensor([10, 100, 250, 400, 600, 800, 990])
+    x_t = torch.randn(n, 3, 32, 32, generator=gen)
+    batched = small_prior.predict_noise(x_t, t, prompts)
+    rows = torch.cat([small_prior.predict_noise(x_t[i : i + 1], t[i : i + 1], [prompts[i]]) for i in range(n)])
+    torch.testing.assert_close(batched, rows, rtol=0, atol=1e-5)
+    # the prompt matters: conditional and unconditional rows of the same x_t differ
+    same = small_prior.predict_noise(x_t[:2], t[[3, 3]], ["a red cube", ""])
+    assert (same[0] - same[1]).abs().max() > 0.01
+
+
+def test_denoising_a_component_mean_recovers_it(small_prior):
+    means, labels = small_prior.components("a purple cylinder, side view, hazy")
+    t = torch.tensor([100])
+    gen = torch.Generator().manual_seed(2)
+    noise = torch.randn(1, 3, 32, 32, generator=gen)
+    x_t = add_noise(means[:1], noise, t, small_prior.alphas_cumprod)
+    eps = small_prior.predict_noise(x_t, t, ["a purple cylinder"])
+    a, b = small_prior._abar64[100].sqrt().item(), (1 - small_prior._abar64[100]).sqrt().item()
+    x0 = (x_t - b * eps) / a
+    assert (x0 - means[:1]).pow(2).mean().sqrt() < 0.12  # posterior mean ≈ the component (+ shrunk σ² noise)
+    assert str(small_prior.nearest_component(x0)[0]) == str(labels[0])
+
+
+def test_nearest_component_labels_component_means(small_prior):
+    means, labels = small_prior.components("a yellow sphere, dark")
+    found = small_prior.nearest_component(means + 0.05 * torch.randn(means.shape, generator=torch.Generator()))
+    assert [str(f) for f in found] == [str(lab) for lab in labels]
+    assert found[0].caption == "yellow sphere" and found[0].variant == "dark"
+
+
+def test_sds_distillation_on_the_prior_finds_a_red_cube(small_prior):
+    """SDS (diffusers CFG, s = 7.5, w(t) = 1 − ᾱ_t, Adam) from noise converges onto a "red cube" component."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.Parameter(0.5 * torch.randn(1, 3, 32, 32, generator=gen))
+    opt = torch.optim.Adam([x], lr=0.05)
+    abar = small_prior.alphas_cumprod
+    for _ in range(150):
+        t = torch.randint(20, 981, (1,), generator=gen)
+        eps = torch.randn(1, 3, 32, 32, generator=gen)
+        x_t = add_noise(x.detach(), eps, t, abar)
+        e_uncond, e_cond = small_prior.predict_noise(torch.cat([x_t, x_t]), t.repeat(2), ["", "a red cube"]).chunk(2)
+        g = e_uncond + 7.5 * (e_cond - e_uncond) - eps
+        opt.zero_grad()
+        x.grad = (1 - abar[t]).view(-1, 1, 1, 1) * g
+        opt.step()
+    label = small_prior.nearest_component(x.detach())[0]
+    assert label.caption == "red cube", str(label)
+    means, _ = small_prior.components("a red cube")
+    rms = (means - x.detach()).flatten(1).pow(2).mean(1).sqrt().min()
+    assert rms < 0.15  # close to one mean (measured ~0.09), not a blend of the world
+
+
+def test_source_model_starts_at_the_prior_and_trains(small_prior):
+    source = small_prior.make_source_model()
+    n_params = sum(p.numel() for p in source.parameters())
+    assert 1_000 < n_params < 100_000
+    assert not any(k.startswith("_prior") for k in source.state_dict())
+    gen = torch.Generator().manual_seed(3)
+    x_t = torch.randn(2, 3, 32, 32, generator=gen)
+    t = torch.tensor([200, 700])
+    prompts = ["a red cube", ""]
+    out = source.predict_noise(x_t, t, prompts)
+    torch.testing.assert_close(out, small_prior.predict_noise(x_t, t, prompts), rtol=0, atol=0)
+    # a denoising step moves it: gradients reach the residual net (the zero-initialised last conv first)
+    loss = (out - torch.randn(2, 3, 32, 32, generator=gen)).pow(2).mean()
+    loss.backward()
+    assert source.conv_out.weight.grad.abs().sum() > 0
+    torch.optim.SGD(source.parameters(), lr=0.1).step()
+    assert not torch.allclose(source.predict_noise(x_t, t, prompts), out)
+
+
+def test_default_world_build_time_and_call_cost():
+    """The default prior (8 azimuths × 2 elevations): the whole world builds in seconds; report the call costs."""
+    prior = ShapesPrior()
+    x = torch.randn(2, 3, 32, 32)
+    t = torch.tensor([500, 500])
+    prior.predict_noise(x, t, ["a red cube", ""])  # builds all 30 caption banks
+    assert len(prior._banks) == 30 and prior.build_seconds < 20.0  # measured ~1.8 s single-threaded
+    timings = {}
+    for name, prompts in (("caption", ["a red cube", "a red cube, blurry"]), ("world", ["a red cube", ""])):
+        prior.predict_noise(x, t, prompts)
+        start = time.perf_counter()
+        for _ in range(5):
+            prior.predict_noise(x, t, prompts)
+        timings[name] = (time.perf_counter() - start) / 5 * 1e3
+    print(f"world build {prior.build_seconds:.2f} s; predict_noise N=2: " + str(timings))
+    k = prior._mixture(prior.captions, "cpu")[0].means.shape[0]
+    assert k == 30 * 16 * 16 and not math.isnan(timings["world"])

@@ -1,0 +1,216 @@
+"""The trainer end to end: run folders, resume equivalence, interruption, non-finite steps, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from scoredist.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from scoredist.errors import NonFiniteError
+from scoredist.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def config(*overrides: str, run_dir: Path | None = None):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["logger=none", "trainer.device=cpu", *overrides])
+    if run_dir is not None:
+        cfg.trainer.run_dir = str(run_dir)
+    return cfg
+
+
+SHAPES = ("guidance=shapes", "prompt=a red cube")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["loss", "renderer", "guidance", "schedule", "logger"])
+def test_every_yaml_of_every_group_composes_and_instantiates(group, tiny_sd_path):
+    options = group_options(group)
+    assert options, group
+    for option in options:
+        cfg = config(f"{group}={option}", f"guidance.pretrained={tiny_sd_path}" if option == "sd" else "seed=0")
+        node = cfg[group]
+        obj = instantiate(node, device="cpu", precision="fp32") if group == "guidance" else instantiate(node)
+        assert type(obj).__name__ == node._target_.rsplit(".", 1)[1], option
+
+
+def test_every_experiment_composes():
+    for option in group_options("experiment"):
+        cfg = config(f"+experiment={option}")
+        assert cfg.trainer.max_steps > 0 and cfg.loss._target_
+
+
+def test_tiny_pipeline_run_writes_the_run_folder(tiny_sd_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = config(
+        f"guidance.pretrained={tiny_sd_path}", "logger=wandb", "trainer.max_steps=5", "trainer.image_every=2",
+        "trainer.log_every=1", "prompt=a photo of a hamburger", run_dir=tmp_path / "run",
+    )
+    result = train(cfg)
+    run = result.run_dir
+    assert result.step == 5 and not result.interrupted
+    assert OmegaConf.load(run / "config.yaml").prompt == "a photo of a hamburger"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5] and all(r["nonfinite_total"] == 0 for r in lines)
+    import imageio.v3 as iio
+
+    final = iio.imread(run / "final.png")
+    assert final.ndim == 3 and final.shape[2] == 3 and final.std() > 0
+    assert sorted(p.name for p in (run / "progress").glob("*.png")) == ["step_000002.png", "step_000004.png"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5
+    assert list((run / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
+
+
+def final_params(run_dir: Path) -> torch.Tensor:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["renderer"]["image"]
+
+
+@pytest.mark.parametrize("loss", ["sds", "vsd"])
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(loss, tmp_path):
+    n = 12
+    straight = train(config(*SHAPES, f"loss={loss}", f"trainer.max_steps={n}", run_dir=tmp_path / "a")).run_dir
+    half = train(config(*SHAPES, f"loss={loss}", f"trainer.max_steps={n // 2}", run_dir=tmp_path / "b")).run_dir
+    assert load_checkpoint(half / "checkpoints" / "last.pt")["step"] == n // 2
+    halfway = final_params(half)
+    resumed = train(config(*SHAPES, f"loss={loss}", f"trainer.max_steps={n}", f"trainer.resume={half}"))
+    assert resumed.run_dir == half and resumed.step == n
+    torch.testing.assert_close(final_params(half), final_params(straight), rtol=1e-6, atol=1e-6)
+    assert (final_params(half) - halfway).abs().max() > 1e-3  # the resumed half really moved the parameters
+    steps = [json.loads(line)["step"] for line in (half / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "metrics.jsonl has duplicated steps after resume"
+
+
+def test_ours_resumed_past_its_switch_is_in_stage_two(tmp_path):
+    common = (*SHAPES, "loss=ours", "trainer.log_every=1")
+    first = train(config(*common, "trainer.max_steps=6", "loss.switch_step=4", run_dir=tmp_path / "r")).run_dir
+    train(config(*common, "trainer.max_steps=9", "loss.switch_step=4", f"trainer.resume={first}"))
+    stages = {json.loads(line)["step"]: json.loads(line)["ours/stage"] for line in (first / "metrics.jsonl").open()}
+    # metric of step s is logged after the update of step s-1
+    assert [stages[s] for s in range(1, 10)] == [1, 1, 1, 1, 2, 2, 2, 2, 2]
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
+    from scoredist.guidance import shapes
+
+    calls = {"n": 0}
+    original = shapes.ShapesPrior.predict_noise
+
+    def flaky(self, x_t, t, prompts):
+        calls["n"] += 1
+        eps = original(self, x_t, t, prompts)
+        return eps * float("nan") if calls["n"] in (3,) or calls["n"] >= 6 else eps
+
+    monkeypatch.setattr(shapes.ShapesPrior, "predict_noise", flaky)
+    cfg = config(*SHAPES, "loss=sds", "trainer.max_steps=50", "trainer.max_nonfinite=3", "trainer.log_every=1",
+                 run_dir=tmp_path / "nan")
+    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteError, match="3 non-finite steps"):
+        train(cfg)
+    ckpt = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
+    assert ckpt["nonfinite_total"] == 4 and torch.isfinite(ckpt["renderer"]["image"]).all()
+    records = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").open()]
+    assert records[-1]["nonfinite_total"] == 1  # step 3 was skipped; steps 6.. never logged
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1}, path)
+
+    def dies_midway(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_truncated_or_foreign_checkpoints_are_refused_by_name(tmp_path):
+    good = save_checkpoint({"step": 3, "x": torch.ones(1000)}, tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt.*not a scoredist checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing" / "last.pt")
+
+
+def test_bad_values_fail_before_any_model_loads(tmp_path):
+    with pytest.raises(ValueError, match="trainer.max_steps must be a positive integer, got -1"):
+        train(config(*SHAPES, "trainer.max_steps=-1", run_dir=tmp_path / "x"))
+    with pytest.raises(ValueError, match="trainer.precision"):
+        train(config(*SHAPES, "trainer.precision=fp8", run_dir=tmp_path / "x"))
+
+
+def test_latent_size_not_divisible_by_8_is_refused(tiny_sd_path, tmp_path):
+    cfg = config(f"guidance.pretrained={tiny_sd_path}", "renderer.height=60", "renderer.width=64", run_dir=tmp_path)
+    with pytest.raises(ValueError, match="60x64 is not divisible by 8"):
+        train(cfg)
+
+
+def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+@pytest.mark.slow
+def test_cli_help_and_clear_errors(tmp_path):
+    help_text = run_cli("--help").stdout
+    assert "scoredist" in help_text and "loss: " in help_text and "ours" in help_text
+    unknown = run_cli("loss=sdss", f"hydra.run.dir={tmp_path}/u")
+    assert unknown.returncode != 0 and "sdss" in unknown.stderr and "Available options" in unknown.stderr
+    bad = run_cli("guidance=shapes", "trainer.max_steps=-1", "logger=none", f"hydra.run.dir={tmp_path}/b")
+    assert bad.returncode == 2 and "trainer.max_steps must be a positive integer" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    start = time.monotonic()
+    missing = run_cli("guidance.pretrained=/nonexistent/sd", "logger=none", f"hydra.run.dir={tmp_path}/m")
+    assert missing.returncode == 2 and "guidance=shapes" in missing.stderr and "Traceback" not in missing.stderr
+    hub = run_cli("logger=none", f"hydra.run.dir={tmp_path}/h")  # the default hub id, offline
+    assert hub.returncode == 2 and "make_tiny_pipeline" in hub.stderr
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+def test_sigint_writes_a_checkpoint_that_resumes(tmp_path):
+    run = tmp_path / "interrupted"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    args = [sys.executable, "train.py", *SHAPES, "loss=sds", "logger=none", "trainer.device=cpu", "trainer.log_every=1",
+            "trainer.max_steps=100000", "trainer.ckpt_every=100000", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 90
+    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "resume with trainer.resume=" in out
+    step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    assert step >= 3
+    resumed = run_cli(*SHAPES, "loss=sds", "logger=none", f"trainer.max_steps={step + 2}", f"trainer.resume={run}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == step + 2
+    assert (run / "final.png").exists()

@@ -1,0 +1,27 @@
+"""Entry point: `python train.py loss=ours prompt="a red cube" ...` (see `python train.py --help`)."""
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from scoredist.errors import USER_ERRORS
+    from scoredist.train import train
+
+    try:
+        result = train(cfg)
+    except USER_ERRORS as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if result.interrupted:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
