@@ -15,3 +15,13 @@ class NonFiniteError(RuntimeError):
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError, WeightsNotFoundError)
+
+
+def user_error(error: BaseException) -> str | None:
+    """The message of a user error, looking through the wrappers Hydra's instantiate puts around constructor errors;
+    None for anything else (a bug, which should show its traceback)."""
+    while error is not None:
+        if isinstance(error, USER_ERRORS):
+            return str(error)
+        error = error.__cause__
+    return None

@@ -1,7 +1,8 @@
 """Timestep schedules and step-dependent values, as plain functions of the training step.
 
-A schedule decides which diffusion times t a step may draw. Times are fractions of the T training timesteps (0.02 = 2 %);
-`sample` turns them into integer indices, optionally snapped to a coarse DDIM grid as the paper's 2D code does.
+A schedule decides which diffusion times t a step may draw. Times are fractions of the T training timesteps
+(0.02 = 2 %); `sample` turns them into integer indices, optionally snapped to a coarse DDIM grid as the paper's 2D
+code does.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class TimestepSchedule:
 
 
 class AnnealedSchedule(TimestepSchedule):
-    """t_max drops from `t_max` to `t_max_after` at `anneal_step` (the paper's NeRF setting: 0.98 → 0.5 at step 5000)."""
+    """t_max drops from `t_max` to `t_max_after` at `anneal_step`.
+
+    The paper's NeRF setting: 0.98 → 0.5 at step 5000."""
 
     def __init__(self, t_min=0.02, t_max=0.98, t_max_after=0.5, anneal_step=5000, grid=None):
         super().__init__(t_min, t_max, grid)

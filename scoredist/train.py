@@ -104,13 +104,13 @@ def stop_requests():
 
 
 class MetricsFile:
-    """metrics.jsonl, one JSON object per logged step. On resume, lines from past the checkpoint are dropped (they
-    belong to steps that will be run again)."""
+    """metrics.jsonl, one JSON object per logged step ("step" = steps completed). On resume, lines from past the
+    checkpoint are dropped: they belong to steps that will be run again."""
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < resume_step]
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
@@ -195,7 +195,7 @@ def train(cfg: DictConfig) -> RunResult:
                     # A NaN step would poison Adam's moments for good; skip it, and stop if it keeps happening.
                     nonfinite_total += 1
                     consecutive_nonfinite += 1
-                    warnings.warn(f"step {step}: non-finite direction, step skipped ({nonfinite_total} so far)")
+                    warnings.warn(f"step {step}: non-finite direction, skipped ({nonfinite_total} so far)", stacklevel=1)
                     if consecutive_nonfinite >= cfg.trainer.max_nonfinite:
                         checkpoint()
                         raise NonFiniteError(
@@ -270,6 +270,7 @@ def warn_if_config_changed(saved: Path, cfg: DictConfig) -> None:
         return
     old = OmegaConf.load(saved)
     for key in ("prompt", "seed", "loss", "renderer", "guidance", "schedule"):
-        if OmegaConf.select(old, key) != OmegaConf.select(cfg, key):
-            warnings.warn(f"resuming with a different `{key}` than the run was started with ({saved})")
-
+        # unresolved, so that `${trainer.max_steps}` inside a loss is not a difference when only max_steps changed
+        before, now = (OmegaConf.to_container(c, resolve=False).get(key) for c in (old, cfg))
+        if before != now:
+            warnings.warn(f"resuming with a different `{key}` than the run was started with ({saved})", stacklevel=1)

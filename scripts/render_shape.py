@@ -1,7 +1,7 @@
 """Render a shapes-world caption to a PNG, e.g. a reference image for DDS.
 
-    python scripts/render_shape.py "a red cube" ref.png --azimuth 30 --elevation 20 --resolution 32
-    python scripts/render_shape.py "a red cube, blurry" blurry.png      # descriptors apply their corruptions
+python scripts/render_shape.py "a red cube" ref.png --azimuth 30 --elevation 20 --resolution 32
+python scripts/render_shape.py "a red cube, blurry" blurry.png      # descriptors apply their corruptions
 """
 
 from __future__ import annotations

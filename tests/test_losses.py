@@ -112,8 +112,13 @@ def test_ours_direction_and_zero_when_source_equals_target(setup):
 
 def test_ours_switches_stages_at_the_right_step_and_after_resume(setup):
     guidance, x, t, noise, x_t = setup
-    loss = Ours(guidance_scale=40, stage_one=SDS(guidance_scale=40, weighting="uniform"), switch_fraction=0.5,
-                max_steps=100, weighting="1-abar")
+    loss = Ours(
+        guidance_scale=40,
+        stage_one=SDS(guidance_scale=40, weighting="uniform"),
+        switch_fraction=0.5,
+        max_steps=100,
+        weighting="1-abar",
+    )
     stages = {s: loss.direction(guidance, x, t, noise, ["cat", "cat"], s)[1]["ours/stage"] for s in (0, 49, 50, 51, 99)}
     assert stages == {0: 1, 49: 1, 50: 2, 51: 2, 99: 2}
     assert loss.weighting_at(10) == "uniform" and loss.weighting_at(60) == "1-abar"

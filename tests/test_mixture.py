@@ -121,7 +121,9 @@ def test_ddim_sampling_reproduces_mixture_moments():
     n = 20000
     # Start from the exact marginal at t = T−1 (ᾱ_999 ≈ 0.005 is not 0, so N(0, I) would be slightly off).
     abar_T = ABAR[-1]
-    x_T = abar_T.sqrt() * mix.sample(n, gen) + (1 - abar_T).sqrt() * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    x_T = abar_T.sqrt() * mix.sample(n, gen) + (1 - abar_T).sqrt() * torch.randn(
+        n, 2, generator=gen, dtype=torch.float64
+    )
     x0 = ddim_sample(_MixtureGuidance(mix), x_T.float(), [""] * n, num_steps=200).double()
 
     mean = weights @ means

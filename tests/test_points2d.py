@@ -76,7 +76,17 @@ def test_no_descriptor_is_the_weighted_mixture_of_both_variants():
 
 def test_batched_mixed_prompts_equal_row_by_row(prior):
     g = torch.Generator().manual_seed(0)
-    prompts = ["a ring", RING_TGT, RING_SRC, "", "a grid, blurry", "a spiral, sharp", "a moons", ", noisy", NFSD_NEGATIVE]
+    prompts = [
+        "a ring",
+        RING_TGT,
+        RING_SRC,
+        "",
+        "a grid, blurry",
+        "a spiral, sharp",
+        "a moons",
+        ", noisy",
+        NFSD_NEGATIVE,
+    ]
     n = len(prompts)
     x_t = 2 * torch.randn(n, 2, generator=g)
     t = torch.randint(0, 1000, (n,), generator=g)
@@ -212,13 +222,18 @@ def test_decode_draws_particles_at_their_pixels():
     assert img[0, :, 63, 0].min() > 0.95  # bottom-left corner: no particle, no density → white
     # the background shows the density: a sharp ring mode (2, 0) is tinted, i.e. not white
     assert img[0, 0, 32, 53] < 0.5
+    # after the trainer checks the run's prompt, the background is that shape's target only
+    at = lambda r, c: prior.decode(torch.empty(0, 2))[0, 0, r, c].item()
+    assert at(32, 32) < 0.5  # the grid's central mode (0, 0)
+    prior.check_prompt("a ring")
+    assert at(32, 32) > 0.95 and at(32, 53) < 0.5  # (0, 0) is empty for the ring; its mode (2, 0) is tinted
 
 
 def test_renderer_particles_are_the_batch_and_seeded():
     a, b = PointsRenderer(num_points=32, seed=3), PointsRenderer(num_points=32, seed=3)
     assert torch.equal(a.points, b.points)
     assert not torch.equal(a.points, PointsRenderer(num_points=32, seed=4).points)
-    out = a(batch_size=1)
+    out = a()
     assert out.x is a.points and out.x.shape == (32, 2) and out.prompt_suffixes == [""] * 32
     assert a.outputs_rgb is False
     shifted = PointsRenderer(num_points=2000, init_mean=(1.0, -2.0), init_std=0.5, seed=0).points
@@ -229,10 +244,13 @@ def test_renderer_particles_are_the_batch_and_seeded():
 def test_renderer_recording_is_capped():
     r = PointsRenderer(num_points=4, seed=0, record_every=1, max_records=4)
     for _ in range(10):
-        r(1)
+        r()
     # records at 0…4 overflow → keep 0, 2, 4 (every 2); 6 and 8 overflow again → keep 0, 4, 8 (every 4)
     assert r.snapshot_steps == [0, 4, 8] and r.record_every == 4
     assert r.trajectory().shape == (4, 4, 2)
+    with torch.no_grad():  # previews and final images are not optimisation steps
+        r()
+    assert r.num_forwards == 10
 
 
 def test_renderer_writes_a_readable_png(tmp_path, prior):
@@ -240,7 +258,7 @@ def test_renderer_writes_a_readable_png(tmp_path, prior):
     opt = torch.optim.SGD(r.parameters(), lr=0.2)
     for _ in range(40):  # pull every particle toward (1.5, 1.5): x ← 1.5 + 0.6 (x − 1.5)
         opt.zero_grad()
-        ((r(1).x - 1.5) ** 2).sum().backward()
+        ((r().x - 1.5) ** 2).sum().backward()
         opt.step()
     paths = r.write_artifacts(tmp_path, prior.decode)
     assert [p.name for p in paths] == ["particles.png", "particles.npz"] and all(p.exists() for p in paths)
@@ -311,5 +329,5 @@ def test_configs_instantiate():
     guidance.check_resolution(7, 13)  # points accept any size
     renderer = instantiate(OmegaConf.load(CONF / "renderer" / "points.yaml"))
     assert isinstance(renderer, PointsRenderer) and renderer.points.shape == (512, 2)
-    x = renderer(1).x
+    x = renderer().x
     assert guidance.predict_noise(x.detach(), torch.full((512,), 500), ["a ring"] * 512).shape == (512, 2)

@@ -65,9 +65,9 @@ def test_renderer_is_deterministic_and_draws_the_object(cube):
 
 
 def test_every_caption_renders_a_distinct_image():
-    images = torch.stack(
-        [render(s, c, 30.0, 25.0, resolution=32) for c in COLOUR_RGB for s in SHAPE_SDFS]
-    ).flatten(1)  # (30, D)
+    images = torch.stack([render(s, c, 30.0, 25.0, resolution=32) for c in COLOUR_RGB for s in SHAPE_SDFS]).flatten(
+        1
+    )  # (30, D)
     d = torch.cdist(images, images) + torch.eye(len(images)) * 1e9
     assert d.min() > 1.0  # every pair differs by more than 1 in L2 over 3072 values in [0, 1]
 
@@ -119,7 +119,8 @@ def test_corruptions_change_the_image_in_the_expected_direction(cube):
     # pixelated: 4×4 blocks constant at 32²
     blocks = c["pixelated"].reshape(3, 8, 4, 8, 4)
     assert torch.allclose(blocks, blocks[:, :, :1, :, :1].expand_as(blocks), atol=1e-6)
-    assert not torch.allclose(cube.reshape(3, 8, 4, 8, 4), cube.reshape(3, 8, 4, 8, 1, 4)[..., 0, :1].unsqueeze(2))
+    clean_blocks = cube.reshape(3, 8, 4, 8, 4)
+    assert not torch.allclose(clean_blocks, clean_blocks[:, :, :1, :, :1].expand_as(clean_blocks), atol=1e-2)
     # cartoon: posterised (4 levels per channel) with black outlines
     levels = torch.unique((c["cartoon"] * 3).round() / 3 - c["cartoon"])
     assert levels.abs().max() < 1e-6
@@ -176,9 +177,8 @@ def test_render_shape_script_writes_png(tmp_path):
 def test_suffix_constants_parse():
     src = parse_prompt("a red cube" + SRC_SUFFIX)
     assert (src.colours, src.shapes, src.views) == (("red",), ("cube",), ())
-    assert src.variants == (
-        "oversaturated", "smooth", "pixelated", "cartoon", "foggy", "hazy", "blurry", "bad structure", "noisy", "malformed",
-    )  # fmt: skip
+    expected = "oversaturated, smooth, pixelated, cartoon, foggy, hazy, blurry, bad structure, noisy, malformed"
+    assert src.variants == tuple(expected.split(", "))
     assert parse_prompt("a red cube" + TGT_SUFFIX).variants == ("clean",)
     neg = parse_prompt(NFSD_NEGATIVE)
     assert (neg.colours, neg.shapes) == ((), ())
@@ -232,6 +232,22 @@ def test_prior_checks(small_prior):
         small_prior.check_prompt("a red cube, overhead view")  # no bank view has elevation ≥ 60
     with pytest.raises(ValueError, match="precision"):
         ShapesPrior(precision="fp8")
+    with_top = ShapesPrior(num_azimuths=2, elevations=(20.0, 70.0))
+    _, labels = with_top.components("a red cube, overhead view, sharp")
+    assert [(lab.azimuth, lab.elevation, lab.view) for lab in labels] == [
+        (0.0, 70.0, "overhead view"),
+        (180.0, 70.0, "overhead view"),
+    ]
+
+
+def test_prior_at_64(cube):
+    prior = ShapesPrior(resolution=64, num_azimuths=1, elevations=(20.0,))
+    x_t = torch.zeros(2, 3, 64, 64)
+    eps = prior.predict_noise(x_t, torch.tensor([100, 900]), ["a red cube, pixelated", "a red cube"])
+    assert eps.shape == (2, 3, 64, 64) and torch.isfinite(eps).all()
+    means, _ = prior.components("a red cube, pixelated")
+    blocks = means[0].reshape(3, 8, 8, 8, 8)  # 8×8 blocks at 64²
+    assert torch.allclose(blocks, blocks[:, :, :1, :, :1].expand_as(blocks), atol=1e-6)
 
 
 def test_prompt_selects_components(small_prior):
@@ -246,7 +262,7 @@ def test_prompt_selects_components(small_prior):
 
 
 def test_predict_noise_is_the_exact_mixture_of_the_selection(small_prior):
-    """"a red cube" = its 64 components with weights ½·¼ (clean) and ½·¼/15 (each corruption)."""
+    """ "a red cube" = its 64 components with weights ½·¼ (clean) and ½·¼/15 (each corruption)."""
     means, labels = small_prior.components("a red cube")
     weights = torch.tensor([0.5 / 4 if lab.variant == "clean" else 0.5 / 15 / 4 for lab in labels], dtype=torch.float64)
     assert abs(weights.sum().item() - 1.0) < 1e-12
@@ -350,7 +366,7 @@ def test_default_world_build_time_and_call_cost():
     x = torch.randn(2, 3, 32, 32)
     t = torch.tensor([500, 500])
     prior.predict_noise(x, t, ["a red cube", ""])  # builds all 30 caption banks
-    assert len(prior._banks) == 30 and prior.build_seconds < 20.0  # measured ~1.8 s single-threaded
+    assert len(prior._banks) == 30 and prior.build_seconds < 20.0  # measured ~1 s single-threaded
     timings = {}
     for name, prompts in (("caption", ["a red cube", "a red cube, blurry"]), ("world", ["a red cube", ""])):
         prior.predict_noise(x, t, prompts)

@@ -59,8 +59,13 @@ def test_every_experiment_composes():
 def test_tiny_pipeline_run_writes_the_run_folder(tiny_sd_path, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = config(
-        f"guidance.pretrained={tiny_sd_path}", "logger=wandb", "trainer.max_steps=5", "trainer.image_every=2",
-        "trainer.log_every=1", "prompt=a photo of a hamburger", run_dir=tmp_path / "run",
+        f"guidance.pretrained={tiny_sd_path}",
+        "logger=wandb",
+        "trainer.max_steps=5",
+        "trainer.image_every=2",
+        "trainer.log_every=1",
+        "prompt=a photo of a hamburger",
+        run_dir=tmp_path / "run",
     )
     result = train(cfg)
     run = result.run_dir
@@ -117,8 +122,14 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypa
         return eps * float("nan") if calls["n"] in (3,) or calls["n"] >= 6 else eps
 
     monkeypatch.setattr(shapes.ShapesPrior, "predict_noise", flaky)
-    cfg = config(*SHAPES, "loss=sds", "trainer.max_steps=50", "trainer.max_nonfinite=3", "trainer.log_every=1",
-                 run_dir=tmp_path / "nan")
+    cfg = config(
+        *SHAPES,
+        "loss=sds",
+        "trainer.max_steps=50",
+        "trainer.max_nonfinite=3",
+        "trainer.log_every=1",
+        run_dir=tmp_path / "nan",
+    )
     with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteError, match="3 non-finite steps"):
         train(cfg)
     ckpt = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
@@ -172,7 +183,13 @@ def test_latent_size_not_divisible_by_8_is_refused(tiny_sd_path, tmp_path):
 def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
     )
 
 
@@ -197,8 +214,18 @@ def test_cli_help_and_clear_errors(tmp_path):
 def test_sigint_writes_a_checkpoint_that_resumes(tmp_path):
     run = tmp_path / "interrupted"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    args = [sys.executable, "train.py", *SHAPES, "loss=sds", "logger=none", "trainer.device=cpu", "trainer.log_every=1",
-            "trainer.max_steps=100000", "trainer.ckpt_every=100000", f"hydra.run.dir={run}"]
+    args = [
+        sys.executable,
+        "train.py",
+        *SHAPES,
+        "loss=sds",
+        "logger=none",
+        "trainer.device=cpu",
+        "trainer.log_every=1",
+        "trainer.max_steps=100000",
+        "trainer.ckpt_every=100000",
+        f"hydra.run.dir={run}",
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 90
     while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:

@@ -6,7 +6,8 @@ the trainer uses `encode` / `decode` to move between RGB renders and the model's
 Conventions used everywhere in scoredist:
 - `t` is an integer index into `alphas_cumprod` (0 … T−1, T = 1000 for every model here).
 - `x_t = sqrt(ᾱ_t) x + sqrt(1 − ᾱ_t) ε`.
-- RGB images are (B, 3, H, W) in [0, 1]; the model space may be SD latents (B, 4, H/8, W/8), pixels in [−1, 1], or 2D points.
+- RGB images are (B, 3, H, W) in [0, 1]; the model space may be SD latents (B, 4, H/8, W/8), pixels in [−1, 1],
+  or 2D points.
 - `predict_noise` always returns ε (v-prediction models are converted) in float32, whatever the model's own dtype.
 """
 
@@ -113,10 +114,10 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ddim_step(
-    guidance: Guidance, x_t: torch.Tensor, t: int, t_next: int, prompts: Sequence[str]
-) -> torch.Tensor:
-    """One deterministic DDIM move from t to t_next (t_next < t generates, t_next > t inverts); t_next = −1 means ᾱ = 1."""
+def ddim_step(guidance: Guidance, x_t: torch.Tensor, t: int, t_next: int, prompts: Sequence[str]) -> torch.Tensor:
+    """One deterministic DDIM move from t to t_next (t_next < t generates, t_next > t inverts).
+
+    t_next = −1 means ᾱ = 1, the clean end."""
     abar = guidance.alphas_cumprod
     a_t = abar[t]
     a_next = abar[t_next] if t_next >= 0 else torch.ones_like(a_t)

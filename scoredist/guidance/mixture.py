@@ -1,6 +1,7 @@
 """The exact noise prediction of a mixture of isotropic Gaussians (design.md §3).
 
-For components k with means μ_k (D,), weights π_k and variances σ_k², under x_t = a x + b ε (a = sqrt(ᾱ), b = sqrt(1 − ᾱ)):
+For components k with means μ_k (D,), weights π_k and variances σ_k², under x_t = a x + b ε
+(a = sqrt(ᾱ), b = sqrt(1 − ᾱ)):
 
     x_t | k  ~  N(a μ_k, (a² σ_k² + b²) I)
     r_k      ∝  π_k N(x_t; a μ_k, (a² σ_k² + b²) I)                          (responsibilities, in log space)

@@ -2,12 +2,13 @@
 
 Every named shape ("ring", "grid", "spiral", "moons") exists in two variants, so the paper's bridge has a meaning here:
 
-    sharp     means μ_k,             std `sharp_std`      (the target: ", detailed high resolution, high quality, sharp")
-    degraded  means c·μ_k + shift,   std `degraded_std`   (the source: ", oversaturated, smooth, ..., malformed")
+    sharp     means μ_k,            std `sharp_std`     (the target: ", detailed high resolution, high quality, sharp")
+    degraded  means c·μ_k + shift,  std `degraded_std`  (the source: ", oversaturated, smooth, ..., malformed")
 
-i.e. the degraded version is a blurred copy of the sharp one (c = 1, shift = 0 by default). Why the same means by default:
-the "ours" field ε̂(x_t; y_tgt) − ε̂(x_t; y_src) vanishes on the target modes only when both variants share their means;
-with c ≠ 1 or a shift it is a nearly constant translation that carries particles through the target and beyond.
+i.e. the degraded version is a blurred copy of the sharp one (c = 1, shift = 0 by default). Why the same means by
+default: the "ours" field ε̂(x_t; y_tgt) − ε̂(x_t; y_src) vanishes on the target modes only when both variants share
+their means; with c ≠ 1 or a shift it is a nearly constant translation that carries particles through the target and
+beyond.
 Prompts mirror the image world:
 
     "a ring"                        both variants, sharp with weight `sharp_weight`, degraded with 1 − sharp_weight
@@ -32,7 +33,6 @@ from torch import nn
 
 from scoredist.guidance.base import Guidance, SourceModel, scaled_linear_alphas_cumprod
 from scoredist.guidance.mixture import GaussianMixture
-
 from scoredist.guidance.prompts import NFSD_NEGATIVE, SRC_SUFFIX, TGT_SUFFIX
 
 ARTICLES = ("a ", "an ", "the ")
@@ -82,7 +82,9 @@ class Points2DPrior(Guidance):
         degraded_contraction: degraded means are c·μ_k + degraded_shift ("smooth": modes pulled together).
         degraded_shift: (2,) offset of the degraded means.
         sharp_weight: weight of the sharp variant when a prompt names no descriptor.
-        preview_prompt: density drawn under the particles by `decode`; None = the sharp variant of every shape.
+        preview_prompt: density drawn under the particles by `decode`; None = the sharp variant (the target) of the
+            shapes named by the last prompt given to `check_prompt` (the trainer checks the run's prompt), or of
+            every shape before any check.
         preview_size: side of the `decode` image in pixels.
         extent: `decode` shows the square [−extent, extent]².
         device: where ε̂ is computed.
@@ -119,7 +121,8 @@ class Points2DPrior(Guidance):
             raise ValueError("Points2DPrior needs at least one shape")
         self.shape_names = tuple(sharp)
         self.sharp_weight = float(sharp_weight)
-        self.preview_prompt = preview_prompt if preview_prompt is not None else TGT_SUFFIX.lstrip(", ")
+        self.preview_prompt = preview_prompt
+        self._checked_shapes: tuple[str, ...] = ()  # shapes of the last checked prompt, for the default preview
         self.preview_size = int(preview_size)
         self.extent = float(extent)
 
@@ -170,12 +173,16 @@ class Points2DPrior(Guidance):
                 shapes.append(name)
         if len(variants) > 1:
             raise ValueError(
-                f"prompt {prompt!r} mixes sharp and degraded descriptors; use one kind (vocabulary: {self.vocabulary()})"
+                f"prompt {prompt!r} mixes sharp and degraded descriptors; use one kind "
+                f"(vocabulary: {self.vocabulary()})"
             )
         return tuple(shapes) or self.shape_names, next(iter(variants), None)
 
     def check_prompt(self, prompt: str) -> None:
-        self.parse(prompt)
+        """Raise ValueError (listing the vocabulary) if `prompt` is not in this world; keep its shapes for previews."""
+        shapes, _ = self.parse(prompt)
+        if shapes != self._checked_shapes:
+            self._checked_shapes, self._preview_bg = shapes, None
 
     def log_weights(self, prompt: str) -> torch.Tensor:
         """Normalised log π_k (K,) float64 of the mixture a prompt names; −inf marks excluded components."""
@@ -204,9 +211,14 @@ class Points2DPrior(Guidance):
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Exact ε̂ = E[ε | x_t; y]: x_t (N, 2), t (N,) long, N prompts → (N, 2) float32, one batched evaluation."""
         if x_t.dim() != 2 or x_t.shape[1] != 2 or len(prompts) != x_t.shape[0]:
-            raise ValueError(f"expected x_t (N, 2) and N prompts, got x_t {tuple(x_t.shape)} and {len(prompts)} prompts")
+            raise ValueError(
+                f"expected x_t (N, 2) and N prompts, got x_t {tuple(x_t.shape)} and {len(prompts)} prompts"
+            )
         self._sync_device(x_t.device)
-        log_w = torch.stack([self.log_weights(p) for p in prompts])  # (N, K)
+        # a table of the distinct prompts' rows, gathered per row: N is often 1000s of particles but few prompts
+        distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        table = torch.stack([self.log_weights(p) for p in distinct])
+        log_w = table[torch.tensor([distinct[p] for p in prompts], device=table.device)]  # (N, K)
         abar = self._abar64[t.to(x_t.device).long()]
         return self.mixture.predict_noise(x_t.double(), abar, log_w).float()
 
@@ -251,9 +263,12 @@ class Points2DPrior(Guidance):
         return torch.stack([xs, ys], dim=-1)
 
     def preview_background(self) -> torch.Tensor:
-        """The preview density as RGB (3, S, S): white where p ≈ 0, blue where p is largest (gamma 0.5 for visibility)."""
+        """The preview density as RGB (3, S, S): white where p ≈ 0, blue where p peaks (gamma 0.5, for visibility)."""
         if self._preview_bg is None:
-            d = self.density(self.preview_prompt, self._pixel_grid().to(self.mixture.means.device)).cpu()
+            prompt = self.preview_prompt
+            if prompt is None:  # the target of the bridge for the run's shapes
+                prompt = ", ".join(self._checked_shapes) + TGT_SUFFIX
+            d = self.density(prompt, self._pixel_grid().to(self.mixture.means.device)).cpu()
             d = (d / d.max()).sqrt().float()
             ink = torch.tensor([0.75, 0.55, 0.2]).view(3, 1, 1)  # subtracted from white → a blue
             self._preview_bg = 1.0 - ink * d[None]

@@ -34,7 +34,7 @@ from torch import nn
 from scoredist.guidance.base import Guidance, SourceModel, scaled_linear_alphas_cumprod
 from scoredist.guidance.mixture import GaussianMixture
 from scoredist.guidance.prompts import COLOURS, SHAPES, ParsedPrompt, parse_prompt, vocabulary_message
-from scoredist.guidance.shapes_world import VARIANT_NAMES, corrupt, render_views
+from scoredist.guidance.shapes_world import VARIANT_NAMES, composite, corrupt, shade_views
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -117,6 +117,7 @@ class ShapesPrior(Guidance):
 
         self.captions: list[tuple[str, str]] = [(c, s) for c in COLOURS for s in SHAPES]
         self._banks: dict[tuple[str, str], torch.Tensor] = {}  # caption → means (K_c, D) float64 on CPU
+        self._shading: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # shape → (hit, shade), shared by colours
         self._mixtures: OrderedDict = OrderedDict()  # (captions, device) → (GaussianMixture, {caption: offset})
         self.build_seconds = 0.0  # total time spent rendering banks (measured; reported by tests/benchmarks)
         self.to(device)
@@ -134,8 +135,10 @@ class ShapesPrior(Guidance):
         key = (colour, shape)
         if key not in self._banks:
             start = time.perf_counter()
-            az, el = zip(*self.bank_views)
-            clean = render_views(shape, colour, az, el, self.distance, self.resolution, self.supersample)  # (V,3,R,R)
+            if shape not in self._shading:
+                az, el = zip(*self.bank_views)
+                self._shading[shape] = shade_views(shape, az, el, self.distance, self.resolution, self.supersample)
+            clean = composite(*self._shading[shape], colour, self.supersample)  # (V, 3, R, R)
             variants = torch.stack([corrupt(clean, name) for name in VARIANT_NAMES], dim=1)  # (V, n_var, 3, R, R)
             self._banks[key] = (variants.reshape(self.components_per_caption, -1).double() * 2 - 1).contiguous()
             self.build_seconds += time.perf_counter() - start

@@ -140,16 +140,13 @@ def _normals(sdf, p: torch.Tensor, h: float = 1e-3) -> torch.Tensor:
     return grad / _length(*grad).clamp_min(1e-9)
 
 
-def render_views(
-    shape: str,
-    colour: str,
-    azimuths,
-    elevations,
-    distance: float = 2.6,
-    resolution: int = 32,
-    supersample: int = 2,
-) -> torch.Tensor:
-    """Render one coloured primitive from V cameras: azimuths/elevations (V,) degrees → (V, 3, R, R) in [0, 1]."""
+def shade_views(
+    shape: str, azimuths, elevations, distance: float = 2.6, resolution: int = 32, supersample: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The colour-independent part of rendering: hit mask and Lambert shading, each (V, R·s, R·s) (s = supersample).
+
+    Geometry and lighting do not depend on the albedo, so a bank of several colours of one shape traces its rays once.
+    """
     sdf = SHAPE_SDFS[shape]
     az = torch.as_tensor(azimuths, dtype=torch.float64).reshape(-1)
     el = torch.as_tensor(elevations, dtype=torch.float64).reshape(-1)
@@ -161,11 +158,29 @@ def render_views(
     for strength, light in ((KEY, KEY_LIGHT), (FILL, FILL_LIGHT)):
         lx, ly, lz = (c / math.hypot(*light) for c in light)
         shade = shade + strength * (nx * lx + ny * ly + nz * lz).clamp_min(0)  # Lambert: max(0, n·l)
-    albedo = torch.tensor(COLOUR_RGB[colour]).view(3, 1, 1)
-    background = torch.tensor(BACKGROUND_RGB).view(3, 1, 1)
-    rgb = torch.where(hit, (shade * albedo).clamp(0, 1), background)  # (3, V, P)
-    img = rgb.reshape(3, -1, hi, hi).transpose(0, 1)
-    return F.avg_pool2d(img, supersample) if supersample > 1 else img  # box filter = anti-aliasing
+    return hit.reshape(-1, hi, hi), shade.reshape(-1, hi, hi)
+
+
+def composite(hit: torch.Tensor, shade: torch.Tensor, colour: str, supersample: int = 2) -> torch.Tensor:
+    """Albedo × shading over the background, then a box filter (anti-aliasing): (V, R·s, R·s) ×2 → (V, 3, R, R)."""
+    albedo = torch.tensor(COLOUR_RGB[colour]).view(1, 3, 1, 1)
+    background = torch.tensor(BACKGROUND_RGB).view(1, 3, 1, 1)
+    img = torch.where(hit[:, None], (shade[:, None] * albedo).clamp(0, 1), background)
+    return F.avg_pool2d(img, supersample) if supersample > 1 else img
+
+
+def render_views(
+    shape: str,
+    colour: str,
+    azimuths,
+    elevations,
+    distance: float = 2.6,
+    resolution: int = 32,
+    supersample: int = 2,
+) -> torch.Tensor:
+    """Render one coloured primitive from V cameras: azimuths/elevations (V,) degrees → (V, 3, R, R) in [0, 1]."""
+    hit, shade = shade_views(shape, azimuths, elevations, distance, resolution, supersample)
+    return composite(hit, shade, colour, supersample)
 
 
 def render(shape: str, colour: str, azimuth: float = 0.0, elevation: float = 20.0, **kwargs) -> torch.Tensor:

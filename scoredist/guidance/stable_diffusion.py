@@ -27,25 +27,30 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from scoredist.errors import WeightsNotFoundError  # the one class the CLI reports without a traceback
 from scoredist.guidance.base import Guidance, SourceModel
+
+__all__ = [
+    "LoRASource",
+    "StableDiffusion",
+    "WeightsNotFoundError",
+    "hub_offline",
+    "hub_reachable",
+    "resolve_pretrained",
+]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every transformer block
 
 
-class WeightsNotFoundError(RuntimeError):
-    """The diffusion model's weights are not available (offline and not cached, or a wrong local folder)."""
-
-
-def _what_to_pass_instead(pretrained: str) -> str:
+def _what_to_pass_instead(pretrained: str, reason: str) -> str:
     return (
-        f"Could not load diffusion weights from {pretrained!r}. Either pass a local diffusers folder "
+        f"Could not load diffusion weights from {pretrained!r}: {reason}. Instead, pass a local diffusers folder "
         "(guidance.pretrained=/path/to/local/folder, containing model_index.json, unet/, text_encoder/, tokenizer/, "
-        "scheduler/ and, for latent models, vae/, with .safetensors weights), build a tiny random-weight test pipeline "
-        "with `python scripts/make_tiny_pipeline.py tiny-sd` and pass guidance.pretrained=tiny-sd, or use the exact "
-        "offline prior with guidance=shapes. (The model hub is unreachable or HF_HUB_OFFLINE is set, and this hub id "
-        "is not in the local cache.)"
+        "scheduler/ and, for latent models, vae/, with .safetensors weights), or build a tiny random-weight test "
+        "pipeline with `python scripts/make_tiny_pipeline.py tiny-sd` and pass guidance.pretrained=tiny-sd, or use the "
+        "exact offline prior with guidance=shapes."
     )
 
 
@@ -81,7 +86,7 @@ def _looks_like_path(name: str) -> bool:
 
 
 def resolve_pretrained(pretrained: str, revision: str | None = None) -> tuple[str, bool, dict]:
-    """Check, without touching the network, that weights can be found.
+    """Check quickly that weights can be found: on disk, in the hub cache, or (network up) on the hub.
 
     Returns (source, local_files_only, model_index): source is a local folder or a hub id. Raises WeightsNotFoundError
     for a missing folder, a folder without model_index.json, or a hub id that is not cached while HF_HUB_OFFLINE is
@@ -90,8 +95,8 @@ def resolve_pretrained(pretrained: str, revision: str | None = None) -> tuple[st
     path = Path(pretrained).expanduser()
     if path.exists() or _looks_like_path(pretrained):
         if not (path / "model_index.json").is_file():
-            reason = "does not exist" if not path.exists() else "has no model_index.json"
-            raise WeightsNotFoundError(f"Local folder {str(path)!r} {reason}. " + _what_to_pass_instead(pretrained))
+            reason = "this local folder does not exist" if not path.exists() else "the folder has no model_index.json"
+            raise WeightsNotFoundError(_what_to_pass_instead(pretrained, reason))
         return str(path), True, json.loads((path / "model_index.json").read_text())
 
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -100,16 +105,18 @@ def resolve_pretrained(pretrained: str, revision: str | None = None) -> tuple[st
     try:
         cached = try_to_load_from_cache(pretrained, "model_index.json", revision=revision)
     except HFValidationError as err:
-        raise WeightsNotFoundError(f"{pretrained!r} is neither a folder nor a valid hub id. ") from err
+        raise WeightsNotFoundError(_what_to_pass_instead(pretrained, "neither a folder nor a valid hub id")) from err
     # Offline also when the hub cannot be reached, so that a cached model loads from disk without retry delays.
     offline = hub_offline() or not hub_reachable()
     if not isinstance(cached, str):
         if offline:
-            raise WeightsNotFoundError(_what_to_pass_instead(pretrained))
+            why = "HF_HUB_OFFLINE is set" if hub_offline() else "the model hub is unreachable"
+            raise WeightsNotFoundError(_what_to_pass_instead(pretrained, f"{why} and this hub id is not in the cache"))
         try:  # online: one small download tells us quickly whether the id exists and is accessible
             cached = hf_hub_download(pretrained, "model_index.json", revision=revision)
         except (OSError, ValueError) as err:  # HfHubHTTPError, ConnectionError, LocalEntryNotFoundError are OSErrors
-            raise WeightsNotFoundError(_what_to_pass_instead(pretrained) + f" ({type(err).__name__}: {err})") from err
+            why = f"downloading model_index.json failed ({type(err).__name__}: {err})"
+            raise WeightsNotFoundError(_what_to_pass_instead(pretrained, why)) from err
     return pretrained, offline, json.loads(Path(cached).read_text())
 
 
@@ -146,8 +153,9 @@ class StableDiffusion(Guidance):
             scheduler, unet, vae, text_encoder, tokenizer = _load_components(
                 source, model_index, load, dtype, text_encoder_dtype=torch.float32 if offload_text_encoder else dtype
             )
-        except (OSError, ValueError) as err:  # missing files, .bin-only folders, hub errors (all OSErrors)
-            raise WeightsNotFoundError(_what_to_pass_instead(pretrained) + f" ({type(err).__name__}: {err})") from err
+        except OSError as err:  # missing files, .bin-only folders, hub/connection errors: all OSErrors
+            why = f"loading a component failed ({type(err).__name__}: {err})"
+            raise WeightsNotFoundError(_what_to_pass_instead(pretrained, why)) from err
 
         super().__init__(scheduler_alphas_cumprod(scheduler))
         self.prediction_type = scheduler.config.prediction_type
@@ -366,15 +374,21 @@ def _load_components(source: str, model_index: dict, load: dict, dtype: torch.dt
     The scheduler config is read into a DDPMScheduler whatever its class (PNDM for SD 2.1-base): only the training
     schedule (β's → ᾱ) and prediction_type are needed, and those keys are shared by all of diffusers' schedulers.
     """
+    import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from packaging.version import Version
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    # transformers renamed torch_dtype → dtype in 4.56 (and warns on the old name); diffusers accepts torch_dtype.
+    te_dtype_kw = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     common = {k: v for k, v in load.items() if k in ("local_files_only", "revision")}
     config = DDPMScheduler.load_config(source, subfolder="scheduler", **common)
     scheduler = DDPMScheduler.from_config(config)
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=dtype, **load)
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **load)
     has_vae = (model_index.get("vae") or [None])[0] is not None
-    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=dtype, **load) if has_vae else None
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=text_encoder_dtype, **load)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **load) if has_vae else None
+    text_encoder = CLIPTextModel.from_pretrained(
+        source, subfolder="text_encoder", **{te_dtype_kw: text_encoder_dtype}, **load
+    )
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
     return scheduler, unet, vae, text_encoder, tokenizer

@@ -64,9 +64,8 @@ def build_tokenizer(out_dir: Path) -> CLIPTokenizer:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer(
-        vocab=str(out_dir / "vocab.json"), merges=str(out_dir / "merges.txt"), model_max_length=MAX_TOKENS
-    )
+    # Positional: the first two parameters are (vocab_file, merges_file) in transformers 4 and (vocab, merges) in 5.
+    tokenizer = CLIPTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=MAX_TOKENS)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 

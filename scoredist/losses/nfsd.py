@@ -1,7 +1,7 @@
 """Noise-Free Score Distillation (Katzir et al.): replace −ε by a denoising term that needs no noise sample.
 
-    g = s · (ε(x_t; y) − ε(x_t; ∅)) + δ_D,   δ_D = ε(x_t; ∅)                     if t < t_threshold
-                                              ε(x_t; ∅) − ε(x_t; y_neg)          otherwise
+g = s · (ε(x_t; y) − ε(x_t; ∅)) + δ_D,   δ_D = ε(x_t; ∅)                     if t < t_threshold
+                                          ε(x_t; ∅) − ε(x_t; y_neg)          otherwise
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 mode="latent": the parameters are the model's own input (SD latents (B, 4, H/8, W/8); pixels in [−1, 1] for pixel-space
 models such as the exact shapes prior), returned as is (`outputs_rgb = False`). This is the paper's 2D setting.
-mode="rgb": the parameters are RGB logits (B, 3, H, W); the render is sigmoid(logits) in [0, 1], which the trainer encodes
-into the model's space with gradient (through the VAE for latent models).
+mode="rgb": the parameters are RGB logits (B, 3, H, W); the render is sigmoid(logits) in [0, 1], which the trainer
+encodes into the model's space with gradient (through the VAE for latent models).
 """
 
 from __future__ import annotations

@@ -55,11 +55,13 @@ class PointsRenderer(Renderer):
         self.snapshots: list[torch.Tensor] = []  # (N, 2) CPU copies, positions *before* the update of that step
         self.snapshot_steps: list[int] = []
 
-    def forward(self, batch_size: int) -> Render:
-        """All particles, x (N, 2); `batch_size` is ignored because the particles themselves are the batch."""
-        if self.training and self.num_forwards % self.record_every == 0:
-            self._record()
-        self.num_forwards += 1
+    def forward(self, batch_size: int | None = None) -> Render:
+        """All particles, x (N, 2): the particles themselves are the batch, so `trainer.batch_size` (and the optional
+        `batch_size` argument) is ignored. Only forwards with gradient count as optimisation steps and are recorded."""
+        if self.training and torch.is_grad_enabled():
+            if self.num_forwards % self.record_every == 0:
+                self._record()
+            self.num_forwards += 1
         n = self.points.shape[0]
         return Render(x=self.points, prompt_suffixes=[""] * n)
 
@@ -101,7 +103,7 @@ class PointsRenderer(Renderer):
 
 
 def _view_box(points: torch.Tensor) -> tuple[float, float, float]:
-    """A square (cx, cy, half-side) holding 99 % of the points with a 10 % margin, so outliers do not squash the plot."""
+    """A square (cx, cy, half-side) holding 99 % of the points (N, 2), plus a 10 % margin; outliers do not squash it."""
     lo = torch.quantile(points, 0.005, dim=0)
     hi = torch.quantile(points, 0.995, dim=0)
     centre = (lo + hi) / 2
@@ -114,28 +116,23 @@ def trajectory_panel(initial: torch.Tensor, traj: torch.Tensor, num_forwards: in
 
     initial (N, 2), traj (S, N, 2) with traj[-1] the final positions.
     """
+    header = 40
     every = torch.cat([initial[None], traj]).reshape(-1, 2).double()
     cx, cy, half = _view_box(every)
-    header = 40
-    img = Image.new("RGB", (PANEL, PANEL + header), "white")
-    draw = ImageDraw.Draw(img)
+    plot = Image.new("RGB", (PANEL, PANEL), "white")  # drawn on its own canvas, so far-off points are clipped
+    draw = ImageDraw.Draw(plot)
 
     def to_px(p: torch.Tensor) -> list[tuple[float, float]]:
         """World points (M, 2) → M pixel coordinates (u right, v down)."""
         p = p.reshape(-1, 2).double()
         u = (p[:, 0] - cx + half) / (2 * half) * PANEL
-        v = (cy + half - p[:, 1]) / (2 * half) * PANEL + header
+        v = (cy + half - p[:, 1]) / (2 * half) * PANEL
         return list(zip(u.tolist(), v.tolist()))
 
-    # axes through the origin when visible, and the frame with its corner coordinates
-    origin_u, origin_v = to_px(torch.zeros(2, dtype=torch.float64))[0]
-    if 0 <= origin_u <= PANEL:
-        draw.line([(origin_u, header), (origin_u, PANEL + header)], fill=(235, 235, 235))
-    if header <= origin_v <= PANEL + header:
-        draw.line([(0, origin_v), (PANEL, origin_v)], fill=(235, 235, 235))
-    draw.rectangle([0, header, PANEL - 1, PANEL + header - 1], outline=(120, 120, 120))
-    draw.text((4, header + 2), f"({cx - half:.2f}, {cy + half:.2f})", fill=(90, 90, 90))
-    draw.text((PANEL - 110, PANEL + header - 14), f"({cx + half:.2f}, {cy - half:.2f})", fill=(90, 90, 90))
+    # axes through the origin when visible
+    origin_u, origin_v = to_px(torch.zeros(2))[0]
+    draw.line([(origin_u, 0), (origin_u, PANEL)], fill=(230, 230, 230))
+    draw.line([(0, origin_v), (PANEL, origin_v)], fill=(230, 230, 230))
 
     # at most 256 paths, evenly chosen, so the figure stays readable with many particles
     n = traj.shape[1]
@@ -147,8 +144,16 @@ def trajectory_panel(initial: torch.Tensor, traj: torch.Tensor, num_forwards: in
         for u, v in to_px(points):
             draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=colour)
 
-    draw.text((6, 4), f"{n} particles, {num_forwards} steps", fill=(0, 0, 0))
-    draw.text((6, 20), "blue: initial   red: final   grey: paths", fill=(0, 0, 0))
+    # the frame and its corner coordinates, on top of the points
+    draw.rectangle([0, 0, PANEL - 1, PANEL - 1], outline=(120, 120, 120))
+    draw.text((4, 2), f"({cx - half:.2f}, {cy + half:.2f})", fill=(60, 60, 60))
+    draw.text((PANEL - 110, PANEL - 14), f"({cx + half:.2f}, {cy - half:.2f})", fill=(60, 60, 60))
+
+    img = Image.new("RGB", (PANEL, PANEL + header), "white")
+    img.paste(plot, (0, header))
+    title = ImageDraw.Draw(img)
+    title.text((6, 4), f"{n} particles, {num_forwards} steps", fill=(0, 0, 0))
+    title.text((6, 20), "blue: initial   red: final   grey: paths", fill=(0, 0, 0))
     return img
 
 
