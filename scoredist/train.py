@@ -195,7 +195,7 @@ def train(cfg: DictConfig) -> RunResult:
                     # A NaN step would poison Adam's moments for good; skip it, and stop if it keeps happening.
                     nonfinite_total += 1
                     consecutive_nonfinite += 1
-                    warnings.warn(f"step {step}: non-finite direction, skipped ({nonfinite_total} so far)", stacklevel=1)
+                    warnings.warn(f"step {step}: non-finite direction, skipped ({nonfinite_total} total)", stacklevel=1)
                     if consecutive_nonfinite >= cfg.trainer.max_nonfinite:
                         checkpoint()
                         raise NonFiniteError(
