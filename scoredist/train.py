@@ -136,6 +136,7 @@ def train(cfg: DictConfig) -> RunResult:
     schedule = instantiate(cfg.schedule)
     loss = instantiate(cfg.loss)
     optimizer = instantiate(cfg.optimizer)(renderer.param_groups(cfg.optimizer.lr))
+    lr_scheduler = instantiate(cfg.lr_scheduler)(optimizer) if cfg.get("lr_scheduler") else None
     to_model = guidance.encode if renderer.outputs_rgb else (lambda x: x)
     decode = (lambda x: x) if renderer.outputs_rgb else guidance.decode
 
@@ -146,6 +147,8 @@ def train(cfg: DictConfig) -> RunResult:
     if resume is not None:
         renderer.load_state_dict(resume["renderer"])
         optimizer.load_state_dict(resume["optimizer"])
+        if lr_scheduler is not None:
+            lr_scheduler.load_state_dict(resume["lr_scheduler"])
         loss.load_state_dict(resume["loss"])
         set_rng_state(resume["rng"])
         step, nonfinite_total = resume["step"], resume["nonfinite_total"]
@@ -164,6 +167,7 @@ def train(cfg: DictConfig) -> RunResult:
                 "step": step,
                 "renderer": renderer.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
                 "loss": loss.state_dict(),
                 "rng": rng_state(),
                 "nonfinite_total": nonfinite_total,
@@ -209,6 +213,8 @@ def train(cfg: DictConfig) -> RunResult:
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 optimizer.step()
+                if lr_scheduler is not None:
+                    lr_scheduler.step()
                 logs.update(loss.after_step(guidance, x.detach(), prompts))
                 step += 1
                 bar.update(1)
@@ -231,6 +237,7 @@ def train(cfg: DictConfig) -> RunResult:
             print(f"interrupted at step {step}: resume with trainer.resume={run_dir}")
         else:
             write_final_outputs(run_dir, renderer, to_model, decode, logger, step)
+            evaluate_final(run_dir, guidance, renderer, to_model, cfg.prompt, logger, step)
         exit_code = 0
     finally:
         bar.close()
@@ -262,6 +269,17 @@ def write_final_outputs(run_dir, renderer, to_model, decode, logger, step) -> No
         save_strip(frames, run_dir / "progress.png")
         save_video(frames, run_dir / "progress.mp4")
     renderer.write_artifacts(run_dir, decode)
+
+
+def evaluate_final(run_dir, guidance, renderer, to_model, prompt, logger, step) -> dict:
+    """eval.json: what the exact priors can say about the result (nearest component, log-density); printed too."""
+    with torch.no_grad():
+        metrics = guidance.evaluate(to_model(renderer().x), prompt)
+    if metrics:
+        (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print("eval: " + json.dumps(metrics))
+        logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
+    return metrics
 
 
 def warn_if_config_changed(saved: Path, cfg: DictConfig) -> None:

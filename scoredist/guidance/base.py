@@ -93,6 +93,14 @@ class Guidance(nn.Module):
         """Model space → RGB (B, 3, H, W) in [0, 1], for previews and final images (no gradient needed)."""
         return ((x + 1) / 2).clamp(0, 1)
 
+    def evaluate(self, x: torch.Tensor, prompt: str) -> dict:
+        """Metrics of final renders x (model space) against this model's distribution for `prompt`; {} if none.
+
+        The exact priors know their distribution, so they can say what an image became (nearest component) or how
+        likely the particles are; a learned model cannot, and returns nothing.
+        """
+        return {}
+
     def make_source_model(self) -> SourceModel:
         """A fresh trainable ε_ψ initialised to agree with (or near) this model, for VSD."""
         raise NotImplementedError(f"{type(self).__name__} has no trainable source model, so loss=vsd cannot use it")

@@ -236,6 +236,15 @@ class Points2DPrior(Guidance):
         log_joint = self.mixture.log_posterior(flat, ones, self.log_weights(prompt).expand(flat.shape[0], -1))
         return torch.logsumexp(log_joint, dim=1).reshape(points.shape[:-1])
 
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, prompt: str) -> dict:
+        """Mean exact log-density of the particles under the prompt and under its sharp (target) version."""
+        shapes, _ = self.parse(prompt)
+        return {
+            "mean_log_prob": self.log_prob(x, prompt).mean().item(),
+            "mean_log_prob_sharp": self.log_prob(x, ", ".join(shapes) + TGT_SUFFIX).mean().item(),
+        }
+
     def density(self, prompt: str, grid: torch.Tensor) -> torch.Tensor:
         """p(x_0 | prompt) on a grid (..., 2) → (...) float64, for figures."""
         return self.log_prob(grid, prompt).exp()

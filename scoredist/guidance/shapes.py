@@ -262,6 +262,21 @@ class ShapesPrior(Guidance):
                 best_label[i] = self._label(c, int(kmin[i]))
         return best_label  # type: ignore[return-value]
 
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, prompt: str) -> dict:
+        """What each final image became: its nearest component in the whole world, and the RMS distance to it."""
+        labels = self.nearest_component(x)
+        means, all_labels = self.components("")
+        index = {str(label): i for i, label in enumerate(all_labels)}
+        nearest = means[[index[str(label)] for label in labels]].to(x.device)
+        rms = (x.detach().float() - nearest).flatten(1).pow(2).mean(1).sqrt()
+        return {
+            "nearest_component": [str(label) for label in labels],
+            "nearest_caption": [label.caption for label in labels],
+            "nearest_variant": [label.variant for label in labels],
+            "nearest_rms": rms.tolist(),
+        }
+
     def reference_image(self, caption: str, azimuth: float = 0.0, elevation: float = 20.0) -> torch.Tensor:
         """A clean (or, with descriptors, corrupted) render of the caption in model space: (3, R, R) in [−1, 1]."""
         from scoredist.guidance.shapes_world import render_caption
