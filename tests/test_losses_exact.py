@@ -1,4 +1,4 @@
-"""The loss family on the exact priors and on the tiny SD pipeline: identities, convergence, and every loss end to end."""
+"""The loss family on the exact priors and the tiny SD pipeline: identities, convergence, every loss end to end."""
 
 from __future__ import annotations
 
