@@ -4,7 +4,16 @@ import os
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+# hydra.run.dir: a resumed run keeps writing into its own folder instead of opening a new, empty one.
+OmegaConf.register_new_resolver("resume_dir_or", lambda resume, default: resume_folder(resume) or default)
+
+
+def resume_folder(resume):
+    if not resume:
+        return None
+    return os.path.dirname(os.path.dirname(resume)) if str(resume).endswith(".pt") else resume
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -28,7 +28,7 @@ def resolve_wandb_mode(mode: str | None) -> tuple[str, str | None]:
         return os.environ["WANDB_MODE"], None
     if has_wandb_credentials():
         return "online", None
-    return "offline", "wandb: not logged in, logging offline (sync later with `wandb sync <run folder>/wandb`)."
+    return "offline", "wandb: not logged in, logging offline"
 
 
 class NoLogger:
@@ -59,7 +59,7 @@ class WandbLogger(NoLogger):
 
         mode, message = resolve_wandb_mode(self.mode)
         if message:
-            print(message)
+            print(f"{message} (upload later with `wandb sync {run_dir}/wandb/offline-run-*`)")
         self.run = wandb.init(
             project=self.project,
             entity=self.entity,
