@@ -20,6 +20,27 @@ def linear_ramp(step: int, start_step: int, end_step: int, start: float, end: fl
     return start + frac * (end - start)
 
 
+class Ramp:
+    """A value that moves from `start` to `end` between `start_step` and `end_step` (linear, or cosine-eased), for
+    guidance scales and loss weights: `guidance_scale: {_target_: scoredist.schedules.Ramp, start: 100, end: 7.5}`."""
+
+    def __init__(self, start: float, end: float, start_step: int = 0, end_step: int = 1000, mode: str = "linear"):
+        if mode not in ("linear", "cosine"):
+            raise ValueError(f"Ramp mode must be 'linear' or 'cosine', got {mode!r}")
+        self.start, self.end, self.start_step, self.end_step, self.mode = start, end, start_step, end_step, mode
+
+    def __call__(self, step: int) -> float:
+        if self.mode == "linear":
+            return linear_ramp(step, self.start_step, self.end_step, self.start, self.end)
+        frac = linear_ramp(step, self.start_step, self.end_step, 0.0, 1.0)
+        return self.end + (self.start - self.end) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def value_at(value, step: int) -> float:
+    """A constant, or a schedule (any callable of the step) evaluated at this step."""
+    return value(step) if callable(value) else value
+
+
 def stage_switched(step: int, switch_step: int | None) -> bool:
     """True once the run is in its second stage. `>=`, not `==`: a run resumed past the switch must still switch."""
     return switch_step is not None and step >= switch_step

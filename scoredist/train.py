@@ -195,6 +195,9 @@ def train(cfg: DictConfig) -> RunResult:
                 noise = torch.randn_like(x)
                 weighted_direction, logs = loss(guidance, x, t, noise, prompts, step)
                 objective = surrogate_loss(x, weighted_direction)
+                if render.regularization is not None:
+                    objective = objective + render.regularization
+                logs.update(render.logs)
                 if not torch.isfinite(objective):
                     # A NaN step would poison Adam's moments for good; skip it, and stop if it keeps happening.
                     nonfinite_total += 1

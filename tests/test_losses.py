@@ -187,3 +187,21 @@ def test_predict_conditions_splits_in_condition_order():
     x_t = torch.ones(2, 3, 8, 8)
     a, b = predict_conditions(guidance, x_t, torch.tensor([5, 5]), [["cat", "cat"], ["neg", "neg"]])
     assert a.mean().item() == pytest.approx(1.2) and b.mean().item() == pytest.approx(-1.7)
+
+
+def test_guidance_scale_and_weights_can_be_schedules_of_the_step(setup):
+    from scoredist.schedules import Ramp
+
+    guidance, x, t, noise, x_t = setup
+    ramp = Ramp(start=100.0, end=10.0, start_step=0, end_step=90)
+    assert [ramp(s) for s in (0, 45, 90, 500)] == [100.0, 55.0, 10.0, 10.0]
+    cosine = Ramp(start=1.0, end=0.0, end_step=100, mode="cosine")
+    assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+    scheduled, logs = SDS(guidance_scale=ramp).direction(guidance, x, t, noise, ["cat", "cat"], 45)
+    constant, _ = SDS(guidance_scale=55.0).direction(guidance, x, t, noise, ["cat", "cat"], 45)
+    torch.testing.assert_close(scheduled, constant)
+    assert logs["guidance_scale"] == 55.0
+    csd = CSD(w1=ramp, w2=Ramp(start=0.0, end=9.0, end_step=90), negative_prompt="neg")
+    g, _ = csd.direction(guidance, x, t, noise, ["cat", "cat"], 90)
+    expected = 10 * (eps("cat", x_t) - eps("", x_t)) + 9 * (eps("", x_t) - eps("neg", x_t))
+    torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-5)

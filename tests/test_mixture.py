@@ -2,22 +2,12 @@
 
 import math
 
-import pytest
 import torch
 
 from scoredist.guidance.base import Guidance, ddim_sample, scaled_linear_alphas_cumprod
 from scoredist.guidance.mixture import GaussianMixture
 
 ABAR = scaled_linear_alphas_cumprod()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small tensor ops: on a loaded 2-core machine OpenMP threads made these tests 10–40× slower (measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _quadrature_eps(grid_x0: torch.Tensor, prior_density: torch.Tensor, x_t: torch.Tensor, abar: float, cell: float):

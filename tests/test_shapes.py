@@ -27,15 +27,6 @@ from scoredist.guidance.shapes_world import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small tensor ops: on a loaded 2-core machine OpenMP threads made these tests 10–40× slower (measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def small_prior():
     """4 azimuths × 1 elevation: the world is 30 captions × 4 views × 16 variants = 1920 components."""

@@ -13,6 +13,7 @@ import torch
 
 from scoredist.images import read_image
 from scoredist.losses.base import ScoreLoss, cfg, noised, norm, predict_conditions
+from scoredist.schedules import value_at
 
 
 class DDS(ScoreLoss):
@@ -20,7 +21,7 @@ class DDS(ScoreLoss):
         self,
         source_prompt: str = "",
         reference: str | None = None,
-        guidance_scale: float | None = None,
+        guidance_scale=None,
         weighting: str = "1-abar",
     ):
         super().__init__(weighting)
@@ -48,7 +49,8 @@ class DDS(ScoreLoss):
             e_tgt, e_tgt_u, e_src, e_src_u = predict_conditions(
                 guidance, [x_t, x_t, x_ref_t, x_ref_t], t, [prompts, uncond, src, uncond]
             )
-            eps_tgt, eps_src = cfg(e_tgt_u, e_tgt, self.guidance_scale), cfg(e_src_u, e_src, self.guidance_scale)
+            scale = value_at(self.guidance_scale, step)
+            eps_tgt, eps_src = cfg(e_tgt_u, e_tgt, scale), cfg(e_src_u, e_src, scale)
         g = eps_tgt - eps_src
         return g, {"norm/delta": norm(g)}
 

@@ -10,12 +10,13 @@ import torch
 
 from scoredist.guidance.prompts import NFSD_NEGATIVE
 from scoredist.losses.base import ScoreLoss, noised, norm, predict_conditions
+from scoredist.schedules import value_at
 
 
 class NFSD(ScoreLoss):
     def __init__(
         self,
-        guidance_scale: float = 40.0,
+        guidance_scale=40.0,
         negative_prompt: str = NFSD_NEGATIVE,
         t_threshold: int = 200,
         weighting: str = "1-abar",
@@ -28,7 +29,7 @@ class NFSD(ScoreLoss):
         eps_cond, eps_uncond, eps_neg = predict_conditions(
             guidance, noised(guidance, x, t, noise), t, [prompts, [""] * b, [self.negative_prompt] * b]
         )
-        classifier = self.guidance_scale * (eps_cond - eps_uncond)
+        classifier = value_at(self.guidance_scale, step) * (eps_cond - eps_uncond)
         low_t = (t < self.t_threshold).view(-1, *([1] * (x.dim() - 1)))
         delta_d = torch.where(low_t, eps_uncond, eps_uncond - eps_neg)
         return classifier + delta_d, {"norm/classifier": norm(classifier), "norm/delta_d": norm(delta_d)}

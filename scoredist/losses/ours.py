@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from scoredist.guidance.prompts import SRC_SUFFIX, TGT_SUFFIX
 from scoredist.losses.base import ScoreLoss, noised, norm, predict_conditions
-from scoredist.schedules import resolve_switch_step, stage_switched
+from scoredist.schedules import resolve_switch_step, stage_switched, value_at
 
 
 class Ours(ScoreLoss):
     def __init__(
         self,
-        guidance_scale: float = 40.0,
+        guidance_scale=40.0,
         src_suffix: str = SRC_SUFFIX,
         tgt_suffix: str = TGT_SUFFIX,
         stage_one: ScoreLoss | None = None,
@@ -43,7 +43,7 @@ class Ours(ScoreLoss):
             return g, {**logs, "ours/stage": 1}
         tgt = [p + self.tgt_suffix for p in prompts]
         src = [p + self.src_suffix for p in prompts]
-        g = self.guidance_scale * self.bridge(guidance, noised(guidance, x, t, noise), t, src, tgt)
+        g = value_at(self.guidance_scale, step) * self.bridge(guidance, noised(guidance, x, t, noise), t, src, tgt)
         return g, {"norm/bridge": norm(g), "ours/stage": 2}
 
     def bridge(self, guidance, x_t, t, src, tgt):

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 
 from scoredist.guidance.base import add_noise
 from scoredist.losses.base import ScoreLoss, cfg, noised, norm, predict_conditions
+from scoredist.schedules import value_at
 
 
 class VSD(ScoreLoss):
     def __init__(
         self,
-        guidance_scale: float = 7.5,
+        guidance_scale=7.5,
         lora_lr: float = 3e-4,
         condition_dropout: float = 0.1,
         source_steps: int = 1,
@@ -40,7 +41,7 @@ class VSD(ScoreLoss):
         eps_cond, eps_uncond = predict_conditions(guidance, x_t, t, [prompts, [""] * len(prompts)])
         with torch.no_grad():
             eps_source = self.source.predict_noise(x_t, t, prompts).float()
-        eps_cfg = cfg(eps_uncond, eps_cond, self.guidance_scale)
+        eps_cfg = cfg(eps_uncond, eps_cond, value_at(self.guidance_scale, step))
         return eps_cfg - eps_source, {"norm/cfg": norm(eps_cfg), "norm/source": norm(eps_source)}
 
     def after_step(self, guidance, x, prompts):

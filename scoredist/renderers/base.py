@@ -17,10 +17,16 @@ from torch import nn
 
 @dataclass
 class Render:
-    """One forward pass: `x` (B, ...) and, per batch element, a prompt suffix (", front view") or "" ."""
+    """One forward pass: `x` (B, ...) and, per batch element, a prompt suffix (", front view") or "".
+
+    `regularization`: a scalar the renderer wants added to the objective (a NeRF's sparsity/opacity terms), or None.
+    `logs`: scalars to log with the step (e.g. the regularizers' values).
+    """
 
     x: torch.Tensor
     prompt_suffixes: list[str] = field(default_factory=list)
+    regularization: torch.Tensor | None = None
+    logs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

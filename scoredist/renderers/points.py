@@ -55,9 +55,9 @@ class PointsRenderer(Renderer):
         self.snapshots: list[torch.Tensor] = []  # (N, 2) CPU copies, positions *before* the update of that step
         self.snapshot_steps: list[int] = []
 
-    def forward(self, batch_size: int | None = None) -> Render:
-        """All particles, x (N, 2): the particles themselves are the batch, so `trainer.batch_size` (and the optional
-        `batch_size` argument) is ignored. Only forwards with gradient count as optimisation steps and are recorded."""
+    def forward(self) -> Render:
+        """All particles, x (N, 2): the particles themselves are the batch, so `trainer.batch_size` is ignored.
+        Only forwards with gradient count as optimisation steps and are recorded."""
         if self.training and torch.is_grad_enabled():
             if self.num_forwards % self.record_every == 0:
                 self._record()
