@@ -138,7 +138,11 @@ def train(cfg: DictConfig) -> RunResult:
     optimizer = instantiate(cfg.optimizer)(renderer.param_groups(cfg.optimizer.lr))
     lr_scheduler = instantiate(cfg.lr_scheduler)(optimizer) if cfg.get("lr_scheduler") else None
     to_model = guidance.encode if renderer.outputs_rgb else (lambda x: x)
-    decode = (lambda x: x) if renderer.outputs_rgb else guidance.decode
+
+    @torch.no_grad()
+    def to_rgb(render_x: torch.Tensor) -> torch.Tensor:
+        """What a person looks at: the render itself, or the model-space tensor decoded (VAE, scatter plot, ...)."""
+        return render_x.detach() if renderer.outputs_rgb else guidance.decode(render_x.detach())
 
     with torch.no_grad():
         loss.attach(guidance, to_model(renderer().x).detach())
@@ -176,9 +180,8 @@ def train(cfg: DictConfig) -> RunResult:
             run_dir / "checkpoints" / "last.pt",
         )
 
-    def preview(x, name):
-        with torch.no_grad():
-            frame = grid(decode(x.detach()))
+    def preview(render_x, name):
+        frame = grid(to_rgb(render_x))
         iio.imwrite(run_dir / "progress" / f"{name}.png", frame)
         logger.log_image("preview", frame, step)
 
@@ -229,7 +232,7 @@ def train(cfg: DictConfig) -> RunResult:
                     logger.log(record, step)
                     bar.set_postfix(loss=f"{record['loss']:.4g}", t=f"{record['t']:.0f}")
                 if step % cfg.trainer.image_every == 0:
-                    preview(x, f"step_{step:06d}")
+                    preview(render.x, f"step_{step:06d}")
                 if step % cfg.trainer.ckpt_every == 0:
                     checkpoint()
                 if stop["signal"]:
@@ -239,7 +242,7 @@ def train(cfg: DictConfig) -> RunResult:
         if interrupted:
             print(f"interrupted at step {step}: resume with trainer.resume={run_dir}")
         else:
-            write_final_outputs(run_dir, renderer, to_model, decode, logger, step)
+            write_final_outputs(run_dir, renderer, to_rgb, guidance.decode, logger, step)
             evaluate_final(run_dir, guidance, renderer, to_model, cfg.prompt, logger, step)
         exit_code = 0
     finally:
@@ -259,11 +262,11 @@ def model_space(guidance, device: torch.device) -> ModelSpace:
     )
 
 
-def write_final_outputs(run_dir, renderer, to_model, decode, logger, step) -> None:
+def write_final_outputs(run_dir, renderer, to_rgb, decode, logger, step) -> None:
     """final.png, the progress strip and video (from the progress images on disk, so a resumed run's are complete),
-    and whatever the renderer adds (particle figure, ...)."""
+    and whatever the renderer adds (particle figure, turntable, ...)."""
     with torch.no_grad():
-        final = decode(to_model(renderer().x))
+        final = to_rgb(renderer().x)
     save_png(final, run_dir / "final.png")
     logger.log_image("final", grid(final), step)
     frames = [iio.imread(p) for p in sorted((run_dir / "progress").glob("step_*.png"))]

@@ -241,3 +241,21 @@ def test_sigint_writes_a_checkpoint_that_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == step + 2
     assert (run / "final.png").exists()
+
+
+def test_rgb_renderer_through_the_vae_saves_the_render_itself(tiny_sd_path, tmp_path):
+    import imageio.v3 as iio
+
+    cfg = config(
+        f"guidance.pretrained={tiny_sd_path}",
+        "renderer.mode=rgb",
+        "trainer.max_steps=2",
+        "trainer.image_every=1",
+        run_dir=tmp_path,
+    )
+    train(cfg)
+    logits = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["renderer"]["image"]
+    assert logits.shape == (1, 3, 64, 64)  # RGB pixels, not 4×8×8 latents
+    expected = (torch.sigmoid(logits[0]).permute(1, 2, 0) * 255).round().byte().numpy()
+    final = iio.imread(tmp_path / "final.png")[::2, ::2]  # saved upsampled ×2 (nearest) to 128 px
+    assert final.shape == (64, 64, 3) and abs(final.astype(int) - expected.astype(int)).max() <= 1
