@@ -259,12 +259,14 @@ def model_space(guidance, device: torch.device) -> ModelSpace:
         downscale=guidance.downscale,
         native_size=native,
         encode=lambda rgb: guidance.encode(rgb.to(device)),
+        device=device,
     )
 
 
 def write_final_outputs(run_dir, renderer, to_rgb, decode, logger, step) -> None:
     """final.png, the progress strip and video (from the progress images on disk, so a resumed run's are complete),
     and whatever the renderer adds (particle figure, turntable, ...)."""
+    renderer.eval()  # fixed, repeatable views (a NeRF's front-first orbit) rather than this step's random cameras
     with torch.no_grad():
         final = to_rgb(renderer().x)
     save_png(final, run_dir / "final.png")
@@ -279,6 +281,7 @@ def write_final_outputs(run_dir, renderer, to_rgb, decode, logger, step) -> None
 
 def evaluate_final(run_dir, guidance, renderer, to_model, prompt, logger, step) -> dict:
     """eval.json: what the exact priors can say about the result (nearest component, log-density); printed too."""
+    renderer.eval()
     with torch.no_grad():
         metrics = guidance.evaluate(to_model(renderer().x), prompt)
     if metrics:

@@ -50,7 +50,7 @@ def _what_to_pass_instead(pretrained: str, reason: str) -> str:
         "(guidance.pretrained=/path/to/local/folder, containing model_index.json, unet/, text_encoder/, tokenizer/, "
         "scheduler/ and, for latent models, vae/, with .safetensors weights), or build a tiny random-weight test "
         "pipeline with `python scripts/make_tiny_pipeline.py tiny-sd` and pass guidance.pretrained=tiny-sd, or use the "
-        "exact offline prior: `python train.py +experiment=demo`, or guidance=shapes prompt=\"a red cube\"."
+        'exact offline prior: `python train.py +experiment=demo`, or guidance=shapes prompt="a red cube".'
     )
 
 

@@ -36,12 +36,14 @@ class ModelSpace:
     channels, downscale: a render of H×W pixels is a model input of channels×(H/downscale)×(W/downscale).
     native_size: the model's own image size in pixels (512×512 for SD 2.1-base), or None for non-image models.
     encode: RGB (B, 3, H, W) in [0, 1] → model space, used to initialise model-space parameters from an image.
+    device: where the run computes (a renderer may choose CUDA-only pieces, such as tiny-cuda-nn, from it).
     """
 
     channels: int
     downscale: int
     native_size: tuple[int, int] | None
     encode: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device = torch.device("cpu")
 
 
 class Renderer(nn.Module):

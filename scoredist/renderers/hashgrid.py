@@ -17,11 +17,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 PRIMES = (1, 2654435761, 805459861)  # Instant-NGP's per-axis hash primes
-CORNERS = torch.tensor([[(i >> 0) & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)])  # (8, 3), bit d = axis d
 
 
 def level_resolutions(num_levels: int, base_resolution: int, max_resolution: int) -> list[int]:
@@ -62,30 +60,36 @@ class HashGrid(nn.Module):
     def output_dim(self) -> int:
         return self.num_levels * self.features_per_level
 
-    def corner_index(self, corners: torch.Tensor, level: int) -> torch.Tensor:
-        """Integer vertex coordinates (..., 3) at one level → rows of the flat table (...)."""
+    def corner_index(self, cell: torch.Tensor, level: int) -> torch.Tensor:
+        """Integer cell origins (N, 3) at one level → table rows of the cell's 8 corners (N, 2, 2, 2), indexed [dx, dy,
+        dz]. Each axis's two terms are computed on (N, 2) and combined by broadcasting, never as (N, 8, 3)."""
         r, size = self.resolutions[level], int(self.offsets[level + 1] - self.offsets[level])
+        step = torch.arange(2, device=cell.device)
+        cx, cy, cz = (cell[:, d : d + 1] + step for d in range(3))  # (N, 2) each
         if self.hashed[level]:
-            index = (corners[..., 0] * PRIMES[0]) ^ (corners[..., 1] * PRIMES[1]) ^ (corners[..., 2] * PRIMES[2])
-            index = index % size
+            hx, hy, hz = cx * PRIMES[0], cy * PRIMES[1], cz * PRIMES[2]
+            # size is a power of two on hashed levels, so `& (size − 1)` is the modulo
+            index = (hx[:, :, None, None] ^ hy[:, None, :, None] ^ hz[:, None, None, :]) & (size - 1)
         else:
-            index = corners[..., 0] + corners[..., 1] * (r + 1) + corners[..., 2] * (r + 1) ** 2
+            index = cx[:, :, None, None] + cy[:, None, :, None] * (r + 1) + cz[:, None, None, :] * (r + 1) ** 2
         return index + self.offsets[level]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) in [0, 1] (clamped) → (N, L · F), level-major like tiny-cuda-nn."""
         x = x.float().clamp(0.0, 1.0)
-        corners_offset = CORNERS.to(x.device)
+        n = x.shape[0]
         features = []
         for level, r in enumerate(self.resolutions):
             p = x * r
             # floor clamped to R − 1 so that x = 1 sits at frac = 1 of the last cell instead of off the grid
             cell = p.floor().clamp(max=r - 1)
             frac = p - cell  # (N, 3), in [0, 1]
-            corners = cell.long()[:, None, :] + corners_offset  # (N, 8, 3)
-            weights = torch.where(corners_offset.bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(-1)  # (N, 8)
-            values = F.embedding(self.corner_index(corners, level), self.table)  # (N, 8, F)
-            features.append((weights[..., None] * values).sum(1))
+            w = torch.stack([1.0 - frac, frac], dim=-1)  # (N, 3, 2): weight of the lower and the upper corner per axis
+            weights = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]  # (N, 2, 2, 2)
+            index = self.corner_index(cell.long(), level).reshape(-1)  # (N · 8,)
+            # index_select, not F.embedding: its backward (index_add) is ~6× faster on CPU than embedding's
+            values = self.table.index_select(0, index).view(n, 8, -1)  # (N, 8, F)
+            features.append(torch.einsum("nk,nkf->nf", weights.reshape(n, 8), values))
         return torch.cat(features, dim=-1)
 
 
