@@ -11,6 +11,9 @@ import math
 
 import torch
 
+# Values derived from trainer.max_steps (a decay's length, a stage switch) are fixed when a run starts and saved in its
+# checkpoint, so a run resumed with a larger max_steps continues the schedule it started with instead of jumping back.
+
 
 def linear_ramp(step: int, start_step: int, end_step: int, start: float, end: float) -> float:
     """start before start_step, end after end_step, linear in between (a generic value schedule)."""
@@ -70,13 +73,25 @@ class TimestepSchedule:
     def bounds(self, step: int) -> tuple[float, float]:
         return self.t_min, self.t_max
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def index_range(self, step: int, num_train_timesteps: int) -> tuple[int, int, int]:
         """(first, last, stride) of the allowed integer timesteps at this step."""
         lo, hi = self.bounds(step)
         stride = num_train_timesteps // self.grid if self.grid else 1
-        first = math.ceil(lo * num_train_timesteps / stride) * stride
-        last = min(math.floor(hi * num_train_timesteps / stride) * stride, num_train_timesteps - 1)
-        return first, max(first, last), stride
+        top = (num_train_timesteps - 1) // stride * stride  # the last allowed timestep on the grid
+        first = min(math.ceil(lo * num_train_timesteps / stride) * stride, top)
+        last = min(math.floor(hi * num_train_timesteps / stride) * stride, top)
+        if last < first:
+            raise ValueError(
+                f"no timestep of the {'DDIM grid (stride ' + str(stride) + ')' if self.grid else 'schedule'} lies in "
+                f"[{lo}, {hi}] at step {step}; widen schedule.t_min/t_max or set schedule.grid=null"
+            )
+        return first, last, stride
 
     def sample(self, step: int, batch_size: int, num_train_timesteps: int, device) -> torch.Tensor:
         """(batch_size,) long timesteps, drawn with torch's global RNG (seeded and checkpointed by the trainer)."""
@@ -108,9 +123,32 @@ class DecaySchedule(TimestepSchedule):
             raise ValueError(f"DecaySchedule mode must be 'linear' or 'sqrt', got {mode!r}")
         self.t_min_end, self.t_max_end, self.max_steps, self.mode = t_min_end, t_max_end, max_steps, mode
 
+    def state_dict(self) -> dict:
+        return {"max_steps": self.max_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.max_steps = state.get("max_steps", self.max_steps)
+
     def bounds(self, step: int) -> tuple[float, float]:
         frac = min(1.0, step / max(1, self.max_steps))
         if self.mode == "sqrt":
             frac = math.sqrt(frac)
         lerp = lambda a, b: a + frac * (b - a)
         return lerp(self.t_min, self.t_min_end), lerp(self.t_max, self.t_max_end)
+
+
+class CosineDecay(torch.optim.lr_scheduler.LRScheduler):
+    """Learning rate × (f + (1 − f)·½(1 + cos(π·min(step, total)/total))), f = final_fraction, then constant.
+
+    Unlike torch's CosineAnnealingLR it never rises again past `total_steps`, and `total_steps` is part of its state,
+    so a run resumed with a larger trainer.max_steps stays at the final rate instead of restarting the cosine.
+    """
+
+    def __init__(self, optimizer, total_steps: int, final_fraction: float = 0.0, last_epoch: int = -1):
+        self.total_steps, self.final_fraction = total_steps, final_fraction
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        frac = min(self.last_epoch, self.total_steps) / max(1, self.total_steps)
+        factor = self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
+        return [base_lr * factor for base_lr in self.base_lrs]

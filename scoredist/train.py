@@ -103,6 +103,14 @@ def stop_requests():
             signal.signal(s, h)
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line torn by a kill mid-write counts as past any checkpoint (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricsFile:
     """metrics.jsonl, one JSON object per logged step ("step" = steps completed). On resume, lines from past the
     checkpoint are dropped: they belong to steps that will be run again."""
@@ -110,7 +118,7 @@ class MetricsFile:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
@@ -154,6 +162,7 @@ def train(cfg: DictConfig) -> RunResult:
         if lr_scheduler is not None:
             lr_scheduler.load_state_dict(resume["lr_scheduler"])
         loss.load_state_dict(resume["loss"])
+        schedule.load_state_dict(resume.get("schedule", {}))
         set_rng_state(resume["rng"])
         step, nonfinite_total = resume["step"], resume["nonfinite_total"]
         warn_if_config_changed(run_dir / "config.yaml", cfg)
@@ -173,6 +182,7 @@ def train(cfg: DictConfig) -> RunResult:
                 "optimizer": optimizer.state_dict(),
                 "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
                 "loss": loss.state_dict(),
+                "schedule": schedule.state_dict(),
                 "rng": rng_state(),
                 "nonfinite_total": nonfinite_total,
                 "wandb_id": wandb_id,
@@ -201,7 +211,17 @@ def train(cfg: DictConfig) -> RunResult:
                 if render.regularization is not None:
                     objective = objective + render.regularization
                 logs.update(render.logs)
-                if not torch.isfinite(objective):
+                finite = bool(torch.isfinite(objective))  # the one host sync of a step
+                if finite:
+                    optimizer.zero_grad(set_to_none=True)
+                    objective.backward()
+                    # the direction can be finite while the gradient is not (an fp16/bf16 VAE encoder overflowing)
+                    finite = grads_finite(optimizer)
+                if finite:
+                    consecutive_nonfinite = 0
+                    optimizer.step()
+                    logs.update(loss.after_step(guidance, x.detach(), prompts))
+                else:
                     # A NaN step would poison Adam's moments for good; skip it, and stop if it keeps happening.
                     nonfinite_total += 1
                     consecutive_nonfinite += 1
@@ -212,21 +232,14 @@ def train(cfg: DictConfig) -> RunResult:
                             f"{consecutive_nonfinite} non-finite steps in a row at step {step}; checkpoint written to "
                             f"{run_dir}. Lower the learning rate or guidance scale, or use trainer.precision=fp32."
                         )
-                    step += 1
-                    bar.update(1)
-                    continue
-                consecutive_nonfinite = 0
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                optimizer.step()
                 if lr_scheduler is not None:
-                    lr_scheduler.step()
-                logs.update(loss.after_step(guidance, x.detach(), prompts))
+                    lr_scheduler.step()  # skipped steps count too, so the schedule stays aligned with `step`
                 step += 1
                 bar.update(1)
 
-                if step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps:
-                    record = {"step": step, "loss": objective.item(), "t": t.float().mean().item(), **logs}
+                if finite and (step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps):
+                    record = {"step": step, "loss": objective, "t": t.float().mean(), **logs}
+                    record = {k: float(v.detach()) if torch.is_tensor(v) else v for k, v in record.items()}
                     record["nonfinite_total"] = nonfinite_total
                     metrics.write(record)
                     logger.log(record, step)
@@ -249,6 +262,11 @@ def train(cfg: DictConfig) -> RunResult:
         bar.close()
         logger.finish(exit_code=exit_code)
     return RunResult(run_dir=run_dir, step=step, interrupted=interrupted)
+
+
+def grads_finite(optimizer) -> bool:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
 
 
 def model_space(guidance, device: torch.device) -> ModelSpace:
@@ -296,6 +314,11 @@ def warn_if_config_changed(saved: Path, cfg: DictConfig) -> None:
     if not saved.exists():
         return
     old = OmegaConf.load(saved)
+    if old.trainer.max_steps != cfg.trainer.max_steps:
+        print(
+            f"trainer.max_steps {old.trainer.max_steps} -> {cfg.trainer.max_steps}: the run continues the schedules it "
+            "started with (stage switch, t decay, LR decay keep the lengths saved in the checkpoint)"
+        )
     for key in ("prompt", "seed", "loss", "renderer", "guidance", "schedule"):
         # unresolved, so that `${trainer.max_steps}` inside a loss is not a difference when only max_steps changed
         before, now = (OmegaConf.to_container(c, resolve=False).get(key) for c in (old, cfg))

@@ -49,7 +49,7 @@ def test_sds_direction_matches_hand_computation(setup):
     expected = (0.5 + 7.5 * (0.2 - 0.5)) * x_t + 7.5 * 1.0 - noise
     torch.testing.assert_close(g, expected, atol=1e-5, rtol=1e-5)
     assert guidance.calls == 1 and guidance.rows == 4
-    assert logs["norm/noise"] == pytest.approx(noise.flatten(1).norm(dim=1).mean().item())
+    assert float(logs["norm/noise"]) == pytest.approx(noise.flatten(1).norm(dim=1).mean().item())
 
 
 def test_weighting_multiplies_direction(setup):

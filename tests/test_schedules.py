@@ -46,3 +46,11 @@ def test_stage_switch_is_a_threshold_not_an_equality():
     switch = resolve_switch_step(1000, fraction=0.5)
     assert switch == 500 and resolve_switch_step(1000, 0.5, step=300) == 300 and resolve_switch_step(10) is None
     assert [stage_switched(s, switch) for s in (499, 500, 501, 900)] == [False, True, True, True]
+
+
+def test_bounds_at_the_top_and_between_grid_points():
+    torch.manual_seed(0)
+    assert TimestepSchedule(1.0, 1.0).sample(0, 10, 1000, "cpu").tolist() == [999] * 10
+    assert TimestepSchedule(0.998, 1.0, grid=500).sample(0, 10, 1000, "cpu").max().item() == 998
+    with pytest.raises(ValueError, match="no timestep of the DDIM grid"):
+        TimestepSchedule(0.291, 0.2915, grid=500).sample(0, 1, 1000, "cpu")

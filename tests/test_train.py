@@ -259,3 +259,23 @@ def test_rgb_renderer_through_the_vae_saves_the_render_itself(tiny_sd_path, tmp_
     expected = (torch.sigmoid(logits[0]).permute(1, 2, 0) * 255).round().byte().numpy()
     final = iio.imread(tmp_path / "final.png")[::2, ::2]  # saved upsampled ×2 (nearest) to 128 px
     assert final.shape == (64, 64, 3) and abs(final.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_interrupted_two_stage_run_with_lr_decay_resumes_exactly(tmp_path):
+    # the lengths a stopped run needs (switch step, LR decay length) pinned, as they are in a run stopped by a signal
+    common = (*SHAPES, "loss=ours", "loss.switch_step=5", "lr_scheduler=cosine", "lr_scheduler.total_steps=12")
+    straight = train(config(*common, "trainer.max_steps=12", run_dir=tmp_path / "a")).run_dir
+    half = train(config(*common, "trainer.max_steps=6", run_dir=tmp_path / "b")).run_dir
+    train(config(*common, "trainer.max_steps=12", f"trainer.resume={half}"))
+    torch.testing.assert_close(final_params(half), final_params(straight), rtol=1e-6, atol=1e-6)
+
+
+def test_resume_with_a_larger_max_steps_continues_the_schedules_it_started_with(tmp_path):
+    common = (*SHAPES, "loss=ours", "lr_scheduler=cosine", "trainer.log_every=1")
+    first = train(config(*common, "trainer.max_steps=6", run_dir=tmp_path / "r")).run_dir  # switch at 3, LR ends at 6
+    train(config(*common, "trainer.max_steps=10", f"trainer.resume={first}"))
+    records = [json.loads(line) for line in (first / "metrics.jsonl").open()]
+    assert [r["ours/stage"] for r in records] == [1, 1, 1, 2, 2, 2, 2, 2, 2, 2]  # never back to stage one
+    ckpt = load_checkpoint(first / "checkpoints" / "last.pt")
+    assert ckpt["loss"]["switch"] == 3 and ckpt["lr_scheduler"]["total_steps"] == 6
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # stays at the final rate

@@ -108,7 +108,8 @@ class Guidance(nn.Module):
     def sample(self, prompt: str, num_samples: int, num_steps: int = 50, generator=None) -> torch.Tensor:
         """Deterministic DDIM samples from the model under `prompt` (in model space): the "DDIM lower bound" row."""
         shape = self.sample_shape()
-        x = torch.randn((num_samples, *shape), generator=generator, device=self.alphas_cumprod.device)
+        # drawn on the CPU (where a seeded generator lives), then moved: the same samples on every device
+        x = torch.randn((num_samples, *shape), generator=generator).to(self.alphas_cumprod.device)
         return ddim_sample(self, x, [prompt] * num_samples, num_steps)
 
     def sample_shape(self) -> tuple[int, ...]:

@@ -52,9 +52,9 @@ def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-def norm(x: torch.Tensor) -> float:
-    """Mean per-sample L2 norm of a term, for logging."""
-    return x.flatten(1).norm(dim=1).mean().item()
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """Mean per-sample L2 norm of a term, for logging: a 0-d tensor, read (a host sync) only on logging steps."""
+    return x.detach().flatten(1).norm(dim=1).mean()
 
 
 def surrogate_loss(x: torch.Tensor, weighted_direction: torch.Tensor) -> torch.Tensor:

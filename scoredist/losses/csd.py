@@ -32,6 +32,12 @@ class CSD(ScoreLoss):
         w2 = value_at(self.w2, step)
         return w2 if self.w2_end is None else linear_ramp(step, 0, self.max_steps, w2, self.w2_end)
 
+    def state_dict(self):
+        return {"max_steps": self.max_steps}  # the annealing length the run started with
+
+    def load_state_dict(self, state):
+        self.max_steps = state.get("max_steps", self.max_steps)
+
     def direction(self, guidance, x, t, noise, prompts, step):
         b, w2 = len(prompts), self.w2_at(step)
         conditions = [prompts, [""] * b] + ([[self.negative_prompt] * b] if w2 != 0 else [])

@@ -58,4 +58,5 @@ class DDS(ScoreLoss):
         return {"x_ref": self.x_ref}
 
     def load_state_dict(self, state):
-        self.x_ref = state["x_ref"]
+        # checkpoints load on the CPU; the reference must live where the run computes
+        self.x_ref = state["x_ref"].to(self.x_ref.device)

@@ -46,6 +46,15 @@ class Ours(ScoreLoss):
         g = value_at(self.guidance_scale, step) * self.bridge(guidance, noised(guidance, x, t, noise), t, src, tgt)
         return g, {"norm/bridge": norm(g), "ours/stage": 2}
 
+    def state_dict(self):
+        # the switch step was resolved from the max_steps the run started with; keep it when a resume changes that
+        return {"switch": self.switch, "stage_one": self.stage_one.state_dict() if self.stage_one else {}}
+
+    def load_state_dict(self, state):
+        self.switch = state.get("switch", self.switch)
+        if self.stage_one is not None:
+            self.stage_one.load_state_dict(state.get("stage_one", {}))
+
     def bridge(self, guidance, x_t, t, src, tgt):
         """The single-step bridge ε(x_t; y_tgt) − ε(x_t; y_src), both conditions in one call."""
         eps_tgt, eps_src = predict_conditions(guidance, x_t, t, [tgt, src])

@@ -47,7 +47,7 @@ class VSD(ScoreLoss):
     def after_step(self, guidance, x, prompts):
         """Fit ε_ψ to the current renders: `source_steps` denoising steps on x (detached)."""
         x = x.detach()
-        total = 0.0
+        total = torch.zeros((), device=x.device)
         for _ in range(self.source_steps):
             t = torch.randint(0, guidance.num_train_timesteps, (x.shape[0],), device=x.device)
             noise = torch.randn_like(x)
@@ -58,7 +58,7 @@ class VSD(ScoreLoss):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += loss.item()
+            total += loss.detach()
         return {"vsd/source_loss": total / self.source_steps}
 
     def state_dict(self):
