@@ -205,3 +205,18 @@ def test_guidance_scale_and_weights_can_be_schedules_of_the_step(setup):
     g, _ = csd.direction(guidance, x, t, noise, ["cat", "cat"], 90)
     expected = 10 * (eps("cat", x_t) - eps("", x_t)) + 9 * (eps("", x_t) - eps("neg", x_t))
     torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_bridge_from_ddim_inversion_matches_the_hand_computation(setup):
+    guidance, x, t, noise, x_t = setup
+    g, _ = Bridge(num_steps=1, start="invert", guidance_scale=2.0, stage_one=None).direction(
+        guidance, x, t, noise, ["cat", "cat"], 0
+    )
+    a = ABAR[t].view(-1, 1, 1, 1)
+    # one inversion step from the clean x: z_t = sqrt(ᾱ) x + sqrt(1 − ᾱ) ε̂_src(x, t); then ours at z_t
+    z_t = a.sqrt() * x + (1 - a).sqrt() * eps("cat" + SRC_SUFFIX, x)
+    expected = 2.0 * (eps("cat" + TGT_SUFFIX, z_t) - eps("cat" + SRC_SUFFIX, z_t))
+    torch.testing.assert_close(g, expected, atol=1e-3, rtol=1e-4)
+    assert guidance.calls == 2  # one inversion call, one call for both branches
+    with pytest.raises(ValueError, match="start"):
+        Bridge(start="sideways")

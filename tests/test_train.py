@@ -39,21 +39,30 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["loss", "renderer", "guidance", "schedule", "logger"])
+@pytest.mark.parametrize("group", ["loss", "renderer", "guidance", "schedule", "logger", "lr_scheduler"])
 def test_every_yaml_of_every_group_composes_and_instantiates(group, tiny_sd_path):
     options = group_options(group)
     assert options, group
     for option in options:
         cfg = config(f"{group}={option}", f"guidance.pretrained={tiny_sd_path}" if option == "sd" else "seed=0")
         node = cfg[group]
-        obj = instantiate(node, device="cpu", precision="fp32") if group == "guidance" else instantiate(node)
+        if group == "guidance":
+            obj = instantiate(node, device="cpu", precision="fp32")
+        elif group == "lr_scheduler":
+            obj = instantiate(node)(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.01))
+        else:
+            obj = instantiate(node)
         assert type(obj).__name__ == node._target_.rsplit(".", 1)[1], option
 
 
-def test_every_experiment_composes():
+def test_every_experiment_composes_and_its_parts_instantiate():
     for option in group_options("experiment"):
         cfg = config(f"+experiment={option}")
-        assert cfg.trainer.max_steps > 0 and cfg.loss._target_
+        assert cfg.trainer.max_steps > 0, option
+        instantiate(cfg.loss), instantiate(cfg.schedule), instantiate(cfg.renderer)  # a typo'd key raises here
+        if cfg.get("lr_scheduler") is not None:
+            param = torch.nn.Parameter(torch.zeros(1))
+            instantiate(cfg.lr_scheduler)(instantiate(cfg.optimizer)([param]))
 
 
 def test_tiny_pipeline_run_writes_the_run_folder(tiny_sd_path, tmp_path, monkeypatch):

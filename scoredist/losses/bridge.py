@@ -1,13 +1,17 @@
 """The k-step bridge: ours with the probability-flow ODE solved in k DDIM steps instead of one.
 
-From the noised render x_t, integrate the PF ODE down to t = 0 under the source prompt and under the target prompt,
-each with k DDIM steps (both branches evaluated together, one batched call per step), giving ψ_src and ψ_tgt. The
-direction, in ε units so that it is comparable with ours:
+Both branches start from one point z_t at time t and integrate the PF ODE down to t = 0, under the source prompt and
+under the target prompt, each with k DDIM steps (both branches evaluated together, one batched call per step), giving
+ψ_src and ψ_tgt. The direction, in ε units so that it is comparable with ours:
 
     g = s · sqrt(ᾱ_t) / sqrt(1 − ᾱ_t) · (ψ_src − ψ_tgt)
 
-For k = 1, ψ = (x_t − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t), so g = s · (ε̂_tgt − ε̂_src): exactly ours. As k grows, g
-approaches the ideal bridge ψ_0,tgt − ψ_0,src of the paper's motivation slide, at k times the cost.
+start="noise" (default): z_t = sqrt(ᾱ_t) x + sqrt(1 − ᾱ_t) ε, the noised render of every SDS-family loss. For k = 1,
+ψ = (z_t − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t), so g = s · (ε̂_tgt − ε̂_src): exactly ours. As k grows, g approaches the
+difference of the full ODE solutions from z_t.
+start="invert": z_t is x DDIM-inverted under y_src in k steps (deterministic; ε̂ evaluated at the step's destination
+timestep, the usual inversion approximation), so that ψ_src ≈ x and g ≈ (x − ψ_tgt): the bridge of the paper's
+motivation slide, "map x back to noise with the source, then generate with the target". Costs 3k model calls.
 """
 
 from __future__ import annotations
@@ -32,11 +36,27 @@ def alpha_bar(alphas_cumprod: torch.Tensor, t: torch.Tensor, ndim: int) -> torch
 
 
 class Bridge(Ours):
-    def __init__(self, num_steps: int = 4, **ours_kwargs):
+    def __init__(self, num_steps: int = 4, start: str = "noise", **ours_kwargs):
         if num_steps < 1:
             raise ValueError(f"the k-step bridge needs num_steps >= 1, got {num_steps}")
+        if start not in ("noise", "invert"):
+            raise ValueError(f"bridge start must be 'noise' or 'invert', got {start!r}")
         super().__init__(**ours_kwargs)
-        self.num_steps = num_steps
+        self.num_steps, self.start = num_steps, start
+
+    @torch.no_grad()
+    def start_point(self, guidance, x, t, noise, src):
+        if self.start == "noise":
+            return super().start_point(guidance, x, t, noise, src)
+        path = ddim_path(t, self.num_steps).flip(0)  # −1 (clean) … t
+        z = x.detach()
+        for t_cur, t_next in zip(path[:-1], path[1:]):
+            a_cur = alpha_bar(guidance.alphas_cumprod, t_cur, z.dim())
+            a_next = alpha_bar(guidance.alphas_cumprod, t_next, z.dim())
+            eps = guidance.predict_noise(z, t_next, src)
+            x0 = (z - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
+            z = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        return z
 
     @torch.no_grad()
     def bridge(self, guidance, x_t, t, src, tgt):

@@ -43,8 +43,13 @@ class Ours(ScoreLoss):
             return g, {**logs, "ours/stage": 1}
         tgt = [p + self.tgt_suffix for p in prompts]
         src = [p + self.src_suffix for p in prompts]
-        g = value_at(self.guidance_scale, step) * self.bridge(guidance, noised(guidance, x, t, noise), t, src, tgt)
+        x_t = self.start_point(guidance, x, t, noise, src)
+        g = value_at(self.guidance_scale, step) * self.bridge(guidance, x_t, t, src, tgt)
         return g, {"norm/bridge": norm(g), "ours/stage": 2}
+
+    def start_point(self, guidance, x, t, noise, src):
+        """Where both branches start: the render noised with ε, as in SDS."""
+        return noised(guidance, x, t, noise)
 
     def state_dict(self):
         # the switch step was resolved from the max_steps the run started with; keep it when a resume changes that
