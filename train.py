@@ -6,14 +6,12 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from scoredist.checkpoint import run_folder_of
+
 # hydra.run.dir: a resumed run keeps writing into its own folder instead of opening a new, empty one.
-OmegaConf.register_new_resolver("resume_dir_or", lambda resume, default: resume_folder(resume) or default)
-
-
-def resume_folder(resume):
-    if not resume:
-        return None
-    return os.path.dirname(os.path.dirname(resume)) if str(resume).endswith(".pt") else resume
+OmegaConf.register_new_resolver(
+    "resume_dir_or", lambda resume, default: str(run_folder_of(resume)) if resume else default
+)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -15,6 +15,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the file and says what to do."""
 
 
+def run_folder_of(run_or_file: str | Path) -> Path:
+    """The run folder of a resume target: the folder itself, or the run holding a checkpoints/*.pt file."""
+    path = Path(run_or_file)
+    return path.parent.parent if path.suffix == ".pt" else path
+
+
 def checkpoint_path(run_or_file: str | Path) -> Path:
     """A run folder's last checkpoint, or the file itself if a .pt file was given."""
     path = Path(run_or_file)

@@ -3,6 +3,9 @@
 Set HYDRA_FULL_ERROR=1 to see the traceback anyway.
 """
 
+import traceback
+from pathlib import Path
+
 from scoredist.checkpoint import CheckpointError
 
 
@@ -18,10 +21,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError, W
 
 
 def user_error(error: BaseException) -> str | None:
-    """The message of a user error, looking through the wrappers Hydra's instantiate puts around constructor errors;
-    None for anything else (a bug, which should show its traceback)."""
+    """The message of a user error, looking through the wrappers Hydra's instantiate puts around constructor errors,
+    with the file:line that raised it (a ValueError can also be a bug: the location says where to look); None for
+    anything else (a bug, which should show its traceback)."""
     while error is not None:
         if isinstance(error, USER_ERRORS):
-            return str(error)
+            frames = traceback.extract_tb(error.__traceback__)
+            where = f" [{Path(frames[-1].filename).name}:{frames[-1].lineno}]" if frames else ""
+            return f"{error}{where}"
         error = error.__cause__
     return None

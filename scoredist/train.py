@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from scoredist.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from scoredist.checkpoint import checkpoint_path, load_checkpoint, run_folder_of, save_checkpoint
 from scoredist.errors import NonFiniteError
 from scoredist.images import grid, save_png, save_strip, save_video
 from scoredist.losses.base import surrogate_loss
@@ -61,8 +61,7 @@ def pick_device(name: str) -> torch.device:
 def run_folder(cfg: DictConfig) -> Path:
     """The resumed run's folder, else Hydra's output folder, else trainer.run_dir (plain `train(cfg)` calls)."""
     if cfg.trainer.resume:
-        path = Path(cfg.trainer.resume)
-        return path.parent.parent if path.suffix == ".pt" else path
+        return run_folder_of(cfg.trainer.resume)
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
