@@ -331,3 +331,18 @@ def test_configs_instantiate():
     assert isinstance(renderer, PointsRenderer) and renderer.points.shape == (512, 2)
     x = renderer().x
     assert guidance.predict_noise(x.detach(), torch.full((512,), 500), ["a ring"] * 512).shape == (512, 2)
+
+
+def test_trajectory_survives_a_checkpoint_round_trip(tmp_path):
+    from scoredist.checkpoint import load_checkpoint, save_checkpoint
+
+    renderer = PointsRenderer(num_points=16, seed=0, record_every=2)
+    for _ in range(5):
+        renderer().x.sum().backward()
+        with torch.no_grad():
+            renderer.points += 0.1
+    path = save_checkpoint({"renderer": renderer.state_dict()}, tmp_path / "last.pt")
+    restored = PointsRenderer(num_points=16, seed=1, record_every=2)
+    restored.load_state_dict(load_checkpoint(path)["renderer"])
+    assert restored.num_forwards == 5 and restored.snapshot_steps == [0, 2, 4]
+    torch.testing.assert_close(restored.trajectory(), renderer.trajectory())

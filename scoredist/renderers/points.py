@@ -65,6 +65,21 @@ class PointsRenderer(Renderer):
         n = self.points.shape[0]
         return Render(x=self.points, prompt_suffixes=[""] * n)
 
+    def get_extra_state(self) -> dict:
+        """The recorded trajectory travels with the checkpoint, so a resumed run's figure shows the whole path."""
+        snapshots = torch.stack(self.snapshots) if self.snapshots else torch.empty(0, *self.points.shape)
+        return {
+            "snapshots": snapshots,
+            "snapshot_steps": torch.tensor(self.snapshot_steps, dtype=torch.long),
+            "num_forwards": self.num_forwards,
+            "record_every": self.record_every,
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        self.snapshots = list(state["snapshots"].unbind(0))
+        self.snapshot_steps = state["snapshot_steps"].tolist()
+        self.num_forwards, self.record_every = int(state["num_forwards"]), int(state["record_every"])
+
     def _record(self) -> None:
         self.snapshots.append(self.points.detach().cpu().clone())
         self.snapshot_steps.append(self.num_forwards)
