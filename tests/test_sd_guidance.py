@@ -253,3 +253,16 @@ def test_precision_and_text_encoder_offload(tiny_sd_path, sd):
     assert "text_encoder" not in dict(half.named_children()) and "text_encoder" in dict(sd.named_children())
     x, t = _batch(2, seed=3)
     torch.testing.assert_close(half.predict_noise(x, t, PROMPTS[:2]), sd.predict_noise(x, t, PROMPTS[:2]))
+
+
+def test_v_prediction_recovers_the_true_noise_from_an_exact_v(tiny_sd_v_path, monkeypatch):
+    """Independent of the conversion formula: a UNet that returns the exact v = a ε − b x0 must give back ε."""
+    sd = StableDiffusion(str(tiny_sd_v_path))
+    torch.manual_seed(3)
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = torch.tensor([100, 800])
+    abar = scaled_linear_alphas_cumprod()[t].float().view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    monkeypatch.setattr(sd.unet, "forward", lambda sample, *a, **k: (v.to(sample.dtype),))
+    torch.testing.assert_close(sd.predict_noise(x_t, t, PROMPTS[:2]), eps, atol=1e-5, rtol=0)
