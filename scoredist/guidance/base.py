@@ -122,18 +122,27 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int) -> torch.Tensor:
     return torch.linspace(num_train_timesteps - 1, 0, num_steps).round().long()
 
 
+def alpha_bar(alphas_cumprod: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """ᾱ_t per row of a (B,) long t, shaped to broadcast over an ndim tensor; t = −1 stands for the clean end, ᾱ = 1."""
+    abar = torch.where(t >= 0, alphas_cumprod.to(t.device)[t.clamp_min(0)], torch.ones_like(t, dtype=torch.float))
+    return abar.float().view(-1, *([1] * (ndim - 1)))
+
+
+def ddim_move(z: torch.Tensor, eps: torch.Tensor, abar_cur: torch.Tensor, abar_next: torch.Tensor) -> torch.Tensor:
+    """The deterministic DDIM update: estimate x0 from (z, ε̂) at ᾱ_cur, re-noise it with the same ε̂ at ᾱ_next."""
+    x0 = (z - (1 - abar_cur).sqrt() * eps) / abar_cur.sqrt()
+    return abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps
+
+
 @torch.no_grad()
 def ddim_step(guidance: Guidance, x_t: torch.Tensor, t: int, t_next: int, prompts: Sequence[str]) -> torch.Tensor:
     """One deterministic DDIM move from t to t_next (t_next < t generates, t_next > t inverts).
 
     t_next = −1 means ᾱ = 1, the clean end."""
-    abar = guidance.alphas_cumprod
-    a_t = abar[t]
-    a_next = abar[t_next] if t_next >= 0 else torch.ones_like(a_t)
     tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
     eps = guidance.predict_noise(x_t, tt, prompts)
-    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    return a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    a_t = alpha_bar(guidance.alphas_cumprod, tt, x_t.dim())
+    return ddim_move(x_t, eps, a_t, alpha_bar(guidance.alphas_cumprod, torch.full_like(tt, t_next), x_t.dim()))
 
 
 @torch.no_grad()

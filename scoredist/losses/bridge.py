@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from scoredist.guidance.base import alpha_bar, ddim_move
 from scoredist.losses.base import predict_conditions
 from scoredist.losses.ours import Ours
 
@@ -27,12 +28,6 @@ def ddim_path(t: torch.Tensor, num_steps: int) -> torch.Tensor:
     frac = torch.linspace(1.0, 0.0, num_steps + 1, device=t.device)[:-1, None]
     path = (t[None, :].double() * frac).round().long()
     return torch.cat([path, torch.full_like(t, -1)[None]], dim=0)
-
-
-def alpha_bar(alphas_cumprod: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """ᾱ_t per row, broadcastable to an ndim tensor; t = −1 gives 1."""
-    abar = torch.where(t >= 0, alphas_cumprod.to(t.device)[t.clamp_min(0)], torch.ones_like(t, dtype=torch.float))
-    return abar.float().view(-1, *([1] * (ndim - 1)))
 
 
 class Bridge(Ours):
@@ -53,9 +48,7 @@ class Bridge(Ours):
         for t_cur, t_next in zip(path[:-1], path[1:]):
             a_cur = alpha_bar(guidance.alphas_cumprod, t_cur, z.dim())
             a_next = alpha_bar(guidance.alphas_cumprod, t_next, z.dim())
-            eps = guidance.predict_noise(z, t_next, src)
-            x0 = (z - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
-            z = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+            z = ddim_move(z, guidance.predict_noise(z, t_next, src), a_cur, a_next)
         return z
 
     @torch.no_grad()
@@ -66,8 +59,7 @@ class Bridge(Ours):
             a_cur = alpha_bar(guidance.alphas_cumprod, t_cur.repeat(2), z.dim())
             a_next = alpha_bar(guidance.alphas_cumprod, t_next.repeat(2), z.dim())
             eps = torch.cat(predict_conditions(guidance, list(z.chunk(2)), t_cur, [src, tgt]))
-            x0 = (z - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
-            z = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+            z = ddim_move(z, eps, a_cur, a_next)
         psi_src, psi_tgt = z.chunk(2)
         a_t = alpha_bar(guidance.alphas_cumprod, t, x_t.dim())
         return (a_t / (1 - a_t)).sqrt() * (psi_src - psi_tgt)

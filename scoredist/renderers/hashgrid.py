@@ -22,11 +22,16 @@ from torch import nn
 PRIMES = (1, 2654435761, 805459861)  # Instant-NGP's per-axis hash primes
 
 
+def level_growth(num_levels: int, base_resolution: int, max_resolution: int) -> float:
+    """b, the per-level scale, chosen so that base · b^(L−1) = max_resolution (tiny-cuda-nn's per_level_scale)."""
+    return math.exp(math.log(max_resolution / base_resolution) / max(num_levels - 1, 1))
+
+
 def level_resolutions(num_levels: int, base_resolution: int, max_resolution: int) -> list[int]:
-    """R_l = floor(base · b^l) with b chosen so that R_{L−1} = max_resolution."""
+    """R_l = floor(base · b^l) with b from `level_growth`, so that R_{L−1} = max_resolution."""
     if num_levels == 1:
         return [int(base_resolution)]
-    growth = math.exp(math.log(max_resolution / base_resolution) / (num_levels - 1))
+    growth = level_growth(num_levels, base_resolution, max_resolution)
     return [int(math.floor(base_resolution * growth**level + 1e-6)) for level in range(num_levels)]
 
 
@@ -107,7 +112,7 @@ class TcnnHashGrid(nn.Module):
         super().__init__()
         import tinycudann as tcnn  # optional, CUDA only: imported here so CPU machines never need it
 
-        growth = math.exp(math.log(max_resolution / base_resolution) / max(num_levels - 1, 1))
+        growth = level_growth(num_levels, base_resolution, max_resolution)
         self.num_levels, self.features_per_level = int(num_levels), int(features_per_level)
         self.encoding = tcnn.Encoding(
             n_input_dims=3,
