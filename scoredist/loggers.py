@@ -43,6 +43,9 @@ class NoLogger:
     def log_image(self, key: str, image: np.ndarray, step: int) -> None:
         pass
 
+    def log_samples(self, run_dir: Path, records: dict[int, dict]) -> None:
+        """The run's samples (samples.jsonl records, images under run_dir) as one table."""
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 
@@ -81,6 +84,17 @@ class WandbLogger(NoLogger):
         import wandb
 
         self.run.log({key: wandb.Image(image)}, step=step)
+
+    def log_samples(self, run_dir, records):
+        import wandb
+
+        rows = [records[i] for i in sorted(records)]
+        keys = sorted({k for r in rows for k, v in r["eval"].items() if not isinstance(v, (list, dict))})
+        table = wandb.Table(columns=["index", "prompt", "image", "seconds", *keys])
+        for r in rows:
+            image = wandb.Image(str(Path(run_dir) / r["image"]))
+            table.add_data(r["index"], r["prompt"], image, r["seconds"], *(r["eval"].get(k) for k in keys))
+        self.run.log({"samples": table})
 
     def finish(self, exit_code=0):
         if self.run is not None:

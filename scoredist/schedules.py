@@ -93,10 +93,11 @@ class TimestepSchedule:
             )
         return first, last, stride
 
-    def sample(self, step: int, batch_size: int, num_train_timesteps: int, device) -> torch.Tensor:
-        """(batch_size,) long timesteps, drawn with torch's global RNG (seeded and checkpointed by the trainer)."""
+    def sample(self, step: int, batch_size: int, num_train_timesteps: int, device, generator=None) -> torch.Tensor:
+        """(batch_size,) long timesteps, drawn from `generator` (the trainer gives each sample its own, on `device`),
+        or from torch's global RNG when None."""
         first, last, stride = self.index_range(step, num_train_timesteps)
-        k = torch.randint(0, (last - first) // stride + 1, (batch_size,), device=device)
+        k = torch.randint(0, (last - first) // stride + 1, (batch_size,), device=device, generator=generator)
         return first + stride * k
 
 

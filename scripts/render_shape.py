@@ -11,7 +11,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 
-from scoredist.guidance.shapes_world import render_caption
+from scoredist.guidance.exact.shapes import render_caption
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from scoredist.guidance.base import scaled_linear_alphas_cumprod
-from scoredist.guidance.prompts import SRC_SUFFIX, TGT_SUFFIX
 from scoredist.losses.base import predict_conditions, surrogate_loss, weight
 from scoredist.losses.bridge import Bridge, ddim_path
 from scoredist.losses.csd import CSD
@@ -13,6 +12,7 @@ from scoredist.losses.nfsd import NFSD
 from scoredist.losses.ours import Ours
 from scoredist.losses.sds import SDS
 from scoredist.losses.vsd import VSD
+from scoredist.prompts import SRC_SUFFIX, TGT_SUFFIX
 from tests.stubs import FixedSource, StubGuidance
 
 ABAR = scaled_linear_alphas_cumprod().float()

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from scoredist.checkpoint import load_checkpoint
 from scoredist.guidance.base import add_noise
-from scoredist.guidance.shapes import ShapesPrior
+from scoredist.guidance.exact.shapes import ShapesPrior
 from scoredist.images import to_uint8
 from scoredist.losses.bridge import Bridge
 from scoredist.losses.ours import Ours

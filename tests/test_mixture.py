@@ -5,7 +5,7 @@ import math
 import torch
 
 from scoredist.guidance.base import Guidance, ddim_sample, scaled_linear_alphas_cumprod
-from scoredist.guidance.mixture import GaussianMixture
+from scoredist.guidance.exact.mixture import GaussianMixture
 
 ABAR = scaled_linear_alphas_cumprod()
 

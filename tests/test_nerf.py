@@ -199,7 +199,7 @@ def test_render_suffixes_follow_the_sampled_cameras():
     torch.manual_seed(3)
     cams = sample_cameras(16, **r.camera_ranges)
     expected = [view_suffix(a, e) for a, e in zip(cams.azimuth.tolist(), cams.elevation.tolist())]
-    assert render.prompt_suffixes == expected
+    assert render.views == expected
     assert {", front view", ", side view", ", back view"} <= set(expected)
     assert r.__class__(view_dependent_prompt=False, **SMALL).suffixes(cams) == [""] * 16
 
@@ -233,7 +233,7 @@ def test_eval_mode_renders_fixed_front_first_cameras_without_jitter():
     r.eval()
     first, second = r(), r()
     torch.testing.assert_close(first.x, second.x, rtol=0, atol=0)
-    assert first.prompt_suffixes == [", front view", ", back view"]  # azimuths 0° and 180°
+    assert first.views == [", front view", ", back view"]  # azimuths 0° and 180°
     r.train()
     assert (r().x - r().x).abs().max() > 1e-3  # random cameras while training
 
@@ -250,7 +250,7 @@ def test_param_groups_have_the_two_learning_rates_and_cover_every_parameter_once
 def test_regularizer_is_the_weighted_sum_of_its_logs_and_is_differentiable():
     r = small_renderer(sparsity_weight=2.0, opacity_weight=0.5, height=8, width=8)
     render = r()
-    expected = 2.0 * render.logs["nerf/mean_opacity"] + 0.5 * render.logs["nerf/opacity_entropy"]
+    expected = float(2.0 * render.logs["nerf/mean_opacity"] + 0.5 * render.logs["nerf/opacity_entropy"])
     assert torch.isfinite(render.regularization) and render.regularization.item() == pytest.approx(expected, rel=1e-5)
     render.regularization.backward()
     assert r.encoding.table.grad.abs().sum() > 0 and r.density_net[0].weight.grad.abs().sum() > 0

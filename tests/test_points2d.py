@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from scoredist.guidance.base import add_noise, scaled_linear_alphas_cumprod
-from scoredist.guidance.points2d import Points2DPrior, PointsSourceModel
-from scoredist.guidance.prompts import NFSD_NEGATIVE, SRC_SUFFIX, TGT_SUFFIX
+from scoredist.guidance.exact.points2d import Points2DPrior, PointsSourceModel
+from scoredist.prompts import NFSD_NEGATIVE, SRC_SUFFIX, TGT_SUFFIX
 from scoredist.renderers.points import PointsRenderer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -229,20 +229,27 @@ def test_decode_draws_particles_at_their_pixels():
     assert at(32, 32) > 0.95 and at(32, 53) < 0.5  # (0, 0) is empty for the ring; its mode (2, 0) is tinted
 
 
+def points_renderer(seed: int, **kwargs) -> PointsRenderer:
+    """A points renderer bound to one sample with this seed, as the trainer binds it."""
+    renderer = PointsRenderer(**kwargs)
+    renderer.bind(None, [seed])
+    return renderer
+
+
 def test_renderer_particles_are_the_batch_and_seeded():
-    a, b = PointsRenderer(num_points=32, seed=3), PointsRenderer(num_points=32, seed=3)
+    a, b = points_renderer(3, num_points=32), points_renderer(3, num_points=32)
     assert torch.equal(a.points, b.points)
-    assert not torch.equal(a.points, PointsRenderer(num_points=32, seed=4).points)
+    assert not torch.equal(a.points, points_renderer(4, num_points=32).points)
     out = a()
-    assert out.x is a.points and out.x.shape == (32, 2) and out.prompt_suffixes == [""] * 32
+    assert out.x is a.points and out.x.shape == (32, 2) and out.samples == [0] * 32
     assert a.outputs_rgb is False
-    shifted = PointsRenderer(num_points=2000, init_mean=(1.0, -2.0), init_std=0.5, seed=0).points
+    shifted = points_renderer(0, num_points=2000, init_mean=(1.0, -2.0), init_std=0.5).points
     assert shifted.mean(0).tolist() == pytest.approx([1.0, -2.0], abs=0.05)
     assert shifted.std(0).tolist() == pytest.approx([0.5, 0.5], abs=0.03)
 
 
 def test_renderer_recording_is_capped():
-    r = PointsRenderer(num_points=4, seed=0, record_every=1, max_records=4)
+    r = points_renderer(0, num_points=4, record_every=1, max_records=4)
     for _ in range(10):
         r()
     # records at 0…4 overflow → keep 0, 2, 4 (every 2); 6 and 8 overflow again → keep 0, 4, 8 (every 4)
@@ -254,7 +261,7 @@ def test_renderer_recording_is_capped():
 
 
 def test_renderer_writes_a_readable_png(tmp_path, prior):
-    r = PointsRenderer(num_points=64, seed=0, record_every=5)
+    r = points_renderer(0, num_points=64, record_every=5)
     opt = torch.optim.SGD(r.parameters(), lr=0.2)
     for _ in range(40):  # pull every particle toward (1.5, 1.5): x ← 1.5 + 0.6 (x − 1.5)
         opt.zero_grad()
@@ -328,6 +335,7 @@ def test_configs_instantiate():
     assert guidance.num_train_timesteps == 1000
     guidance.check_resolution(7, 13)  # points accept any size
     renderer = instantiate(OmegaConf.load(CONF / "renderer" / "points.yaml"))
+    renderer.bind(None, [0])
     assert isinstance(renderer, PointsRenderer) and renderer.points.shape == (512, 2)
     x = renderer().x
     assert guidance.predict_noise(x.detach(), torch.full((512,), 500), ["a ring"] * 512).shape == (512, 2)
@@ -336,13 +344,13 @@ def test_configs_instantiate():
 def test_trajectory_survives_a_checkpoint_round_trip(tmp_path):
     from scoredist.checkpoint import load_checkpoint, save_checkpoint
 
-    renderer = PointsRenderer(num_points=16, seed=0, record_every=2)
+    renderer = points_renderer(0, num_points=16, record_every=2)
     for _ in range(5):
         renderer().x.sum().backward()
         with torch.no_grad():
             renderer.points += 0.1
     path = save_checkpoint({"renderer": renderer.state_dict()}, tmp_path / "last.pt")
-    restored = PointsRenderer(num_points=16, seed=1, record_every=2)
+    restored = points_renderer(1, num_points=16, record_every=2)
     restored.load_state_dict(load_checkpoint(path)["renderer"])
     assert restored.num_forwards == 5 and restored.snapshot_steps == [0, 2, 4]
     torch.testing.assert_close(restored.trajectory(), renderer.trajectory())

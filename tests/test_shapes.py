@@ -10,19 +10,19 @@ import pytest
 import torch
 
 from scoredist.guidance.base import add_noise
-from scoredist.guidance.mixture import GaussianMixture
-from scoredist.guidance.prompts import NFSD_NEGATIVE, SRC_SUFFIX, TGT_SUFFIX, parse_prompt
-from scoredist.guidance.shapes import ShapesPrior, view_name
-from scoredist.guidance.shapes_world import (
+from scoredist.guidance.exact.mixture import GaussianMixture
+from scoredist.guidance.exact.shapes import ShapesPrior, render_caption, view_name
+from scoredist.guidance.exact.vocabulary import parse_prompt
+from scoredist.guidance.exact.world import (
     BACKGROUND_RGB,
     COLOUR_RGB,
     SHAPE_SDFS,
     VARIANT_NAMES,
     corrupt,
     render,
-    render_caption,
     render_views,
 )
+from scoredist.prompts import NFSD_NEGATIVE, SRC_SUFFIX, TGT_SUFFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -120,7 +120,7 @@ def test_ours_resumed_past_its_switch_is_in_stage_two(tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
-    from scoredist.guidance import shapes
+    from scoredist.guidance.exact import shapes
 
     calls = {"n": 0}
     original = shapes.ShapesPrior.predict_noise

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from scoredist.guidance.base import add_noise
+from scoredist.prompts import texts
 
 # w(t) as a function of ᾱ_t. "1-abar" is DreamFusion's and the paper's 2D choice.
 WEIGHTINGS = {
@@ -35,10 +36,10 @@ def predict_conditions(
     """ε̂ for several conditions in ONE batched guidance call.
 
     x_t: (B, ...) shared by all conditions, or one (B, ...) tensor per condition (DDS noises two images).
-    conditions: C lists of B prompts. Returns C tensors of shape (B, ...).
+    conditions: C lists of B prompts (`Prompt` rows or plain strings). Returns C tensors of shape (B, ...).
     """
     xs = list(x_t) if isinstance(x_t, (list, tuple)) else [x_t] * len(conditions)
-    prompts = [p for cond in conditions for p in cond]
+    prompts = [p for cond in conditions for p in texts(cond)]
     eps = guidance.predict_noise(torch.cat(xs), t.repeat(len(conditions)), prompts)
     return list(eps.chunk(len(conditions)))
 
@@ -57,10 +58,18 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return x.detach().flatten(1).norm(dim=1).mean()
 
 
-def surrogate_loss(x: torch.Tensor, weighted_direction: torch.Tensor) -> torch.Tensor:
-    """0.5 ‖x − sg(x − w·g)‖² / B: its gradient w.r.t. x is exactly w·g / B (the batch mean of per-sample w·g)."""
+def surrogate_loss(
+    x: torch.Tensor, weighted_direction: torch.Tensor, row_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_r c_r · 0.5 ‖x_r − sg(x_r − w·g_r)‖²: its gradient w.r.t. row x_r is exactly c_r · w·g_r.
+
+    row_weights c (R,): the trainer passes 1 / (rows of the row's sample), so that a sample's gradient is the mean of
+    w·g over its own rows (a NeRF's cameras) whatever the batch holds; None means 1 / R, the plain batch mean."""
     target = (x - weighted_direction).detach()
-    return 0.5 * ((x - target) ** 2).sum() / x.shape[0]
+    per_row = 0.5 * ((x - target) ** 2).flatten(1).sum(1)
+    if row_weights is None:
+        return per_row.mean()
+    return (row_weights.to(per_row.dtype) * per_row).sum()
 
 
 class ScoreLoss:
@@ -76,7 +85,8 @@ class ScoreLoss:
         self.weighting = weighting
 
     def attach(self, guidance, x_init: torch.Tensor) -> None:
-        """Called once before training with the renderer's initial output in model space (detached)."""
+        """Called at the start of every chunk of samples with the renderer's initial output in model space (detached);
+        resets whatever state belongs to one chunk (VSD's source model, DDS's reference)."""
 
     def direction(self, guidance, x, t, noise, prompts, step) -> tuple[torch.Tensor, dict[str, float]]:
         """(g with the shape of x, a dict of scalars to log)."""

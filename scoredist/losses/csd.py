@@ -9,8 +9,8 @@ negative prompt, and then only two conditions are evaluated.
 
 from __future__ import annotations
 
-from scoredist.guidance.prompts import NFSD_NEGATIVE
 from scoredist.losses.base import ScoreLoss, noised, norm, predict_conditions
+from scoredist.prompts import NFSD_NEGATIVE
 from scoredist.schedules import linear_ramp, value_at
 
 

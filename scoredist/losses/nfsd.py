@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from scoredist.guidance.prompts import NFSD_NEGATIVE
 from scoredist.losses.base import ScoreLoss, noised, norm, predict_conditions
+from scoredist.prompts import NFSD_NEGATIVE
 from scoredist.schedules import value_at
 
 

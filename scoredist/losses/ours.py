@@ -9,8 +9,8 @@ Stage one produces SDS's characteristic artifacts, which the source suffix then 
 
 from __future__ import annotations
 
-from scoredist.guidance.prompts import SRC_SUFFIX, TGT_SUFFIX
 from scoredist.losses.base import ScoreLoss, noised, norm, predict_conditions
+from scoredist.prompts import SRC_SUFFIX, TGT_SUFFIX, texts
 from scoredist.schedules import resolve_switch_step, stage_switched, value_at
 
 
@@ -41,8 +41,7 @@ class Ours(ScoreLoss):
         if not self.in_stage_two(step):
             g, logs = self.stage_one.direction(guidance, x, t, noise, prompts, step)
             return g, {**logs, "ours/stage": 1}
-        tgt = [p + self.tgt_suffix for p in prompts]
-        src = [p + self.src_suffix for p in prompts]
+        tgt, src = texts(prompts, self.tgt_suffix), texts(prompts, self.src_suffix)
         x_t = self.start_point(guidance, x, t, noise, src)
         g = value_at(self.guidance_scale, step) * self.bridge(guidance, x_t, t, src, tgt)
         return g, {"norm/bridge": norm(g), "ours/stage": 2}

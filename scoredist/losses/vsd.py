@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from scoredist.guidance.base import add_noise
 from scoredist.losses.base import ScoreLoss, cfg, noised, norm, predict_conditions
+from scoredist.prompts import texts
 from scoredist.schedules import value_at
 
 
@@ -33,14 +34,20 @@ class VSD(ScoreLoss):
         self.optimizer = None
 
     def attach(self, guidance, x_init):
-        self.source = guidance.make_source_model()
+        """Each chunk of samples starts from a fresh ε_ψ = ε_φ and a fresh optimizer. The source model is built once
+        and reset afterwards: on Stable Diffusion every new one would add another LoRA adapter to the shared UNet."""
+        if self.source is None:
+            self.source = guidance.make_source_model()
+            self._initial_source = {k: v.detach().clone() for k, v in self.source.state_dict().items()}
+        else:
+            self.source.load_state_dict(self._initial_source)
         self.optimizer = torch.optim.AdamW(self.source.parameters(), lr=self.lora_lr)
 
     def direction(self, guidance, x, t, noise, prompts, step):
         x_t = noised(guidance, x, t, noise)
         eps_cond, eps_uncond = predict_conditions(guidance, x_t, t, [prompts, [""] * len(prompts)])
         with torch.no_grad():
-            eps_source = self.source.predict_noise(x_t, t, prompts).float()
+            eps_source = self.source.predict_noise(x_t, t, texts(prompts)).float()
         eps_cfg = cfg(eps_uncond, eps_cond, value_at(self.guidance_scale, step))
         return eps_cfg - eps_source, {"norm/cfg": norm(eps_cfg), "norm/source": norm(eps_source)}
 
@@ -52,7 +59,7 @@ class VSD(ScoreLoss):
             t = torch.randint(0, guidance.num_train_timesteps, (x.shape[0],), device=x.device)
             noise = torch.randn_like(x)
             drop = torch.rand(x.shape[0]).tolist()
-            conditioned = [p if d >= self.condition_dropout else "" for p, d in zip(prompts, drop)]
+            conditioned = [p if d >= self.condition_dropout else "" for p, d in zip(texts(prompts), drop)]
             pred = self.source.predict_noise(add_noise(x, noise, t, guidance.alphas_cumprod), t, conditioned)
             loss = F.mse_loss(pred.float(), noise)
             self.optimizer.zero_grad(set_to_none=True)

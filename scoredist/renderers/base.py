@@ -7,7 +7,7 @@ model's space (SD latents, 2D points; `outputs_rgb = False`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,16 +17,26 @@ from torch import nn
 
 @dataclass
 class Render:
-    """One forward pass: `x` (B, ...) and, per batch element, a prompt suffix (", front view") or "".
+    """One forward pass: R rows of model input and what each row is conditioned on.
 
-    `regularization`: a scalar the renderer wants added to the objective (a NeRF's sparsity/opacity terms), or None.
-    `logs`: scalars to log with the step (e.g. the regularizers' values).
+    x: (R, ...) the rows.
+    samples: per row, the index (within the chunk) of the sample it belongs to: one row per sample for images, the
+        B cameras of the one scene for a NeRF, the particles of each cloud for points.
+    views: per row, a view phrase (", front view") the prompt ends with, or None for none.
+    captions: per row, a caption that replaces the sample's own (a view of an ambiguous image has its own prompt),
+        or None for the sample's caption throughout.
+    cameras: (R, k) per-row camera parameters on the CPU (a NeRF's), for camera-conditioned source models, or None.
+    regularization: a scalar the renderer wants added to the objective (a NeRF's sparsity/opacity terms), or None.
+    logs: scalars (0-d tensors or floats) to log with the step.
     """
 
     x: torch.Tensor
-    prompt_suffixes: list[str] = field(default_factory=list)
+    samples: list[int]
+    views: list[str] | None = None
+    captions: list[str | None] | None = None
+    cameras: torch.Tensor | None = None
     regularization: torch.Tensor | None = None
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -50,13 +60,15 @@ class Renderer(nn.Module):
     outputs_rgb: bool = True
     height: int | None = None  # render size in pixels; None for renderers that make no images (points)
     width: int | None = None
+    max_samples: int | None = None  # samples one renderer holds at once (a NeRF is one scene); None: any number
 
-    def bind(self, space: ModelSpace) -> None:
-        """Called by the trainer once, before the optimizer is built: create parameters that depend on the model."""
+    def bind(self, space: ModelSpace, seeds: Sequence[int]) -> None:
+        """Called by the trainer once per chunk, before the optimizer is built: create the parameters of
+        len(seeds) samples, sample i's initial value drawn from a generator seeded with seeds[i] (so it does not
+        depend on the other samples of the chunk)."""
 
     def forward(self) -> Render:
-        """One batch of renders. The batch size is the renderer's own config (interpolated from trainer.batch_size),
-        because the parameters' shape may depend on it."""
+        """The rows of one step for every sample the renderer holds (see `Render`)."""
         raise NotImplementedError
 
     def param_groups(self, lr: float) -> list[dict]:

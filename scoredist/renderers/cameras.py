@@ -25,6 +25,10 @@ class Cameras:
     def __len__(self) -> int:
         return self.azimuth.shape[0]
 
+    def as_tensor(self) -> torch.Tensor:
+        """(B, 4): azimuth, elevation, distance, fovy per camera (the per-row camera of a `Render`)."""
+        return torch.stack([self.azimuth, self.elevation, self.distance, self.fovy], dim=1).float()
+
 
 def _uniform(n: int, bounds: Sequence[float]) -> torch.Tensor:
     lo, hi = float(bounds[0]), float(bounds[1])

@@ -8,6 +8,8 @@ encodes into the model's space with gradient (through the VAE for latent models)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -21,7 +23,6 @@ class ImageRenderer(Renderer):
         mode: str = "latent",
         height: int | None = None,
         width: int | None = None,
-        batch_size: int = 1,
         init: str = "randn",
         init_std: float = 1.0,
     ):
@@ -32,11 +33,11 @@ class ImageRenderer(Renderer):
             if value is not None and value <= 0:
                 raise ValueError(f"renderer.{name} must be positive, got {value}")
         self.mode, self.height, self.width = mode, height, width
-        self.batch_size, self.init, self.init_std = batch_size, init, init_std
+        self.init, self.init_std = init, init_std
         self.outputs_rgb = mode == "rgb"
         self.image = None  # nn.Parameter, created in bind() once the model's space is known
 
-    def bind(self, space: ModelSpace) -> None:
+    def bind(self, space: ModelSpace, seeds: Sequence[int]) -> None:
         if self.height is None or self.width is None:
             if space.native_size is None:
                 raise ValueError("this guidance model has no native image size: set renderer.height and renderer.width")
@@ -47,23 +48,24 @@ class ImageRenderer(Renderer):
                 f"downscale factor: use multiples of {space.downscale} (e.g. renderer.height="
                 f"{max(space.downscale, self.height // space.downscale * space.downscale)})."
             )
-        self.image = nn.Parameter(self.initial_value(space))
+        self.image = nn.Parameter(self.initial_value(space, seeds))
 
-    def initial_value(self, space: ModelSpace) -> torch.Tensor:
-        b = self.batch_size
+    def initial_value(self, space: ModelSpace, seeds: Sequence[int]) -> torch.Tensor:
+        """(S, ...) for S = len(seeds) samples: N(0, init_std²) from each sample's own generator, or the init image."""
         if self.mode == "latent":
-            shape = (b, space.channels, self.height // space.downscale, self.width // space.downscale)
+            shape = (space.channels, self.height // space.downscale, self.width // space.downscale)
         else:
-            shape = (b, 3, self.height, self.width)
+            shape = (3, self.height, self.width)
         if self.init == "randn":
-            return torch.randn(shape) * self.init_std
-        rgb = read_image(self.init, self.height, self.width).expand(b, -1, -1, -1)
+            draws = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+            return torch.stack(draws) * self.init_std
+        rgb = read_image(self.init, self.height, self.width).expand(len(seeds), -1, -1, -1)
         if self.mode == "rgb":
             return torch.logit(rgb.clamp(1e-3, 1 - 1e-3))
         with torch.no_grad():
             return space.encode(rgb).float().cpu()
 
     def forward(self) -> Render:
-        """All images of the batch: (B, C, h, w) model-space latents, or (B, 3, H, W) RGB in [0, 1]."""
+        """One row per sample: (S, C, h, w) model-space latents, or (S, 3, H, W) RGB in [0, 1]."""
         x = torch.sigmoid(self.image) if self.mode == "rgb" else self.image
-        return Render(x=x, prompt_suffixes=[""] * x.shape[0])
+        return Render(x=x, samples=list(range(x.shape[0])))

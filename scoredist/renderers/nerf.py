@@ -98,6 +98,7 @@ class NeRFRenderer(Renderer):
     """
 
     outputs_rgb = True
+    max_samples = 1  # one scene per run: a prompt list is a sweep (python train.py -m prompt=...,...)
 
     def __init__(
         self,
@@ -248,12 +249,13 @@ class NeRFRenderer(Renderer):
         mean_opacity = opacity.mean()
         o = opacity.clamp(1e-5, 1.0 - 1e-5)
         entropy = -(o * o.log() + (1.0 - o) * (1.0 - o).log()).mean()
-        logs = {"nerf/mean_opacity": mean_opacity.item(), "nerf/opacity_entropy": entropy.item()}
+        logs = {"nerf/mean_opacity": mean_opacity.detach(), "nerf/opacity_entropy": entropy.detach()}
         if self.sparsity_weight == 0.0 and self.opacity_weight == 0.0:
             return None, logs
         return self.sparsity_weight * mean_opacity + self.opacity_weight * entropy, logs
 
-    def bind(self, space: ModelSpace) -> None:
+    def bind(self, space: ModelSpace, seeds: Sequence[int] = (0,)) -> None:
+        """The scene's initial field comes from torch's global RNG, which the trainer seeds with the run's seed."""
         if self.encoding_backend == "auto" and space.device.type == "cuda" and tcnn_available():
             self.encoding = make_hash_grid("tcnn", **self.encoding_kwargs)
         if space.native_size is None:
@@ -275,7 +277,14 @@ class NeRFRenderer(Renderer):
             cams = self.orbit(self.batch_size)
         rgb, opacity = self.render(cams, self.height, self.width, stratified=self.training)
         regularization, logs = self.regularizers(opacity)
-        return Render(x=rgb, prompt_suffixes=self.suffixes(cams), regularization=regularization, logs=logs)
+        return Render(
+            x=rgb,
+            samples=[0] * len(cams),
+            views=self.suffixes(cams),
+            cameras=cams.as_tensor(),
+            regularization=regularization,
+            logs=logs,
+        )
 
     def param_groups(self, lr: float) -> list[dict]:
         """The hash grid at encoding_lr and the MLPs at network_lr (the paper's two rates); `lr` is not used."""

@@ -14,19 +14,18 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from scoredist.renderers.base import Render, Renderer
+from scoredist.renderers.base import ModelSpace, Render, Renderer
 
 PANEL = 512  # side of each panel of particles.png, pixels
 BLUE, RED, GREY = (40, 90, 220), (210, 30, 30), (205, 205, 205)
 
 
 class PointsRenderer(Renderer):
-    """N particles θ (N, 2) optimised directly; `forward` returns all of them.
+    """S clouds of N particles θ (S·N, 2), optimised directly; `forward` returns all of them.
 
     Args:
-        num_points: N, the number of particles.
-        init_mean, init_std: particles start at init_mean + init_std · z, z ~ N(0, I).
-        seed: seed of the initial draw; None draws from torch's global RNG (which the trainer seeds).
+        num_points: N, the number of particles of each sample's cloud.
+        init_mean, init_std: particles start at init_mean + init_std · z, z ~ N(0, I) from the sample's own seed.
         record_every: keep a snapshot of the positions every this many forward passes (for the trajectory figure).
         max_records: memory cap on snapshots; when exceeded, every other one is dropped and record_every doubles,
             so the whole run stays covered at a coarser step.
@@ -39,31 +38,39 @@ class PointsRenderer(Renderer):
         num_points: int = 512,
         init_mean: Sequence[float] = (0.0, 0.0),
         init_std: float = 1.0,
-        seed: int | None = None,
         record_every: int = 10,
         max_records: int = 256,
     ):
         super().__init__()
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        z = torch.randn(num_points, 2, generator=generator)
-        init = torch.tensor([float(v) for v in init_mean]) + float(init_std) * z
-        self.points = nn.Parameter(init.clone())
-        self.register_buffer("initial", init.clone())
+        if int(num_points) < 1:
+            raise ValueError(f"renderer.num_points must be positive, got {num_points}")
+        self.num_points = int(num_points)
+        self.init_mean = torch.tensor([float(v) for v in init_mean])
+        self.init_std = float(init_std)
         self.record_every = int(record_every)
         self.max_records = max(2, int(max_records))
         self.num_forwards = 0
-        self.snapshots: list[torch.Tensor] = []  # (N, 2) CPU copies, positions *before* the update of that step
+        self.snapshots: list[torch.Tensor] = []  # (S·N, 2) CPU copies, positions *before* the update of that step
         self.snapshot_steps: list[int] = []
+        self.points = None  # nn.Parameter (S·N, 2), created in bind()
+
+    def bind(self, space: ModelSpace | None, seeds: Sequence[int]) -> None:
+        """One cloud of num_points per seed; the model space is not needed (points are the model's input)."""
+        clouds = [torch.randn(self.num_points, 2, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        init = self.init_mean + self.init_std * torch.cat(clouds)
+        self.points = nn.Parameter(init.clone())
+        self.register_buffer("initial", init.clone())
+        self.num_forwards, self.snapshots, self.snapshot_steps = 0, [], []
 
     def forward(self) -> Render:
-        """All particles, x (N, 2): the particles themselves are the batch, so `trainer.batch_size` is ignored.
+        """All particles, x (S·N, 2): the particles themselves are the rows, num_points for each sample.
         Only forwards with gradient count as optimisation steps and are recorded."""
         if self.training and torch.is_grad_enabled():
             if self.num_forwards % self.record_every == 0:
                 self._record()
             self.num_forwards += 1
-        n = self.points.shape[0]
-        return Render(x=self.points, prompt_suffixes=[""] * n)
+        samples = torch.arange(self.points.shape[0]) // self.num_points
+        return Render(x=self.points, samples=samples.tolist())
 
     def get_extra_state(self) -> dict:
         """The recorded trajectory travels with the checkpoint, so a resumed run's figure shows the whole path."""

@@ -391,25 +391,3 @@ WORD_TO_VARIANT: dict[str, str] = {word: name for name, (_, words) in VARIANTS.i
 def corrupt(img: torch.Tensor, variant: str) -> torch.Tensor:
     """Apply the named variant (see `VARIANTS`): (..., 3, H, W) → (..., 3, H, W) in [0, 1]."""
     return VARIANTS[variant][0](img)
-
-
-def render_caption(
-    caption: str, azimuth: float = 0.0, elevation: float = 20.0, resolution: int = 32, distance: float = 2.6
-) -> torch.Tensor:
-    """Render a caption such as "a red cube" or "a red cube, blurry" (descriptors applied in order) → (3, H, W) [0, 1].
-
-    Used for DDS reference images. The caption must name exactly one colour and one shape; view words are ignored
-    (the camera is given explicitly).
-    """
-    from scoredist.guidance.prompts import parse_prompt  # local: prompts.py builds its vocabulary from this module
-
-    parsed = parse_prompt(caption)
-    if len(parsed.colours) != 1 or len(parsed.shapes) != 1:
-        raise ValueError(
-            f"render_caption needs exactly one colour and one shape, got {caption!r}; "
-            f"colours: {', '.join(COLOUR_RGB)}; shapes: {', '.join(SHAPE_SDFS)}"
-        )
-    img = render(parsed.shapes[0], parsed.colours[0], azimuth, elevation, distance=distance, resolution=resolution)
-    for variant in parsed.variants:
-        img = corrupt(img, variant)
-    return img

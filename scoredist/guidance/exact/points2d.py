@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from scoredist.guidance.base import Guidance, SourceModel, scaled_linear_alphas_cumprod
-from scoredist.guidance.mixture import GaussianMixture
-from scoredist.guidance.prompts import NFSD_NEGATIVE, SRC_SUFFIX, TGT_SUFFIX
+from scoredist.guidance.exact.mixture import GaussianMixture
+from scoredist.prompts import NFSD_NEGATIVE, SRC_SUFFIX, TGT_SUFFIX
 
 ARTICLES = ("a ", "an ", "the ")
 

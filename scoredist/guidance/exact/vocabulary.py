@@ -5,7 +5,7 @@ is the whole world and "a cube" is every colour of cube. Multi-word phrases ("ba
 "low-resolution") are matched as phrases, longest first, inside each comma-separated segment; hyphens count as spaces.
 Articles and fillers ("a", "photo of", ...) are ignored; any other word raises ValueError listing the vocabulary.
 
-The suffix constants below are the exact strings of the paper's code; the losses import them from here.
+The paper's suffix strings live in scoredist.prompts; this module only knows the world's words.
 """
 
 from __future__ import annotations
@@ -14,11 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from scoredist.guidance.shapes_world import COLOUR_RGB, SHAPE_SDFS, VARIANTS, WORD_TO_VARIANT
-
-SRC_SUFFIX = ", oversaturated, smooth, pixelated, cartoon, foggy, hazy, blurry, bad structure, noisy, malformed"
-TGT_SUFFIX = ", detailed high resolution, high quality, sharp"
-NFSD_NEGATIVE = "unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, gloomy"
+from scoredist.guidance.exact.world import COLOUR_RGB, SHAPE_SDFS, VARIANTS, WORD_TO_VARIANT
 
 COLOURS: tuple[str, ...] = tuple(COLOUR_RGB)
 SHAPES: tuple[str, ...] = tuple(SHAPE_SDFS)

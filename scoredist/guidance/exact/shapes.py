@@ -32,9 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoredist.guidance.base import Guidance, SourceModel, scaled_linear_alphas_cumprod
-from scoredist.guidance.mixture import GaussianMixture
-from scoredist.guidance.prompts import COLOURS, SHAPES, ParsedPrompt, parse_prompt, vocabulary_message
-from scoredist.guidance.shapes_world import VARIANT_NAMES, composite, corrupt, shade_views
+from scoredist.guidance.exact.mixture import GaussianMixture
+from scoredist.guidance.exact.vocabulary import COLOURS, SHAPES, ParsedPrompt, parse_prompt, vocabulary_message
+from scoredist.guidance.exact.world import (
+    COLOUR_RGB,
+    SHAPE_SDFS,
+    VARIANT_NAMES,
+    composite,
+    corrupt,
+    render,
+    shade_views,
+)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -279,9 +287,31 @@ class ShapesPrior(Guidance):
 
     def reference_image(self, caption: str, azimuth: float = 0.0, elevation: float = 20.0) -> torch.Tensor:
         """A clean (or, with descriptors, corrupted) render of the caption in model space: (3, R, R) in [−1, 1]."""
-        from scoredist.guidance.shapes_world import render_caption
-
         return self.encode(render_caption(caption, azimuth, elevation, self.resolution, self.distance))
+
+
+def render_caption(
+    caption: str, azimuth: float = 0.0, elevation: float = 20.0, resolution: int = 32, distance: float = 2.6
+) -> torch.Tensor:
+    """Render a caption such as "a red cube" or "a red cube, blurry" (descriptors applied in order) → (3, H, W) [0, 1].
+
+    Used for DDS reference images. The caption must name exactly one colour and one shape; view words are ignored
+    (the camera is given explicitly).
+    """
+    from scoredist.guidance.exact.vocabulary import (
+        parse_prompt,  # local: prompts.py builds its vocabulary from this module
+    )
+
+    parsed = parse_prompt(caption)
+    if len(parsed.colours) != 1 or len(parsed.shapes) != 1:
+        raise ValueError(
+            f"render_caption needs exactly one colour and one shape, got {caption!r}; "
+            f"colours: {', '.join(COLOUR_RGB)}; shapes: {', '.join(SHAPE_SDFS)}"
+        )
+    img = render(parsed.shapes[0], parsed.colours[0], azimuth, elevation, distance=distance, resolution=resolution)
+    for variant in parsed.variants:
+        img = corrupt(img, variant)
+    return img
 
 
 def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
