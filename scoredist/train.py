@@ -190,6 +190,7 @@ class Chunk:
     def train_step(self):
         """One step of every sample of the chunk. Returns (objective, t, logs, found_nonfinite) as device tensors."""
         run = self.run
+        self.renderer.at_step(self.step)
         render = self.renderer()
         x = self.to_model(render.x)
         rows = RowGroups(render.samples)

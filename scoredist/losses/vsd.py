@@ -23,12 +23,13 @@ class VSD(ScoreLoss):
         self,
         guidance_scale=7.5,
         lora_lr: float = 3e-4,
+        lora_weight_decay: float = 0.0,
         condition_dropout: float = 0.1,
         source_steps: int = 1,
         weighting: str = "1-abar",
     ):
         super().__init__(weighting)
-        self.guidance_scale, self.lora_lr = guidance_scale, lora_lr
+        self.guidance_scale, self.lora_lr, self.lora_weight_decay = guidance_scale, lora_lr, lora_weight_decay
         self.condition_dropout, self.source_steps = condition_dropout, source_steps
         self.source = None
         self.optimizer = None
@@ -41,7 +42,9 @@ class VSD(ScoreLoss):
             self._initial_source = {k: v.detach().clone() for k, v in self.source.state_dict().items()}
         else:
             self.source.load_state_dict(self._initial_source)
-        self.optimizer = torch.optim.AdamW(self.source.parameters(), lr=self.lora_lr)
+        self.optimizer = torch.optim.AdamW(
+            self.source.parameters(), lr=self.lora_lr, weight_decay=self.lora_weight_decay
+        )
 
     def direction(self, guidance, x, t, noise, prompts, step):
         x_t = noised(guidance, x, t, noise)

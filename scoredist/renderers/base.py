@@ -67,6 +67,10 @@ class Renderer(nn.Module):
         len(seeds) samples, sample i's initial value drawn from a generator seeded with seeds[i] (so it does not
         depend on the other samples of the chunk)."""
 
+    def at_step(self, step: int) -> None:
+        """Called by the trainer before every training forward with the chunk's step (0-based), so a renderer can
+        follow a schedule of the step (a NeRF's render size). Default: nothing."""
+
     def forward(self) -> Render:
         """The rows of one step for every sample the renderer holds (see `Render`)."""
         raise NotImplementedError
