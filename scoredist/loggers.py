@@ -46,6 +46,9 @@ class NoLogger:
     def log_samples(self, run_dir: Path, records: dict[int, dict]) -> None:
         """The run's samples (samples.jsonl records, images under run_dir) as one table."""
 
+    def log_artifacts(self, paths: list[Path], step: int) -> None:
+        """Files a renderer wrote at the end of a run: images, videos, meshes."""
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 
@@ -84,6 +87,14 @@ class WandbLogger(NoLogger):
         import wandb
 
         self.run.log({key: wandb.Image(image)}, step=step)
+
+    def log_artifacts(self, paths, step):
+        import wandb
+
+        kinds = {".png": wandb.Image, ".mp4": wandb.Video, ".obj": wandb.Object3D, ".glb": wandb.Object3D}
+        logged = {f"artifacts/{p.stem}": kinds[p.suffix](str(p)) for p in map(Path, paths) if p.suffix in kinds}
+        if logged:
+            self.run.log(logged, step=step)
 
     def log_samples(self, run_dir, records):
         import wandb

@@ -454,7 +454,7 @@ def write_final_outputs(run: Run, chunk: Chunk, rgb, x, per_sample_eval: dict) -
     if frames:
         save_strip(frames, run_dir / "progress.png")
         save_video(frames, run_dir / "progress.mp4")
-    chunk.renderer.write_artifacts(run_dir, run.guidance.decode)
+    run.logger.log_artifacts(chunk.renderer.write_artifacts(run_dir, run.guidance.decode), step)
     captions = {s.caption for s in chunk.samples}
     if len(captions) == 1:  # one prompt: its metrics over the whole chunk, as the prior computes them
         with torch.no_grad():
