@@ -70,6 +70,39 @@ def test_one_unet_call_per_predict_noise(sd):
     assert calls == [3]
 
 
+def test_max_batch_splits_rows_into_calls_with_the_same_result(tiny_sd_path, sd):
+    split = StableDiffusion(str(tiny_sd_path), max_batch=2)
+    x, t = _batch(5)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(5)]
+    calls = []
+    handle = split.unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        eps = split.predict_noise(x, t, prompts)
+    finally:
+        handle.remove()
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(eps, sd.predict_noise(x, t, prompts), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="max_batch"):
+        StableDiffusion(str(tiny_sd_path), max_batch=0)
+
+
+def test_prompt_cache_keeps_the_most_recent_prompts(tiny_sd_path):
+    sd = StableDiffusion(str(tiny_sd_path), prompt_cache_size=2)
+    encoded = []
+    handle = sd.text_encoder.register_forward_hook(lambda m, args, out: encoded.append(args[0].shape[0]))
+    try:
+        first = sd.prompt_embeddings(["a red cube"])
+        sd.prompt_embeddings(["a blue sphere", "a green cone"])  # evicts "a red cube"
+        assert list(sd._prompt_cache) == ["a blue sphere", "a green cone"]
+        again = sd.prompt_embeddings(["a red cube"])  # encoded again, identical
+    finally:
+        handle.remove()
+    assert encoded == [1, 2, 1]
+    torch.testing.assert_close(first, again)
+    with pytest.raises(ValueError, match="prompt_cache_size"):
+        sd.prompt_embeddings(["a", "b", "c"])
+
+
 def test_prompt_cache_encodes_each_prompt_once(tiny_sd_path):
     sd = StableDiffusion(str(tiny_sd_path))
     batches = []

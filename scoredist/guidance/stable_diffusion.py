@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -126,7 +127,14 @@ class StableDiffusion(Guidance):
     Args:
         pretrained: hub id or local diffusers folder.
         revision, variant: passed to every `from_pretrained` (e.g. variant="fp16" for half-precision files).
-        enable_xformers: use xformers attention in the UNet (needs the xformers package; PyTorch SDPA is the default).
+        enable_xformers: use xformers attention in the UNet (needs the xformers package; PyTorch's
+            scaled-dot-product attention, diffusers' default processor, is used otherwise).
+        max_batch: the most rows one UNet call takes; a step with more rows (conditions × samples × views) is split
+            into several calls of at most this many rows, for memory. None: never split.
+        channels_last: run the UNet in channels_last memory format (often faster convolutions on CUDA).
+        compile_unet: wrap the UNet's forward in torch.compile (CUDA; the first steps pay the compile time).
+        prompt_cache_size: prompt embeddings kept (least recently used dropped first): a run over thousands of
+            captions must not keep every caption's (77, 1024) embedding on the GPU.
         offload_text_encoder: keep the text encoder on the CPU in fp32; it only runs once per new prompt, because
             prompt embeddings are cached, so this saves its GPU memory (≈0.7 GB for SD 2.1) at little cost.
         device, precision: where the models live and, on CUDA, their dtype (fp16/bf16); on CPU always fp32.
@@ -139,6 +147,10 @@ class StableDiffusion(Guidance):
         variant: str | None = None,
         enable_xformers: bool = False,
         offload_text_encoder: bool = False,
+        max_batch: int | None = None,
+        channels_last: bool = False,
+        compile_unet: bool = False,
+        prompt_cache_size: int = 1024,
         device: str = "cpu",
         precision: str = "fp32",
     ):
@@ -173,7 +185,11 @@ class StableDiffusion(Guidance):
         else:
             self.text_encoder = text_encoder
         self.tokenizer = tokenizer
-        self._prompt_cache: dict[str, torch.Tensor] = {}
+        if max_batch is not None and int(max_batch) < 1:
+            raise ValueError(f"guidance.max_batch must be a positive number of rows or null, got {max_batch}")
+        self.max_batch = int(max_batch) if max_batch is not None else None
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.prompt_cache_size = int(prompt_cache_size)
         self._num_source_models = 0
         self._active_adapter: str | None = None
 
@@ -192,6 +208,11 @@ class StableDiffusion(Guidance):
         if enable_xformers:
             self.unet.enable_xformers_memory_efficient_attention()
         self.to(device)
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        # outside the module tree (object.__setattr__): the compiled wrapper shares the UNet's weights, it must not
+        # appear a second time in state_dict() or parameters()
+        object.__setattr__(self, "_compiled_unet", torch.compile(self.unet) if compile_unet else None)
 
     # ---- prompts -------------------------------------------------------------------------------------------------
 
@@ -223,10 +244,16 @@ class StableDiffusion(Guidance):
     def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         """(N, L, D) text embeddings in the UNet's dtype/device, one row per prompt.
 
-        Each distinct prompt goes through the text encoder once per lifetime (all new ones in a single batch); later
-        calls only index the cache.
+        Each distinct prompt goes through the text encoder once while it stays in the cache (all new ones in a single
+        batch); later calls only index the cache.
         """
-        new = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        distinct = list(dict.fromkeys(prompts))
+        if len(distinct) > self.prompt_cache_size:
+            raise ValueError(
+                f"one call conditions on {len(distinct)} distinct prompts, more than guidance.prompt_cache_size="
+                f"{self.prompt_cache_size}; raise it"
+            )
+        new = [p for p in distinct if p not in self._prompt_cache]
         if new:
             tokens = self.tokenizer(
                 new,
@@ -238,7 +265,11 @@ class StableDiffusion(Guidance):
             enc_device = next(self.text_encoder.parameters()).device
             hidden = self.text_encoder(tokens.input_ids.to(enc_device))[0]  # last_hidden_state (n, L, D), as SD uses
             for prompt, h in zip(new, hidden):
-                self._prompt_cache[prompt] = h
+                self._prompt_cache[prompt] = h.to(device=self.device, dtype=self.unet_dtype)
+        for p in distinct:
+            self._prompt_cache.move_to_end(p)
+        while len(self._prompt_cache) > self.prompt_cache_size:
+            self._prompt_cache.popitem(last=False)
         rows = [self._prompt_cache[p] for p in prompts]
         return torch.stack(rows).to(device=self.device, dtype=self.unet_dtype)
 
@@ -264,9 +295,17 @@ class StableDiffusion(Guidance):
         emb = self.prompt_embeddings(prompts)
         t = t.to(self.device).long()
         x_in = x_t.to(device=self.device, dtype=self.unet_dtype)
+        rows = self.max_batch or x_in.shape[0]
         # The UNet runs in its own dtype: an outer autocast (trainer in AMP) must not re-cast it op by op.
         with torch.autocast(device_type=self.device.type, enabled=False):
-            out = self.unet(x_in, t, encoder_hidden_states=emb, return_dict=False)[0]
+            out = torch.cat(
+                [
+                    (self._compiled_unet or self.unet)(
+                        x_in[i : i + rows], t[i : i + rows], emb[i : i + rows], return_dict=False
+                    )[0]
+                    for i in range(0, x_in.shape[0], rows)
+                ]
+            )
         if out.shape[1] == 2 * x_t.shape[1]:
             out = out[:, : x_t.shape[1]]  # learned-variance UNets output [ε, v]; the variance is not needed
         return self._to_eps(out.float(), x_t.float().to(self.device), t)
