@@ -24,11 +24,17 @@ def main(argv: list[str] | None = None) -> None:
         help="what the UNet predicts (written to scheduler/scheduler_config.json)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument(
+        "--architecture",
+        default="tiny",
+        choices=["tiny", "sd21-base"],
+        help="sd21-base: a UNet with SD 2.1-base's architecture (865M parameters, ~3.5 GB) for speed measurements",
+    )
     args = parser.parse_args(argv)
     from scoredist.guidance.tiny_pipeline import build_tiny_pipeline  # after parsing: --help needs no torch import
 
     start = time.perf_counter()
-    path = build_tiny_pipeline(args.out_dir, args.pixel_space, args.prediction_type, args.seed)
+    path = build_tiny_pipeline(args.out_dir, args.pixel_space, args.prediction_type, args.seed, args.architecture)
     print(f"wrote {path} in {time.perf_counter() - start:.2f} s; use guidance=sd guidance.pretrained={path}")
 
 

@@ -5,6 +5,10 @@ scheduler/), written with `save_pretrained` in safetensors, so `StableDiffusion(
 the loading code that users hit with a real hub id. The weights are random (seeded): the model's predictions mean
 nothing, only shapes, dtypes and plumbing are real.
 
+`architecture="sd21-base"` swaps in a UNet with Stable Diffusion 2.1-base's published architecture (865M parameters,
+64×64 latents, cross-attention width 1024) and a one-layer text encoder of width 1024: random weights, but the same
+compute per UNet call as the real model, for speed measurements (scripts/bench_speed.py) where no weights exist.
+
 Sizes (latent variant): UNet on 4×8×8 latents, block_out_channels (32, 64), cross_attention_dim 32; VAE with four
 levels so that the downscale factor is 8 like SD's (64×64 RGB ↔ 4×8×8 latents); CLIP text encoder with hidden size 32,
 two layers and a ~600-token byte-level BPE vocabulary written here. The pixel-space variant has no VAE and a UNet on
@@ -86,6 +90,23 @@ def _tiny_unet(channels: int, sample_size: int, prediction_type: str) -> UNet2DC
     )
 
 
+def _sd21_base_unet() -> UNet2DConditionModel:
+    """The UNet of stabilityai/stable-diffusion-2-1-base (its published unet/config.json), randomly initialised."""
+    return UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        attention_head_dim=(5, 10, 20, 20),
+        cross_attention_dim=1024,
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+
+
 def _tiny_vae() -> AutoencoderKL:
     # Four levels → three 2× downsamplings → downscale 8, as in SD.
     return AutoencoderKL(
@@ -101,12 +122,12 @@ def _tiny_vae() -> AutoencoderKL:
     )
 
 
-def _tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+def _tiny_text_encoder(tokenizer: CLIPTokenizer, hidden: int = HIDDEN, layers: int = 2) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=MAX_TOKENS,
         bos_token_id=tokenizer.bos_token_id,
@@ -128,26 +149,37 @@ def _scheduler(prediction_type: str) -> DDPMScheduler:
     )
 
 
+ARCHITECTURES = ("tiny", "sd21-base")
+
+
 def build_tiny_pipeline(
-    out_dir: str | Path, pixel_space: bool = False, prediction_type: str = "epsilon", seed: int = 0
+    out_dir: str | Path,
+    pixel_space: bool = False,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    architecture: str = "tiny",
 ) -> Path:
-    """Write a tiny random-weight SD-style folder to out_dir and return its path.
+    """Write a random-weight SD-style folder to out_dir and return its path.
 
     pixel_space=True leaves out the VAE (the UNet then works on 3×16×16 RGB in [−1, 1]); prediction_type is
-    "epsilon", "v_prediction" or "sample" and goes into scheduler/scheduler_config.json.
+    "epsilon", "v_prediction" or "sample" and goes into scheduler/scheduler_config.json; architecture "sd21-base"
+    gives the UNet SD 2.1-base's size (latent space only).
     """
     if prediction_type not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+    if architecture not in ARCHITECTURES or (architecture != "tiny" and pixel_space):
+        raise ValueError(f"architecture must be one of {ARCHITECTURES} (sd21-base: latent space), got {architecture!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
     tokenizer = build_tokenizer(out / "tokenizer")
-    components = {
-        "unet": _tiny_unet(3, 16, prediction_type) if pixel_space else _tiny_unet(4, 8, prediction_type),
-        "text_encoder": _tiny_text_encoder(tokenizer),
-        "scheduler": _scheduler(prediction_type),
-    }
+    if architecture == "sd21-base":
+        unet, text_encoder = _sd21_base_unet(), _tiny_text_encoder(tokenizer, hidden=1024, layers=1)
+    else:
+        unet = _tiny_unet(3, 16, prediction_type) if pixel_space else _tiny_unet(4, 8, prediction_type)
+        text_encoder = _tiny_text_encoder(tokenizer)
+    components = {"unet": unet, "text_encoder": text_encoder, "scheduler": _scheduler(prediction_type)}
     if not pixel_space:
         components["vae"] = _tiny_vae()
     for name, module in components.items():
