@@ -419,6 +419,8 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool)
             metrics = run.guidance.evaluate(x[idx], sample.caption)
         per_sample_eval[s] = metrics
         image = save_png(rgb[idx], run.run_dir / "samples" / f"{sample.index:05d}.png")
+        # the final model-space tensor too: exact metrics and comparisons need more than 8-bit pixels
+        tensor = save_tensor(x[idx], run.run_dir / "samples" / f"{sample.index:05d}.pt")
         records.append(
             {
                 "index": sample.index,
@@ -428,6 +430,7 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool)
                 "steps": chunk.step,
                 "seconds": chunk.seconds / len(chunk.samples),
                 "image": str(image.relative_to(run.run_dir)),
+                "tensor": str(tensor.relative_to(run.run_dir)),
                 "eval": scalar_metrics(metrics),
             }
         )
@@ -436,6 +439,12 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool)
     samples_file.write_chunk(records)
     renderer.train()
     chunk.checkpoint()
+
+
+def save_tensor(x: torch.Tensor, path: Path) -> Path:
+    """A sample's final model-space rows (R, ...) as a float32 CPU tensor (torch.load(path, weights_only=True))."""
+    torch.save(x.detach().float().cpu().clone(), path)
+    return path
 
 
 def scalar_metrics(metrics: dict) -> dict:
