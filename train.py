@@ -1,35 +1,26 @@
-"""Entry point: `python train.py loss=ours prompt="a red cube" ...` (see `python train.py --help`)."""
+"""Entry point: `python train.py loss=ours prompt="a red cube" ...` (see `python train.py --help`).
 
-import os
+`python train.py trainer.resume=<run folder> [overrides]` continues a run from its own recipe: the run's config.yaml
+(composed through conf/resume.yaml) with only this command line's overrides on top, so a run started with
+`+experiment=demo` resumes with the demo's settings, not the defaults.
+"""
+
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
 
-from scoredist.checkpoint import run_folder_of
+from scoredist.runs import register_resolvers, resume_arguments, run_job
 
-# hydra.run.dir: a resumed run keeps writing into its own folder instead of opening a new, empty one.
-OmegaConf.register_new_resolver(
-    "resume_dir_or", lambda resume, default: str(run_folder_of(resume)) if resume else default
-)
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    from scoredist.errors import user_error
+def main(cfg):
     from scoredist.train import train
 
-    try:
-        result = train(cfg)
-    except Exception as e:
-        message = user_error(e)
-        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-    if result.interrupted:
-        sys.exit(130)
+    return run_job(cfg, train)
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = resume_arguments(sys.argv[1:])
     main()

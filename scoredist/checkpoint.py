@@ -27,12 +27,26 @@ def checkpoint_path(run_or_file: str | Path) -> Path:
     return path if path.suffix == ".pt" else path / "checkpoints" / "last.pt"
 
 
+def temporary_path(path: Path) -> Path:
+    """Where a file is written before it is renamed over `path` (a hidden name in the same folder, one per process)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete what killed writes left behind (`temporary_path` files) in a folder and its subfolders. Only call it
+    while holding the run's lock: a live process's temporary file is not stale."""
+    stale = [p for p in folder.rglob(".*.tmp-*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over the old one: a kill at any moment leaves
     either the previous checkpoint or the new one, never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     with open(tmp, "wb") as f:
         torch.save({"format": FORMAT, "version": VERSION, **state}, f)
         f.flush()
@@ -47,11 +61,17 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(
             f"no checkpoint at {path}: trainer.resume takes a run folder (holding checkpoints/last.pt) or a .pt file"
         )
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): it was never written completely. Resume from another run folder or .pt "
+            "file, or start a new run."
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle of foreign classes, not a torch file at all
+        reason = (str(e).splitlines() or [""])[0][:200]  # some errors (EOFError) have an empty message
         raise CheckpointError(
-            f"{path} is not a readable scoredist checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"{path} is not a readable scoredist checkpoint ({type(e).__name__}{': ' + reason if reason else ''}); "
             "it may be truncated or from another program. Resume from another run folder or start a new run."
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

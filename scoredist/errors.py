@@ -17,7 +17,28 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite steps; the run was checkpointed before stopping."""
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError, WeightsNotFoundError)
+class RunLockedError(RuntimeError):
+    """Another process is training in this run folder."""
+
+
+class OutputError(OSError):
+    """The run folder cannot be written (disk full, read-only, no permission); says which path and how much space."""
+
+
+class ResourceError(RuntimeError):
+    """The run needs more memory than the machine has; says what to lower."""
+
+
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    CheckpointError,
+    NonFiniteError,
+    WeightsNotFoundError,
+    RunLockedError,
+    OutputError,
+    ResourceError,
+)
 
 
 def user_error(error: BaseException) -> str | None:

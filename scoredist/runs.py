@@ -1,24 +1,159 @@
 """Run folders and what they record: where a run writes, its metrics and samples files, signals, RNG state.
 
-A run folder holds config.yaml, metrics.jsonl, samples.jsonl and samples/, progress/, final.png, checkpoints/ and the
-renderer's own artifacts. Everything here is about not losing or mixing up work; the loop itself is in train.py.
+A run folder holds config.yaml (the run's recipe: `trainer.resume=<folder>` composes it again), resumes.jsonl (what
+each resume changed), metrics.jsonl, samples.jsonl and samples/, progress/, final.png, train.log, checkpoints/ and the
+renderer's own artifacts. Everything here is about not losing or mixing up work: a new run never reuses a folder, a
+folder is locked while a process trains in it, every rewrite is write-new-then-rename. The loop itself is in train.py.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import itertools
 import json
+import logging
+import math
 import os
+import re
+import shutil
 import signal
+import socket
+import sys
 import time
-import warnings
+import traceback
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from scoredist.checkpoint import run_folder_of
+from scoredist.checkpoint import checkpoint_path, run_folder_of, temporary_path
+from scoredist.errors import OutputError, RunLockedError, user_error
+
+log = logging.getLogger(__name__)
+
+# Folders this process created for new runs: only these may be removed when the run fails before its first step.
+CREATED: set[Path] = set()
+# What a folder may hold and still count as a run that never started (Hydra's record, its log, the lock).
+UNSTARTED = {".hydra", "train.log", "config.yaml", ".lock"}
+
+
+def fresh_folder(path: str) -> str:
+    """Create `path` exclusively, or `path-2`, `path-3`, ... when it is taken, and return the one created: two runs
+    started in the same second never share a folder. Hydra's `${fresh_folder:...}` resolver (cached, so a config
+    resolves it once). A folder that cannot be created ends the command with a one-line error."""
+    base = Path(path)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            CREATED.add(folder.resolve())
+            return str(folder)
+    except OSError as e:
+        exit_with_error(output_error(e, base.parent))
+    raise AssertionError("unreachable")
+
+
+def safe_slug(text: str, max_chars: int = 64) -> str:
+    """A file-name-safe short form of a sweep job's overrides: characters other than letters, digits and `._,=+-`
+    become `_` (so no `/`, no `..` escapes), and a long or altered text is cut and tagged with a hash of the original,
+    so that two different jobs never share a name. The full overrides are in the job's .hydra/overrides.yaml."""
+    slug = re.sub(r"[^A-Za-z0-9._,=+-]+", "_", text).strip("._") or "job"
+    if slug == text and len(slug) <= max_chars:
+        return slug
+    return f"{slug[:max_chars].rstrip('._')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/train.yaml and conf/resume.yaml use for run and sweep folders."""
+    OmegaConf.register_new_resolver("fresh_folder", fresh_folder, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("safe_slug", safe_slug, replace=True)
+    OmegaConf.register_new_resolver("resume_dir", lambda target: str(run_folder_of(target)), replace=True)
+
+
+def exit_with_error(message: str, code: int = 2):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def output_error(error: OSError, path: Path) -> str:
+    """A failed write as one line: which path, why, and how much space is left there."""
+    where = Path(error.filename) if getattr(error, "filename", None) else path
+    probe = next((p for p in (where, *where.parents) if p.exists()), Path("."))
+    free = f"; {shutil.disk_usage(probe).free / 2**20:.0f} MiB free on that disk" if probe.exists() else ""
+    return f"cannot write {where}: {error.strerror or error}{free}. Free some space or choose another folder"
+
+
+@contextmanager
+def output_errors(run_dir: Path):
+    """Turn a full disk, a read-only or forbidden run folder into an OutputError saying which path and how much
+    space is left (not a traceback from deep inside torch.save)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise OutputError(output_error(e, run_dir)) from e
+
+
+def check_free_space(run_dir: Path, needed_bytes: int) -> None:
+    """Refuse to start when the run folder's disk cannot hold even one checkpoint."""
+    free = shutil.disk_usage(run_dir).free
+    if free < needed_bytes:
+        raise OutputError(
+            f"{run_dir} has {free / 2**20:.0f} MiB free, but one checkpoint of this run needs about "
+            f"{needed_bytes / 2**20:.0f} MiB. Free some space or choose another folder (hydra.run.dir=...)"
+        )
+
+
+class RunLock:
+    """An exclusive lock on a run folder (flock on <run>/.lock) for as long as a process trains in it, so that a
+    second process (a concurrent resume, a run pointed at the same folder) is refused instead of mixing two runs'
+    steps. The kernel drops the lock when the process dies, even by kill -9: a lock is never stale."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.file = None
+
+    def __enter__(self) -> RunLock:
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunLockedError(
+                f"{self.path.parent} is in use by {holder}: a run folder is trained by one process at a time. Wait "
+                "for it to finish (or stop it with Ctrl-C), then resume."
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()  # releases the flock
+
+
+def remove_if_unstarted(run_dir: Path) -> bool:
+    """Delete a folder this process created for a new run that failed before it trained a step (nothing in it but
+    Hydra's record and the lock), so failed starts leave no empty run folders behind. Returns whether it did."""
+    run_dir = run_dir.resolve()
+    ours = run_dir in CREATED or run_dir.parent in CREATED  # a new run's folder, or a job folder of a new sweep
+    if not ours or not run_dir.is_dir() or any(p.name not in UNSTARTED for p in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def run_folder(cfg: DictConfig) -> Path:
@@ -76,26 +211,52 @@ def _json_lines(path: Path) -> Iterable[tuple[str, dict | None]]:
 
 
 def rewrite_lines(path: Path, lines: list[str]) -> None:
-    """Replace a JSON-lines file by writing a new one and renaming it over the old: a kill at any moment leaves one
-    of the two whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in lines))
+    """Replace a text file by writing a new one, fsyncing it and renaming it over the old: a kill at any moment leaves
+    one of the two whole."""
+    tmp = temporary_path(path)
+    with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-class MetricsFile:
-    """metrics.jsonl, one JSON object per logged step ("chunk", "step" = steps completed in that chunk). On resume,
-    lines past the checkpoint's (chunk, step) are dropped: they belong to steps that will be run again."""
+def finite_or_none(value, counter: list[int] | None = None):
+    """JSON files hold valid JSON: a NaN or infinity becomes null (lists and dicts element by element), and each one
+    replaced is counted in counter[0] when a counter is given."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if counter is not None:
+            counter[0] += 1
+        return None
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v, counter) for v in value]
+    if isinstance(value, dict):
+        return {k: finite_or_none(v, counter) for k, v in value.items()}
+    return value
 
-    def __init__(self, path: Path, resume_at: tuple[int, int] | None):
+
+def json_text(record, **kwargs) -> str:
+    """Strict JSON (never the NaN / Infinity tokens other readers reject); callers pass values through
+    finite_or_none first, so a non-finite value reaching here is a bug and raises."""
+    return json.dumps(record, allow_nan=False, **kwargs)
+
+
+class MetricsFile:
+    """metrics.jsonl, one JSON object per logged step ("chunk", "step" = steps completed in that chunk)."""
+
+    def __init__(self, path: Path):
         self.path = path
-        if resume_at is not None and path.exists():
-            kept = [line for line, r in _json_lines(path) if r is not None and _position(r) <= resume_at]
-            rewrite_lines(path, kept)
+
+    def trim(self, resume_at: tuple[int, int]) -> None:
+        """On resume, drop the lines past the checkpoint's (chunk, step) (steps logged after the last checkpoint, which
+        will be run again) and torn lines, by writing a new file and renaming it: a kill meanwhile loses nothing."""
+        if self.path.exists():
+            kept = [line for line, r in _json_lines(self.path) if r is not None and _position(r) <= resume_at]
+            rewrite_lines(self.path, kept)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record) + "\n")
 
 
 def _position(record: dict) -> tuple[int, int]:
@@ -106,8 +267,8 @@ class SamplesFile:
     """samples.jsonl: one line per finished sample (index, chunk, prompt, seed, steps, time, metrics).
 
     A chunk counts as finished when all its samples have a line. Lines of unfinished chunks (a kill while a chunk's
-    lines were being written) and of chunks about to be run again are dropped when the run starts, so nothing is
-    ever recorded twice."""
+    lines were being written) and of chunks about to be run again are dropped (`tidy`, once the run has started), so
+    nothing is ever recorded twice."""
 
     def __init__(self, path: Path, chunk_sizes: list[int], rerun: Iterable[int] = ()):
         self.path = path
@@ -122,8 +283,12 @@ class SamplesFile:
                 whole = chunk < len(chunk_sizes) and len({r["index"] for r in rs}) == chunk_sizes[chunk]
                 if whole and chunk not in rerun:
                     self.records.update({int(r["index"]): r for r in rs})
+
+    def tidy(self) -> None:
+        """Rewrite the file with the records kept (write new, rename)."""
+        if self.path.exists():
             kept = sorted(self.records.values(), key=lambda r: r["index"])
-            rewrite_lines(path, [json.dumps(r) for r in kept])
+            rewrite_lines(self.path, [json_text(r) for r in kept])
 
     def finished_chunks(self) -> set[int]:
         return {int(r["chunk"]) for r in self.records.values()}
@@ -131,24 +296,216 @@ class SamplesFile:
     def write_chunk(self, records: list[dict]) -> None:
         """All lines of a chunk in one write."""
         with open(self.path, "a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records))
+            f.write("".join(json_text(r) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
         self.records.update({int(r["index"]): r for r in records})
 
 
-def warn_if_config_changed(saved: Path, cfg: DictConfig) -> None:
-    """Resuming with a different method or prompt is allowed but almost always a mistake: say so."""
-    if not saved.exists():
-        return
-    old = OmegaConf.load(saved)
-    if old.trainer.max_steps != cfg.trainer.max_steps:
-        print(
-            f"trainer.max_steps {old.trainer.max_steps} -> {cfg.trainer.max_steps}: the run continues the schedules it "
-            "started with (stage switch, t decay, LR decay keep the lengths saved in the checkpoint)"
+# What a checkpoint can only be resumed with: its state dicts belong to these classes.
+RECIPE_KEYS = ("loss", "renderer", "guidance")
+
+
+def recipe(cfg: DictConfig) -> dict[str, str | None]:
+    """The classes a run's checkpoint belongs to ({"loss": "scoredist.losses.ours.Ours", ...})."""
+    return {key: OmegaConf.select(cfg, f"{key}._target_") for key in RECIPE_KEYS}
+
+
+def check_resume_recipe(checkpoint: dict, cfg: DictConfig, path: Path) -> None:
+    """Refuse to load a checkpoint into other classes than the ones that wrote it, naming both."""
+    saved, now = checkpoint.get("recipe") or {}, recipe(cfg)
+    for key in RECIPE_KEYS:
+        if saved.get(key) and saved[key] != now[key]:
+            raise ValueError(
+                f"{path} was trained with {key} {saved[key].rsplit('.', 1)[-1]} ({saved[key]}), but this resume asks "
+                f"for {now[key].rsplit('.', 1)[-1] if now[key] else None} ({now[key]}): a run keeps its {key}. Resume "
+                f"without changing {key}, or start a new run."
+            )
+
+
+def config_changes(old: DictConfig, new: DictConfig) -> dict[str, list]:
+    """{dotted key: [before, after]} between two configs, unresolved (so `${trainer.max_steps}` inside a loss is not a
+    difference when only max_steps changed); trainer.resume is not a change of the recipe."""
+    flat_old, flat_new = _flatten(OmegaConf.to_container(old, resolve=False)), _flatten(OmegaConf.to_container(new))
+    keys = sorted((set(flat_old) | set(flat_new)) - {"trainer.resume"})
+    return {k: [flat_old.get(k), flat_new.get(k)] for k in keys if flat_old.get(k) != flat_new.get(k)}
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict) and node:
+        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def report_config_changes(changes: dict[str, list], resumed_at: tuple[int, int]) -> None:
+    """Say what a resume changes: a longer run continues its schedules; another prompt or seed is allowed but rarely
+    what was meant."""
+    for key, (before, after) in changes.items():
+        log.info(f"resume at chunk {resumed_at[0]} step {resumed_at[1]}: {key} {before!r} -> {after!r}")
+    if "trainer.max_steps" in changes:
+        log.info(
+            "the run continues the schedules it started with (stage switch, t decay, LR decay keep the lengths saved "
+            "in the checkpoint)"
         )
-    for key in ("prompt", "prompt_file", "samples_per_prompt", "seed", "loss", "renderer", "guidance", "schedule"):
-        # unresolved, so that `${trainer.max_steps}` inside a loss is not a difference when only max_steps changed
-        before, now = (OmegaConf.to_container(c, resolve=False).get(key) for c in (old, cfg))
-        if before != now:
-            warnings.warn(f"resuming with a different `{key}` than the run was started with ({saved})", stacklevel=1)
+    risky = ("prompt", "prompt_file", "samples_per_prompt", "seed", "schedule")
+    for key in sorted({k.split(".")[0] for k in changes} & set(risky)):
+        log.warning(f"warning: resuming with a different `{key}` than the run was started with")
+
+
+def record_resume(run_dir: Path, cfg: DictConfig, changes: dict[str, list], resumed_at: tuple[int, int]) -> None:
+    """Once a resume has started: the new recipe becomes config.yaml (so the next plain resume continues it), and
+    what changed is appended to resumes.jsonl, the run's history."""
+    entry = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "chunk": resumed_at[0],
+        "step": resumed_at[1],
+        "overrides": command_line_overrides(),
+        "changes": finite_or_none(changes),
+    }
+    with open(run_dir / "resumes.jsonl", "a") as f:
+        f.write(json_text(entry, default=str) + "\n")
+    save_config(cfg, run_dir / "config.yaml")
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    """config.yaml, unresolved (interpolations kept, as the user wrote them), written new and renamed."""
+    rewrite_lines(path, OmegaConf.to_yaml(cfg, resolve=False).splitlines())
+
+
+def command_line_overrides() -> list[str]:
+    """This command's overrides (Hydra runs); [] for a plain train(cfg) call."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+# --- the command line: one job, and sweeps that survive a bad job ---------------------------------------------------
+
+
+def resume_arguments(argv: list[str]) -> list[str]:
+    """`python train.py trainer.resume=RUN [overrides]` rewritten to compose the run's own recipe: Hydra gets RUN as a
+    config folder and conf/resume.yaml (RUN's config.yaml plus the run-folder settings) as the config, with this
+    command line's overrides on top. Any other command line is returned as it is. A resume target that does not
+    exist ends the command here, before Hydra creates anything."""
+    targets = [
+        value for key, sep, value in (a.partition("=") for a in argv) if sep and key.lstrip("+") == "trainer.resume"
+    ]
+    target = targets[-1].strip("'\"") if targets else None
+    if target in (None, "", "null"):
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        exit_with_error("trainer.resume continues one run; resume the runs of a sweep one at a time")
+    run, checkpoint = run_folder_of(target), checkpoint_path(target)
+    if not run.is_dir():
+        exit_with_error(
+            f"no run folder {run}: trainer.resume takes a run's folder (outputs/...) or one of its .pt files"
+        )
+    if not checkpoint.is_file():
+        exit_with_error(f"no checkpoint at {checkpoint}: this run stopped before its first checkpoint; start it again")
+    if not (run / "config.yaml").is_file():
+        exit_with_error(f"{run} has no config.yaml (the run's recipe), so it cannot be resumed from the command line")
+    return ["--config-dir", str(run.resolve()), "--config-name", "resume", *argv]
+
+
+def run_job(cfg: DictConfig, train) -> dict:
+    """What `python train.py` does with one composed config: train, and turn the outcome into an exit status.
+
+    A user error prints one line (exit 2); a bug its traceback (exit 1); an interrupted run exits 130. (train()
+    itself removes the folder of a new run that never trained a step.) Inside a sweep (-m) a failed job does not end
+    the sweep: it is reported, recorded for the sweep's summary (RunFolderGuard) and the next job runs."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    logging.captureWarnings(True)  # warnings go to the console and train.log like every other message
+    try:
+        result = train(cfg)
+    except Exception as e:
+        message = user_error(e)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if not sweep:
+                raise
+            traceback.print_exc()
+            message = f"{type(e).__name__}: {e} (a bug: traceback above)"
+        else:
+            report_error(message, Path(hydra_cfg.runtime.output_dir))
+        if not sweep:
+            raise SystemExit(2) from None
+        return {"status": "failed", "error": message}
+    if result.interrupted:
+        raise SystemExit(130)  # Ctrl-C ends a sweep too
+    return {"status": "finished", "run_dir": str(result.run_dir)}
+
+
+def report_error(message: str, run_dir: Path) -> None:
+    """A user error on stderr, and in the run's train.log when the run folder is still there."""
+    if run_dir.is_dir():
+        log.error(f"error: {message}")
+    else:
+        print(f"error: {message}", file=sys.stderr)
+
+
+class RunFolderGuard(Callback):
+    """Hydra callbacks that keep runs apart and sweeps honest.
+
+    - A new run or sweep never writes into a folder that already holds something (an explicit hydra.run.dir or
+      hydra.sweep.dir pointing at an old run), and a folder that cannot be created is a one-line error.
+    - Each sweep job's outcome is appended to <sweep>/jobs.jsonl; at the end the sweep prints a summary of the failed
+      jobs and exits non-zero if there were any.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if not config.trainer.resume:
+            self._claim(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if OmegaConf.select(config, "trainer.resume"):
+            exit_with_error("trainer.resume continues one run; resume the runs of a sweep one at a time")
+        self._claim(config, "hydra.sweep.dir")
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        outcome = job_return._return_value
+        if not isinstance(outcome, dict):  # an exception that escaped the job (not a user error)
+            outcome = {"status": "failed", "error": f"{type(outcome).__name__}: {outcome}"}
+        record = {"num": config.hydra.job.num, "overrides": list(config.hydra.overrides.task), **outcome}
+        with open(Path(config.hydra.sweep.dir) / "jobs.jsonl", "a") as f:
+            f.write(json_text(record, default=str) + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = Path(config.hydra.sweep.dir) / "jobs.jsonl"
+        jobs = [r for _, r in _json_lines(path) if r is not None] if path.exists() else []
+        failed = [r for r in jobs if r.get("status") != "finished"]
+        print(
+            f"sweep {config.hydra.sweep.dir}: {len(jobs) - len(failed)} of {len(jobs)} jobs finished", file=sys.stderr
+        )
+        for r in failed:
+            print(f"  failed: job {r['num']} ({' '.join(r['overrides'])}): {r.get('error')}", file=sys.stderr)
+        if failed:
+            raise SystemExit(1)
+
+    @staticmethod
+    def _claim(config: DictConfig, key: str) -> None:
+        """Resolve the folder (creating it, for ${fresh_folder:...}) and refuse one that already holds files."""
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # ${hydra:...} in the name needs it, as in Hydra's own run_job
+        folder = Path(str(OmegaConf.select(config, key))).resolve()
+        if folder in CREATED:
+            return
+        if folder.is_dir() and any(folder.iterdir()):
+            exit_with_error(
+                f"{folder} already holds files (a previous run?); a new run never writes into another's folder. "
+                f"Continue that run with trainer.resume={folder}, or choose another {key}"
+            )
+        try:
+            existed = folder.is_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            exit_with_error(output_error(e, folder.parent))
+        if not existed:
+            CREATED.add(folder)

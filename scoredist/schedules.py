@@ -153,3 +153,11 @@ class CosineDecay(torch.optim.lr_scheduler.LRScheduler):
         frac = min(self.last_epoch, self.total_steps) / max(1, self.total_steps)
         factor = self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
         return [base_lr * factor for base_lr in self.base_lrs]
+
+    def stretch(self, total_steps: int) -> None:
+        """Decay over a new length from the current step on (a resume that asks for it explicitly): the optimizer's
+        rates jump to the new curve's value at this step."""
+        self.total_steps = total_steps
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr

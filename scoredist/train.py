@@ -9,8 +9,10 @@ checkpoint, bit-for-bit on the same device (RNG states are checkpointed too).
 
 from __future__ import annotations
 
-import json
+import logging
 import math
+import os
+import re
 import sys
 import time
 import warnings
@@ -21,26 +23,42 @@ import imageio.v3 as iio
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from scoredist.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from scoredist.errors import NonFiniteError
+from scoredist.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, remove_temporaries, save_checkpoint
+from scoredist.errors import NonFiniteError, ResourceError
 from scoredist.images import grid, save_png, save_strip, save_video
 from scoredist.losses.base import surrogate_loss
 from scoredist.prompts import Prompt
 from scoredist.renderers.base import ModelSpace, Render
 from scoredist.runs import (
+    CREATED,
     MetricsFile,
+    RunLock,
     SamplesFile,
+    check_free_space,
+    check_resume_recipe,
+    config_changes,
+    finite_or_none,
+    json_text,
+    output_errors,
+    recipe,
+    record_resume,
+    remove_if_unstarted,
+    report_config_changes,
     rng_state,
     run_folder,
+    save_config,
     set_rng_state,
     stop_requests,
-    warn_if_config_changed,
 )
 from scoredist.samples import INIT, RowGroups, Sample, SampleStreams, make_samples, read_prompts, split_chunks
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# The groups whose numbers must be finite (a NaN guidance scale or learning rate would silently ruin every step).
+NUMERIC_GROUPS = ("loss", "optimizer", "renderer", "schedule", "lr_scheduler", "guidance", "trainer")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,6 +82,48 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError("trainer.device=cuda but CUDA is not available here; use trainer.device=cpu (or auto)")
     if tr.precision not in PRECISIONS:
         raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {tr.precision!r}")
+    check_text_values(cfg)
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ValueError(f"config key {e.full_key}: {e.msg}") from None
+    for key, value in numbers(resolved, NUMERIC_GROUPS):
+        if not math.isfinite(value):
+            raise ValueError(f"{key} is {value}; it must be a finite number")
+
+
+def check_text_values(cfg: DictConfig) -> None:
+    """A prompt (or suffix) with `${` would be read by the config system as a reference to another setting: refuse it
+    before anything resolves it, rather than fail with a resolver traceback or condition on the wrong text."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    for key, value in strings(raw):
+        if re.search(r"(prompt|suffix)", key.rsplit(".", 1)[-1]) and re.search(r"(?<!\\)\$\{", value):
+            raise ValueError(
+                f"{key} {value!r} contains '${{', which the config system reads as a reference to another setting; "
+                "write the text without it, escape it as '\\${', or put the captions in a prompt_file"
+            )
+
+
+def strings(node, prefix: str = ""):
+    """(dotted key, value) of every string in a nested container; list items as key[i]."""
+    yield from ((k, v) for k, v in leaves(node, prefix) if isinstance(v, str))
+
+
+def numbers(node, groups):
+    """(dotted key, value) of every float under the given top-level keys."""
+    for key in groups:
+        yield from ((k, v) for k, v in leaves(node.get(key), key) if isinstance(v, float))
+
+
+def leaves(node, prefix: str):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from leaves(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, node
 
 
 def pick_device(name: str) -> torch.device:
@@ -72,17 +132,74 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_captions(guidance, samples: list[Sample]) -> None:
-    """Every distinct caption once, before any training; an error names the line of the prompt file it came from."""
+def check_texts(guidance, loss, samples: list[Sample], views: list[str]) -> None:
+    """Every string the model will be conditioned on, once, before any training: each caption with each view phrase
+    the renderer can produce, through every condition of the loss (source/target suffixes, negative prompt, source
+    prompt, the empty prompt). A model that would cut a string short (too many tokens) refuses it here, and the error
+    says which string it is and where its caption came from (the line of the prompt file)."""
     seen = set()
     for s in samples:
-        if s.caption in seen:
-            continue
-        seen.add(s.caption)
-        try:
-            guidance.check_prompt(s.caption)
-        except ValueError as e:
-            raise ValueError(str(e) if s.source == "prompt" else f"{s.source}: {e}") from None
+        for what, text in loss.conditioning_texts([Prompt(s.caption, view) for view in views]):
+            if text in seen:
+                continue
+            seen.add(text)
+            try:
+                guidance.check_prompt(text)
+            except ValueError as e:
+                origin = "" if s.source == "prompt" else f"{s.source}: "
+                raise ValueError(f"{origin}{what}: {e}") from None
+
+
+def view_phrases(renderer_cfg: DictConfig) -> list[str]:
+    """The view phrases a renderer may end its rows' prompts with ("" for none): the class's `view_phrases` if it
+    lists them, else every phrase of the text-to-3D cameras when it makes view-dependent prompts."""
+    listed = getattr(get_class(renderer_cfg._target_), "view_phrases", None)
+    if listed is not None:
+        return list(listed)
+    if renderer_cfg.get("view_dependent_prompt", False):
+        from scoredist.renderers.cameras import view_suffix
+
+        # one camera in each region: front, side, back, overhead
+        return [""] + sorted({view_suffix(az, el) for az, el in ((0, 0), (90, 0), (180, 0), (0, 90))})
+    return [""]
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes the run could still allocate on its device (free CUDA memory, or the host's MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(cfg: DictConfig, guidance, rows: int, device: torch.device) -> None:
+    """Refuse a render size or batch that cannot fit before allocating it. A lower bound only (what one step must hold
+    for the renders themselves: each float as the render or parameter, its gradient and Adam's two moments, plus a
+    colour and density per field sample of a NeRF); the model's activations come on top, and a run that fits this
+    bound but not the rest stops with a ResourceError when it runs out."""
+    shape = guidance.sample_shape()
+    native = shape[-1] * guidance.downscale if len(shape) == 3 else None
+    height, width = cfg.renderer.get("height") or native, cfg.renderer.get("width") or native
+    if height is None or width is None:
+        return  # not an image renderer: nothing that scales with a render size
+    floats_per_pixel = 4 * 3 + 4 * cfg.renderer.get("num_samples", 0)
+    needed = rows * height * width * floats_per_pixel * 4
+    free = available_memory(device)
+    if needed > free:
+        raise ResourceError(
+            f"a step of this run needs at least {needed / 2**30:.1f} GiB ({rows} rows of {height}x{width} pixels), but "
+            f"{free / 2**30:.1f} GiB of {device.type} memory is available; lower trainer.batch_size or "
+            "renderer.height/width"
+        )
+
+
+def out_of_memory(error: BaseException) -> bool:
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text or "not enough memory" in text
 
 
 def row_prompts(render: Render, samples: list[Sample]) -> list[Prompt]:
@@ -169,15 +286,24 @@ class Chunk:
             "sample_rng": self.streams.state_dict(),
             "nonfinite_total": run.nonfinite_total,
             "wandb_id": run.wandb_id,
+            "recipe": recipe(run.cfg),  # the classes these state dicts belong to
         }
 
     def load_state_dict(self, state: dict) -> None:
         run = self.run
-        self.renderer.load_state_dict(state["renderer"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        run.loss.load_state_dict(state["loss"])
+        try:
+            self.renderer.load_state_dict(state["renderer"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if (self.lr_scheduler is None) != (state["lr_scheduler"] is None):
+                raise ValueError("the run was trained " + ("with" if self.lr_scheduler is None else "without") + " one")
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            run.loss.load_state_dict(state["loss"])
+        except (RuntimeError, ValueError, KeyError) as e:  # a size mismatch, a missing key, another optimizer
+            raise CheckpointError(
+                f"the checkpoint of {run.run_dir} does not fit this run's renderer, optimizer, lr_scheduler or loss "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); resume with the run's own settings"
+            ) from None
         run.schedule.load_state_dict(state.get("schedule", {}))
         set_rng_state(state["rng"])
         self.streams.load_state_dict(state["sample_rng"])
@@ -214,6 +340,7 @@ class Chunk:
             if not found_now:
                 self.optimizer.step()
         logs.update(run.loss.after_step(run.guidance, x.detach(), prompts))
+        logs["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step was taken with
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()  # skipped steps count too, so the schedule stays aligned with `step`
         self.step += 1
@@ -264,38 +391,47 @@ class NonFiniteCounter:
         return bool(flags[-1]) if flags else False
 
 
-def finite_or_none(value):
-    """Metrics files hold valid JSON: a NaN or infinity is written as null (lists and dicts element by element)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    return value
-
-
 def train(cfg: DictConfig) -> RunResult:
+    """Run (or resume) the distillation `cfg` describes. A new run that fails before its first step leaves no folder
+    it created behind; running out of memory is a ResourceError saying what to lower."""
+    run_dir = run_folder(cfg)
+    try:
+        return train_in(cfg, run_dir)
+    except BaseException as e:
+        remove_if_unstarted(run_dir)
+        if out_of_memory(e):
+            raise ResourceError(
+                f"out of memory ({str(e).splitlines()[0][:200]}); lower trainer.batch_size (now "
+                f"{cfg.trainer.batch_size}) or the render size (renderer.height/width)"
+            ) from e
+        raise
+
+
+def train_in(cfg: DictConfig, run_dir: Path) -> RunResult:
     validate(cfg)
     device = pick_device(cfg.trainer.device)
     samples = make_samples(read_prompts(cfg.prompt, cfg.get("prompt_file")), cfg.get("samples_per_prompt", 1), cfg.seed)
-    run_dir = run_folder(cfg)
-    resume = load_checkpoint(checkpoint_path(cfg.trainer.resume)) if cfg.trainer.resume else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    resume_path = checkpoint_path(cfg.trainer.resume) if cfg.trainer.resume else None
+    resume = load_checkpoint(resume_path) if resume_path is not None else None
+    if resume is not None:
+        check_resume_recipe(resume, cfg, resume_path)
+    with output_errors(run_dir):
+        if resume is None and not run_dir.exists():
+            run_dir.mkdir(parents=True)
+            CREATED.add(run_dir.resolve())
+        with RunLock(run_dir):
+            remove_temporaries(run_dir)  # what a killed write left; no other process writes here while we hold the lock
+            return run_chunks(cfg, run_dir, device, samples, resume)
 
+
+def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: list[Sample], resume) -> RunResult:
+    """Load and check everything, then (and only then) write the run's record, then train chunk after chunk."""
+    torch.manual_seed(cfg.seed)
     guidance = instantiate(cfg.guidance, device=str(device), precision=cfg.trainer.precision)
-    check_captions(guidance, samples)
     run = Run(cfg, run_dir, device, guidance, instantiate(cfg.loss), instantiate(cfg.schedule))
-    max_samples = get_class(cfg.renderer._target_).max_samples
-    if max_samples is not None and len(samples) > max_samples:
-        raise ValueError(
-            f"{cfg.renderer._target_.rsplit('.', 1)[-1]} distils {max_samples} scene per run, but this run asks for "
-            f"{len(samples)} samples ({len({s.caption for s in samples})} prompts × samples_per_prompt="
-            f"{cfg.get('samples_per_prompt', 1)}); run one job per prompt as a sweep instead: "
-            "python train.py -m renderer=nerf prompt='a hamburger','a red cube'"
-        )
-    chunks = split_chunks(samples, min(cfg.trainer.batch_size, max_samples or len(samples)))
+    chunks = plan_chunks(cfg, samples)
+    check_texts(guidance, run.loss, samples, view_phrases(cfg.renderer))
+    check_memory(cfg, guidance, max(len(chunks[0]), cfg.renderer.get("batch_size") or 0), device)
 
     resume_chunk = resume.get("chunk", 0) if resume is not None else None
     # a chunk resumed short of max_steps is run on: its finished samples (if any) are written again, once
@@ -310,14 +446,33 @@ def train(cfg: DictConfig) -> RunResult:
                 "steps. Keep the run's max_steps, or start a new run."
             )
         run.nonfinite_total, run.wandb_id = resume["nonfinite_total"], resume.get("wandb_id")
-        warn_if_config_changed(run_dir / "config.yaml", cfg)
-        print(f"resuming {run_dir} at chunk {resume_chunk} step {resume['step']} ({len(finished)} chunks finished)")
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
-    run.metrics = MetricsFile(run_dir / "metrics.jsonl", (resume_chunk, resume["step"]) if resume else None)
+    todo = [i for i in range(len(chunks)) if i not in finished]
+    first = Chunk(run, todo[0], chunks[todo[0]]) if todo else None
+    if first is not None and resume is not None and first.index == resume_chunk:
+        first.load_state_dict(resume)
+        stretch_lr_schedule(cfg, first)
+    if first is not None:
+        check_free_space(run_dir, checkpoint_bytes(first))
+
+    # the run has started: from here on it writes its record
+    samples_file.tidy()
+    run.metrics = MetricsFile(run_dir / "metrics.jsonl")
+    if resume is None:
+        save_config(cfg, run_dir / "config.yaml")
+    else:
+        resumed_at = (resume_chunk, resume["step"])
+        changes = (
+            config_changes(OmegaConf.load(run_dir / "config.yaml"), cfg) if (run_dir / "config.yaml").exists() else {}
+        )
+        log.info(f"resuming {run_dir} at chunk {resume_chunk} step {resume['step']} ({len(finished)} chunks finished)")
+        report_config_changes(changes, resumed_at)
+        run.metrics.trim(resumed_at)
+        record_resume(run_dir, cfg, changes, resumed_at)
+        if first is not None and first.index == resume_chunk:
+            warn_if_learning_rate_is_zero(cfg, first)
     run.logger = instantiate(cfg.logger)
     run.wandb_id = run.logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir, run_dir.name, run.wandb_id)
 
-    todo = [i for i in range(len(chunks)) if i not in finished]
     bar = tqdm(
         total=len(chunks) * run.max_steps,
         initial=len(finished) * run.max_steps,
@@ -329,16 +484,14 @@ def train(cfg: DictConfig) -> RunResult:
     try:
         with stop_requests() as stop:
             for index in todo:
-                chunk = Chunk(run, index, chunks[index])
-                if resume is not None and index == resume_chunk:
-                    chunk.load_state_dict(resume)
-                    bar.update(min(chunk.step, run.max_steps))
+                chunk = first if index == todo[0] else Chunk(run, index, chunks[index])
+                bar.update(min(chunk.step, run.max_steps))  # a resumed chunk's steps done before
                 interrupted = train_chunk(run, chunk, bar, stop)
                 if interrupted:
                     break
                 finish_chunk(run, chunk, samples_file, first=index == 0)
         if interrupted:
-            print(f"interrupted at chunk {chunk.index} step {chunk.step}: resume with trainer.resume={run_dir}")
+            log.info(f"interrupted at chunk {chunk.index} step {chunk.step}: resume with trainer.resume={run_dir}")
         elif todo:
             run.logger.log_samples(run_dir, samples_file.records)
         exit_code = 0
@@ -351,6 +504,59 @@ def train(cfg: DictConfig) -> RunResult:
         interrupted=interrupted,
         samples_done=len(samples_file.records),
     )
+
+
+def plan_chunks(cfg: DictConfig, samples: list[Sample]) -> list[list[Sample]]:
+    """The run's samples in chunks of trainer.batch_size (a renderer that holds one scene: one sample per chunk)."""
+    max_samples = get_class(cfg.renderer._target_).max_samples
+    if max_samples is not None and len(samples) > max_samples:
+        raise ValueError(
+            f"{cfg.renderer._target_.rsplit('.', 1)[-1]} distils {max_samples} scene per run, but this run asks for "
+            f"{len(samples)} samples ({len({s.caption for s in samples})} prompts × samples_per_prompt="
+            f"{cfg.get('samples_per_prompt', 1)}); run one job per prompt as a sweep instead: "
+            "python train.py -m renderer=nerf prompt='a hamburger','a red cube'"
+        )
+    return split_chunks(samples, min(cfg.trainer.batch_size, max_samples or len(samples)))
+
+
+def checkpoint_bytes(chunk: Chunk) -> int:
+    """About what one checkpoint of this chunk takes on disk: parameters and Adam's two moments, plus the loss's
+    own state (VSD's source model)."""
+    tensors = [*chunk.renderer.state_dict().values(), *leaves_of(chunk.run.loss.state_dict())]
+    return 3 * sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+
+def leaves_of(state) -> list:
+    if isinstance(state, dict):
+        return [leaf for v in state.values() for leaf in leaves_of(v)]
+    if isinstance(state, (list, tuple)):
+        return [leaf for v in state for leaf in leaves_of(v)]
+    return [state]
+
+
+def stretch_lr_schedule(cfg: DictConfig, chunk: Chunk) -> None:
+    """A decay length the user wrote on a resume's command line (lr_scheduler.total_steps=N, a number rather than the
+    `${trainer.max_steps}` the run started with) replaces the checkpoint's: the rate follows the new length from the
+    current step. Anything derived from max_steps keeps the length the run started with."""
+    scheduler = chunk.lr_scheduler
+    written = OmegaConf.to_container(cfg, resolve=False).get("lr_scheduler") or {}
+    if hasattr(scheduler, "stretch") and isinstance(written.get("total_steps"), int):
+        if written["total_steps"] != scheduler.total_steps:
+            log.info(f"lr_scheduler.total_steps {scheduler.total_steps} -> {written['total_steps']}")
+            scheduler.stretch(written["total_steps"])
+
+
+def warn_if_learning_rate_is_zero(cfg: DictConfig, chunk: Chunk) -> None:
+    """Extending a run whose learning rate has decayed to zero would not change it: say so, and what to change."""
+    rates = [group["lr"] for group in chunk.optimizer.param_groups]
+    more = cfg.trainer.max_steps - chunk.step
+    if more > 0 and chunk.lr_scheduler is not None and max(rates) == 0:
+        log.warning(
+            f"warning: the learning rate of this run decayed to 0 by step {chunk.step}, so the {more} more steps to "
+            f"trainer.max_steps={cfg.trainer.max_steps} will not change the result. To train on, resume with "
+            f"lr_scheduler.total_steps={cfg.trainer.max_steps} too (the rate decays again over the new length from "
+            "the current step), or start a new run."
+        )
 
 
 def train_chunk(run: Run, chunk: Chunk, bar, stop) -> bool:
@@ -385,7 +591,10 @@ def train_chunk(run: Run, chunk: Chunk, bar, stop) -> bool:
 
 def log_step(run: Run, chunk: Chunk, objective, t, logs, bar) -> None:
     record = {"chunk": chunk.index, "step": chunk.step, "loss": objective, "t": t.float().mean(), **logs}
-    record = {k: finite_or_none(float(v.detach()) if torch.is_tensor(v) else v) for k, v in record.items()}
+    nulled = [0]
+    record = {k: finite_or_none(float(v.detach()) if torch.is_tensor(v) else v, nulled) for k, v in record.items()}
+    if nulled[0]:
+        record["nonfinite_values"] = nulled[0]  # how many of this line's values were NaN/inf, written as null
     record["nonfinite_total"] = run.nonfinite_total
     run.metrics.write(record)
     run.logger.log(record, run.global_step(chunk.index, chunk.step))
@@ -471,8 +680,12 @@ def write_final_outputs(run: Run, chunk: Chunk, rgb, x, per_sample_eval: dict) -
     else:
         metrics = merge_metrics([per_sample_eval[s] for s in range(len(chunk.samples))])
     if metrics:
-        (run_dir / "eval.json").write_text(json.dumps(finite_or_none(metrics), indent=2) + "\n")
-        print("eval: " + json.dumps(metrics))
+        nulled = [0]
+        metrics = finite_or_none(metrics, nulled)
+        if nulled[0]:
+            metrics["nonfinite_values"] = nulled[0]  # NaN/inf values, written as null (strict JSON)
+        (run_dir / "eval.json").write_text(json_text(metrics, indent=2) + "\n")
+        log.info("eval: " + json_text(metrics))
         run.logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
 
 

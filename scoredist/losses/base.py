@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from scoredist.guidance.base import add_noise
-from scoredist.prompts import texts
+from scoredist.prompts import Prompt, texts
 
 # w(t) as a function of ᾱ_t. "1-abar" is DreamFusion's and the paper's 2D choice.
 WEIGHTINGS = {
@@ -95,6 +95,11 @@ class ScoreLoss:
     def weighting_at(self, step: int) -> str:
         """The w(t) in force at this step (two-stage losses switch it)."""
         return self.weighting
+
+    def conditioning_texts(self, prompts: Sequence[Prompt]) -> list[tuple[str, str]]:
+        """Every string the model is conditioned on for these rows, as (what it is, text), so the trainer can check
+        each one (a text encoder would silently cut a long one) before training. Default: the prompt and ∅."""
+        return [("the prompt", text) for text in texts(prompts)] + [("the empty prompt", "")]
 
     def __call__(self, guidance, x, t, noise, prompts, step) -> tuple[torch.Tensor, dict[str, float]]:
         g, logs = self.direction(guidance, x, t, noise, prompts, step)

@@ -38,6 +38,10 @@ class CSD(ScoreLoss):
     def load_state_dict(self, state):
         self.max_steps = state.get("max_steps", self.max_steps)
 
+    def conditioning_texts(self, prompts):
+        negative = [("loss.negative_prompt", self.negative_prompt)] if self.w2 != 0 or self.w2_end else []
+        return super().conditioning_texts(prompts) + negative
+
     def direction(self, guidance, x, t, noise, prompts, step):
         b, w2 = len(prompts), self.w2_at(step)
         conditions = [prompts, [""] * b] + ([[self.negative_prompt] * b] if w2 != 0 else [])

@@ -13,6 +13,7 @@ import torch
 
 from scoredist.images import read_image
 from scoredist.losses.base import ScoreLoss, cfg, noised, norm, predict_conditions
+from scoredist.prompts import texts
 from scoredist.schedules import value_at
 
 
@@ -33,9 +34,21 @@ class DDS(ScoreLoss):
             self.x_ref = x_init.detach().clone()
             return
         h, w = x_init.shape[-2] * guidance.downscale, x_init.shape[-1] * guidance.downscale
-        rgb = read_image(self.reference, h, w).to(x_init.device)
+        try:
+            rgb = read_image(self.reference, h, w).to(x_init.device)
+        except (OSError, ValueError, SyntaxError) as e:  # imageio's "no backend", PIL's "cannot identify image file"
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise ValueError(
+                f"loss.reference {self.reference} is not an image file that can be read ({str(e).splitlines()[0]}); "
+                "give a PNG or JPG (python scripts/render_shape.py makes one)"
+            ) from None
         with torch.no_grad():
             self.x_ref = guidance.encode(rgb).float()
+
+    def conditioning_texts(self, prompts):
+        found = [("the prompt", text) for text in texts(prompts)] + [("loss.source_prompt", self.source_prompt)]
+        return found + ([("the empty prompt", "")] if self.guidance_scale is not None else [])
 
     def direction(self, guidance, x, t, noise, prompts, step):
         b = len(prompts)

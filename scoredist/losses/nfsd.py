@@ -24,6 +24,9 @@ class NFSD(ScoreLoss):
         super().__init__(weighting)
         self.guidance_scale, self.negative_prompt, self.t_threshold = guidance_scale, negative_prompt, t_threshold
 
+    def conditioning_texts(self, prompts):
+        return super().conditioning_texts(prompts) + [("loss.negative_prompt", self.negative_prompt)]
+
     def direction(self, guidance, x, t, noise, prompts, step):
         b = len(prompts)
         eps_cond, eps_uncond, eps_neg = predict_conditions(

@@ -37,6 +37,14 @@ class Ours(ScoreLoss):
     def weighting_at(self, step: int) -> str:
         return self.weighting if self.in_stage_two(step) else self.stage_one.weighting_at(step)
 
+    def conditioning_texts(self, prompts):
+        stage_one = self.stage_one.conditioning_texts(prompts) if self.stage_one is not None else []
+        return (
+            stage_one
+            + [("the target prompt (prompt + loss.tgt_suffix)", text) for text in texts(prompts, self.tgt_suffix)]
+            + [("the source prompt (prompt + loss.src_suffix)", text) for text in texts(prompts, self.src_suffix)]
+        )
+
     def direction(self, guidance, x, t, noise, prompts, step):
         if not self.in_stage_two(step):
             g, logs = self.stage_one.direction(guidance, x, t, noise, prompts, step)
