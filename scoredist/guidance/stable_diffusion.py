@@ -229,15 +229,15 @@ class StableDiffusion(Guidance):
         return self.vae.encoder.conv_in.weight.dtype  # may be fp32 under an fp16 UNet (force_upcast)
 
     def check_prompt(self, prompt: str) -> None:
-        """Reject non-strings and prompts longer than CLIP's context: their tail (e.g. a source/target suffix) would
-        otherwise be silently truncated away."""
+        """Reject non-strings and texts longer than CLIP's context: their tail (a source/target suffix, a view phrase)
+        would otherwise be silently truncated away. The trainer calls this for every text a loss conditions on."""
         if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__} {prompt!r}")
         n, limit = len(self.tokenizer(prompt, truncation=False).input_ids), self.tokenizer.model_max_length
         if n > limit:
             raise ValueError(
-                f"prompt has {n} tokens (with BOS/EOS), more than the text encoder's {limit}; "
-                f"the words after the limit would be ignored. Shorten it: {prompt!r}"
+                f"{prompt!r} is {n} tokens long (with BOS/EOS), more than the text encoder's {limit}: the words "
+                "after the limit would be silently ignored. Shorten the prompt (or the suffix / negative prompt)"
             )
 
     @torch.no_grad()
