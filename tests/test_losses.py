@@ -1,9 +1,13 @@
-"""Every direction against a hand computation on a stub guidance, and the identities between the losses."""
+"""Every direction against a hand computation on a stub guidance, and the identities between the losses.
+
+The stub's answer depends on the prompt (a_y x_t + b_y) and on the timestep (+ C ᾱ_t), so the hand computations also
+pin which timestep each row is evaluated at.
+"""
 
 import pytest
 import torch
 
-from scoredist.guidance.base import scaled_linear_alphas_cumprod
+from scoredist.guidance.base import add_noise, scaled_linear_alphas_cumprod
 from scoredist.losses.base import predict_conditions, surrogate_loss, weight
 from scoredist.losses.bridge import Bridge, ddim_path
 from scoredist.losses.csd import CSD
@@ -12,8 +16,8 @@ from scoredist.losses.nfsd import NFSD
 from scoredist.losses.ours import Ours
 from scoredist.losses.sds import SDS
 from scoredist.losses.vsd import VSD
-from scoredist.prompts import SRC_SUFFIX, TGT_SUFFIX
-from tests.stubs import FixedSource, StubGuidance
+from scoredist.prompts import SRC_SUFFIX, TGT_SUFFIX, Prompt
+from tests.stubs import FixedSource, LinearSource, StubGuidance
 
 ABAR = scaled_linear_alphas_cumprod().float()
 TABLE = {
@@ -24,6 +28,7 @@ TABLE = {
     "cat" + TGT_SUFFIX: (0.4, -0.5),
     "dog": (0.7, 0.25),
 }
+C = 3.0  # the stub's timestep term: ε = a_y x_t + b_y + C ᾱ_t
 
 
 @pytest.fixture
@@ -34,19 +39,21 @@ def setup():
     t = torch.tensor([100, 700])
     a = ABAR[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x + (1 - a).sqrt() * noise
-    return StubGuidance(TABLE), x, t, noise, x_t
+    return StubGuidance(TABLE, t_coefficient=C), x, t, noise, x_t
 
 
-def eps(prompt, x_t):
-    a, b = TABLE[prompt]
-    return a * x_t + b
+def eps(prompt, x_t, t):
+    """The stub's ε̂ by hand; t a (B,) tensor (one timestep per row) or an int (one image)."""
+    a, b = TABLE.get(prompt, (0.5, 0.0))  # the stub's default for prompts not in the table
+    abar = ABAR[t].view(-1, 1, 1, 1) if torch.is_tensor(t) else ABAR[t].item()
+    return a * x_t + b + C * abar
 
 
 def test_sds_direction_matches_hand_computation(setup):
     guidance, x, t, noise, x_t = setup
     g, logs = SDS(guidance_scale=7.5).direction(guidance, x, t, noise, ["cat", "cat"], 0)
-    # ε_∅ + s(ε_y − ε_∅) − ε, written out with the stub's coefficients: (0.5 + 7.5·(0.2 − 0.5)) x_t + 7.5·1 − ε
-    expected = (0.5 + 7.5 * (0.2 - 0.5)) * x_t + 7.5 * 1.0 - noise
+    # ε_∅ + s(ε_y − ε_∅) − ε, written out with the stub's coefficients: (0.5 + 7.5·(0.2 − 0.5)) x_t + 7.5·1 + Cᾱ_t − ε
+    expected = (0.5 + 7.5 * (0.2 - 0.5)) * x_t + 7.5 * 1.0 + C * ABAR[t].view(-1, 1, 1, 1) - noise
     torch.testing.assert_close(g, expected, atol=1e-5, rtol=1e-5)
     assert guidance.calls == 1 and guidance.rows == 4
     assert float(logs["norm/noise"]) == pytest.approx(noise.flatten(1).norm(dim=1).mean().item())
@@ -76,22 +83,22 @@ def test_surrogate_gradient_is_exactly_weighted_direction(batch):
 def test_nfsd_switches_its_denoising_term_at_t_200(setup):
     guidance, x, t, noise, x_t = setup  # t = 100 (below) and 700 (above)
     g, _ = NFSD(guidance_scale=40, negative_prompt="neg").direction(guidance, x, t, noise, ["cat", "cat"], 0)
-    classifier = 40 * (eps("cat", x_t) - eps("", x_t))
-    torch.testing.assert_close(g[0], (classifier + eps("", x_t))[0], atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(g[1], (classifier + eps("", x_t) - eps("neg", x_t))[1], atol=1e-4, rtol=1e-5)
+    classifier = 40 * (eps("cat", x_t, t) - eps("", x_t, t))
+    torch.testing.assert_close(g[0], (classifier + eps("", x_t, t))[0], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(g[1], (classifier + eps("", x_t, t) - eps("neg", x_t, t))[1], atol=1e-4, rtol=1e-5)
     assert guidance.calls == 1 and guidance.rows == 6
 
 
 def test_csd_direction_and_reduction_to_the_sds_guidance_term(setup):
     guidance, x, t, noise, x_t = setup
     g, _ = CSD(w1=10, w2=3, negative_prompt="neg").direction(guidance, x, t, noise, ["cat", "cat"], 0)
-    expected = 10 * (eps("cat", x_t) - eps("", x_t)) + 3 * (eps("", x_t) - eps("neg", x_t))
+    expected = 10 * (eps("cat", x_t, t) - eps("", x_t, t)) + 3 * (eps("", x_t, t) - eps("neg", x_t, t))
     torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-5)
     # (w1, w2) = (s, 0): exactly SDS's guidance term ε_cfg − ε_∅ = s(ε_y − ε_∅)
     s = 7.5
     g_csd, _ = CSD(w1=s, w2=0).direction(guidance, x, t, noise, ["cat", "cat"], 0)
     g_sds, _ = SDS(guidance_scale=s).direction(guidance, x, t, noise, ["cat", "cat"], 0)
-    torch.testing.assert_close(g_csd, g_sds + noise - eps("", x_t), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_csd, g_sds + noise - eps("", x_t, t), atol=1e-5, rtol=1e-5)
 
 
 def test_csd_w2_annealing_is_linear_over_the_run():
@@ -103,7 +110,7 @@ def test_ours_direction_and_zero_when_source_equals_target(setup):
     guidance, x, t, noise, x_t = setup
     loss = Ours(guidance_scale=40, stage_one=None)
     g, logs = loss.direction(guidance, x, t, noise, ["cat", "cat"], 0)
-    expected = 40 * (eps("cat" + TGT_SUFFIX, x_t) - eps("cat" + SRC_SUFFIX, x_t))
+    expected = 40 * (eps("cat" + TGT_SUFFIX, x_t, t) - eps("cat" + SRC_SUFFIX, x_t, t))
     torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-5)
     assert logs["ours/stage"] == 2 and guidance.calls == 1
     same, _ = Ours(src_suffix=", x", tgt_suffix=", x", stage_one=None).direction(guidance, x, t, noise, ["cat"] * 2, 0)
@@ -139,7 +146,7 @@ def test_dds_direction_and_zero_on_its_own_reference(setup):
     g, _ = loss.direction(guidance, x, t, noise, ["cat", "cat"], 0)
     a = ABAR[t].view(-1, 1, 1, 1)
     x_ref_t = a.sqrt() * x_ref + (1 - a).sqrt() * noise  # same t, same ε
-    torch.testing.assert_close(g, eps("cat", x_t) - eps("dog", x_ref_t), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g, eps("cat", x_t, t) - eps("dog", x_ref_t, t), atol=1e-5, rtol=1e-5)
     assert guidance.calls == 1
     same = DDS(source_prompt="cat")
     same.attach(guidance, x)
@@ -153,7 +160,7 @@ def test_dds_with_cfg_uses_one_call_of_four_conditions(setup):
     g, _ = loss.direction(guidance, x, t, noise, ["cat", "cat"], 0)
     a = ABAR[t].view(-1, 1, 1, 1)
     x_ref_t = a.sqrt() * x[:1] + (1 - a).sqrt() * noise
-    cfg = lambda p, z: eps("", z) + 2.0 * (eps(p, z) - eps("", z))
+    cfg = lambda p, z: eps("", z, t) + 2.0 * (eps(p, z, t) - eps("", z, t))
     torch.testing.assert_close(g, cfg("cat", x_t) - cfg("dog", x_ref_t), atol=1e-4, rtol=1e-5)
     assert guidance.calls == 1 and guidance.rows == 8
 
@@ -186,7 +193,7 @@ def test_bridge_k_steps_evaluates_both_branches_per_step_in_one_call(setup):
         for prompt in ("cat" + SRC_SUFFIX, "cat" + TGT_SUFFIX):
             z = x_t[i]
             for s_cur, s_next in zip(times[:-1], times[1:]):
-                e = eps(prompt, z)
+                e = eps(prompt, z, s_cur)
                 x0 = (z - (1 - abar(s_cur)) ** 0.5 * e) / abar(s_cur) ** 0.5
                 z = abar(s_next) ** 0.5 * x0 + (1 - abar(s_next)) ** 0.5 * e
             psi[prompt] = z
@@ -197,11 +204,17 @@ def test_bridge_k_steps_evaluates_both_branches_per_step_in_one_call(setup):
     assert path[:, 0].tolist() == [999, 666, 333, -1] and path[:, 1].tolist() == [30, 20, 10, -1]
 
 
-def test_predict_conditions_splits_in_condition_order():
-    guidance = StubGuidance(TABLE)
+def test_predict_conditions_splits_in_condition_order_and_keeps_each_rows_timestep():
+    guidance = StubGuidance(TABLE, t_coefficient=C)
     x_t = torch.ones(2, 3, 8, 8)
-    a, b = predict_conditions(guidance, x_t, torch.tensor([5, 5]), [["cat", "cat"], ["neg", "neg"]])
-    assert a.mean().item() == pytest.approx(1.2) and b.mean().item() == pytest.approx(-1.7)
+    t = torch.tensor([5, 900])
+    a, b = predict_conditions(guidance, x_t, t, [["cat", "cat"], ["neg", "neg"]])
+    abar = ABAR[t].tolist()
+    assert a[:, 0, 0, 0].tolist() == pytest.approx([1.2 + C * abar[0], 1.2 + C * abar[1]], rel=1e-6)
+    assert b[:, 0, 0, 0].tolist() == pytest.approx([-1.7 + C * abar[0], -1.7 + C * abar[1]], rel=1e-6)
+    # one tensor per condition: DDS noises two images
+    first, second = predict_conditions(guidance, [x_t, 2 * x_t], t, [["cat", "cat"], ["cat", "cat"]])
+    torch.testing.assert_close(second - first, 0.2 * x_t)
 
 
 def test_guidance_scale_and_weights_can_be_schedules_of_the_step(setup):
@@ -218,7 +231,7 @@ def test_guidance_scale_and_weights_can_be_schedules_of_the_step(setup):
     assert logs["guidance_scale"] == 55.0
     csd = CSD(w1=ramp, w2=Ramp(start=0.0, end=9.0, end_step=90), negative_prompt="neg")
     g, _ = csd.direction(guidance, x, t, noise, ["cat", "cat"], 90)
-    expected = 10 * (eps("cat", x_t) - eps("", x_t)) + 9 * (eps("", x_t) - eps("neg", x_t))
+    expected = 10 * (eps("cat", x_t, t) - eps("", x_t, t)) + 9 * (eps("", x_t, t) - eps("neg", x_t, t))
     torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-5)
 
 
@@ -229,9 +242,100 @@ def test_bridge_from_ddim_inversion_matches_the_hand_computation(setup):
     )
     a = ABAR[t].view(-1, 1, 1, 1)
     # one inversion step from the clean x: z_t = sqrt(ᾱ) x + sqrt(1 − ᾱ) ε̂_src(x, t); then ours at z_t
-    z_t = a.sqrt() * x + (1 - a).sqrt() * eps("cat" + SRC_SUFFIX, x)
-    expected = 2.0 * (eps("cat" + TGT_SUFFIX, z_t) - eps("cat" + SRC_SUFFIX, z_t))
+    z_t = a.sqrt() * x + (1 - a).sqrt() * eps("cat" + SRC_SUFFIX, x, t)  # ε̂ at the destination t, not at 0
+    expected = 2.0 * (eps("cat" + TGT_SUFFIX, z_t, t) - eps("cat" + SRC_SUFFIX, z_t, t))
     torch.testing.assert_close(g, expected, atol=1e-3, rtol=1e-4)
     assert guidance.calls == 2  # one inversion call, one call for both branches
     with pytest.raises(ValueError, match="start"):
         Bridge(start="sideways")
+
+
+def test_nfsd_threshold_is_strict_at_t_200():
+    guidance = StubGuidance(TABLE, t_coefficient=C)
+    torch.manual_seed(3)
+    x, noise, t = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8), torch.tensor([199, 200])
+    g, _ = NFSD(guidance_scale=10, negative_prompt="neg").direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    x_t = add_noise(x, noise, t, ABAR)
+    classifier = 10 * (eps("cat", x_t, t) - eps("", x_t, t))
+    torch.testing.assert_close(g[0], (classifier + eps("", x_t, t))[0], atol=1e-4, rtol=1e-5)  # 199 < 200
+    torch.testing.assert_close(g[1], (classifier + eps("", x_t, t) - eps("neg", x_t, t))[1], atol=1e-4, rtol=1e-5)
+
+
+def test_vsd_subtracts_its_source_models_prediction_not_the_noise(setup):
+    guidance, x, t, noise, x_t = setup
+    source_output = torch.randn_like(x)
+    loss = VSD(guidance_scale=7.5)
+    loss.source = FixedSource(source_output)
+    g, logs = loss.direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    eps_cfg = eps("", x_t, t) + 7.5 * (eps("cat", x_t, t) - eps("", x_t, t))
+    torch.testing.assert_close(g, eps_cfg - source_output, atol=1e-4, rtol=1e-5)
+    assert float(logs["norm/source"]) == pytest.approx(source_output.flatten(1).norm(dim=1).mean().item(), rel=1e-5)
+    assert guidance.calls == 1 and guidance.rows == 4  # ε_ψ is a separate model, not a third guidance condition
+
+
+def test_vsd_source_is_asked_at_the_rows_own_noised_input(setup):
+    guidance, x, t, noise, x_t = setup
+    loss = VSD(guidance_scale=1.0)
+    loss.attach(guidance, x)
+    g, _ = loss.direction(guidance, x, t, noise, [Prompt("cat", ", front view"), Prompt("cat")], 0)
+    seen_x_t, seen_t, seen_prompts = loss.source.calls[-1]
+    torch.testing.assert_close(seen_x_t, x_t)
+    assert seen_t.tolist() == t.tolist() and seen_prompts == ["cat, front view", "cat"]
+    expected = eps("cat, front view", x_t, t) - (0.3 * x_t - 0.2)
+    torch.testing.assert_close(g[0], expected[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5, 1.0])
+def test_vsd_fits_its_source_to_fresh_noise_with_condition_dropout(dropout):
+    guidance = StubGuidance(TABLE, t_coefficient=C)
+    x = torch.randn(4, 3, 8, 8)
+    loss = VSD(condition_dropout=dropout, lora_lr=0.1)
+    loss.attach(guidance, x)
+    source = loss.source
+    w, v = source.w.item(), source.v.item()
+    torch.manual_seed(11)
+    logs = loss.after_step(guidance, x, ["cat"] * 4)
+    # the same draws by hand, in the order the fit makes them: t ~ U{0..T-1}, ε ~ N(0, I), one dropout coin per row
+    torch.manual_seed(11)
+    t = torch.randint(0, 1000, (4,))
+    noise = torch.randn_like(x)
+    kept = [coin >= dropout for coin in torch.rand(4).tolist()]
+    seen_x_t, seen_t, seen_prompts = source.calls[-1]
+    assert seen_t.tolist() == t.tolist()
+    torch.testing.assert_close(seen_x_t, add_noise(x, noise, t, ABAR))
+    assert seen_prompts == ["cat" if k else "" for k in kept]
+    assert seen_prompts.count("") == {0.0: 0, 1.0: 4}.get(dropout, 4 - sum(kept))
+    # the fitting target is the noise itself: the logged loss is the MSE of the prediction against ε
+    expected = ((w * seen_x_t + v - noise) ** 2).mean()
+    assert float(logs["vsd/source_loss"]) == pytest.approx(expected.item(), rel=1e-5)
+    assert source.w.item() != w and source.v.item() != v  # and the source model took a step
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        SDS(),
+        NFSD(negative_prompt="neg"),
+        CSD(negative_prompt="neg"),
+        CSD(w2=0),
+        VSD(),
+        DDS(source_prompt="dog"),
+        DDS(source_prompt="dog", guidance_scale=3.0),
+        Ours(stage_one=SDS(), switch_step=1),
+        Bridge(num_steps=2, start="invert", stage_one=SDS(), switch_step=1),
+    ],
+    ids=lambda loss: type(loss).__name__,
+)
+def test_conditioning_texts_list_every_string_the_model_sees(loss):
+    """What the trainer checks for length before training is exactly what reaches the model over both stages."""
+    guidance = StubGuidance(TABLE, t_coefficient=C)
+    x = torch.randn(2, 3, 8, 8)
+    prompts = [Prompt("cat", ", front view"), Prompt("cat", ", back view")]
+    loss.attach(guidance, x)
+    for step in (0, 1):
+        loss(guidance, x, torch.tensor([100, 300]), torch.randn_like(x), prompts, step)
+    listed = {text for _, text in loss.conditioning_texts(prompts)}
+    assert guidance.prompts_seen <= listed, guidance.prompts_seen - listed
+    if not isinstance(loss, (VSD,)):
+        assert listed == guidance.prompts_seen, listed - guidance.prompts_seen
+    assert all(what for what, _ in loss.conditioning_texts(prompts))  # each one says what it is, for the error
