@@ -325,9 +325,9 @@ def check_resume_recipe(checkpoint: dict, cfg: DictConfig, path: Path) -> None:
 
 def config_changes(old: DictConfig, new: DictConfig) -> dict[str, list]:
     """{dotted key: [before, after]} between two configs, unresolved (so `${trainer.max_steps}` inside a loss is not a
-    difference when only max_steps changed); trainer.resume is not a change of the recipe."""
+    difference when only max_steps changed); where the run is (trainer.resume, run_dir) is not part of the recipe."""
     flat_old, flat_new = _flatten(OmegaConf.to_container(old, resolve=False)), _flatten(OmegaConf.to_container(new))
-    keys = sorted((set(flat_old) | set(flat_new)) - {"trainer.resume"})
+    keys = sorted((set(flat_old) | set(flat_new)) - {"trainer.resume", "trainer.run_dir"})
     return {k: [flat_old.get(k), flat_new.get(k)] for k in keys if flat_old.get(k) != flat_new.get(k)}
 
 

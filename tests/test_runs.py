@@ -1,0 +1,281 @@
+"""Run folders a user can trust, in process: fresh folders, locks, the record of resumes, what a failed start leaves,
+and the errors a user gets instead of tracebacks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import scoredist.runs as runs
+import scoredist.train as trainer
+from scoredist.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from scoredist.errors import OutputError, ResourceError, RunLockedError
+from scoredist.runs import RunLock, fresh_folder, safe_slug
+from scoredist.train import train
+from tests.test_train import SHAPES, config
+
+
+def strict_json(text: str):
+    """json.loads that rejects the NaN / Infinity tokens, as most JSON readers do."""
+    return json.loads(text, parse_constant=lambda token: pytest.fail(f"invalid JSON token {token}"))
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [strict_json(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def short_run(run_dir: Path, *overrides: str, steps: int = 4):
+    return train(
+        config(*SHAPES, "loss=sds", f"trainer.max_steps={steps}", "trainer.log_every=1", *overrides, run_dir=run_dir)
+    )
+
+
+# --- folders ----------------------------------------------------------------------------------------------------------
+
+
+def test_fresh_folders_never_share_a_name_even_when_raced(tmp_path):
+    base = str(tmp_path / "14-30-38-ours")
+    made: list[str] = []
+    threads = [threading.Thread(target=lambda: made.append(fresh_folder(base))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    names = sorted(Path(m).name for m in made)
+    assert len(set(names)) == 8 and names[0] == "14-30-38-ours"
+    assert set(names) == {"14-30-38-ours"} | {f"14-30-38-ours-{n}" for n in range(2, 9)}
+
+
+def test_sweep_job_names_are_short_safe_and_distinct():
+    assert safe_slug("loss=sds,seed=1") == "loss=sds,seed=1"  # plain overrides stay readable
+    escape = safe_slug("prompt=../../etc/passwd")
+    assert "/" not in escape and not escape.startswith(".") and escape.startswith("prompt=.._.._etc_passwd-")
+    long = safe_slug("prompt=" + "a very long caption " * 40)
+    assert len(long) <= 64 + 9 and long != safe_slug("prompt=" + "a very long caption " * 41)
+    assert safe_slug("a b") != safe_slug("a_b")  # altered names carry a hash of the original
+    assert safe_slug("") == "job-da39a3ee"
+
+
+def test_a_locked_run_folder_refuses_a_second_process(tmp_path):
+    first = short_run(tmp_path / "r").run_dir
+    with RunLock(first):
+        with pytest.raises(RunLockedError, match=r"in use by pid \d+ on .* since"):
+            train(config(*SHAPES, "loss=sds", "trainer.max_steps=6", f"trainer.resume={first}"))
+        with pytest.raises(RunLockedError):
+            RunLock(first).__enter__()
+    assert load_checkpoint(first / "checkpoints" / "last.pt")["step"] == 4  # nothing ran in the locked folder
+    train(config(*SHAPES, "loss=sds", "trainer.max_steps=6", f"trainer.resume={first}"))  # free again
+    assert load_checkpoint(first / "checkpoints" / "last.pt")["step"] == 6
+
+
+def test_a_new_run_that_fails_before_its_first_step_leaves_no_folder(tmp_path):
+    with pytest.raises(ValueError, match="plaid"):
+        short_run(tmp_path / "new", "prompt=a plaid cube")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made: never deleted
+    with pytest.raises(ValueError, match="plaid"):
+        short_run(tmp_path / "mine", "prompt=a plaid cube")
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_resuming_a_missing_folder_creates_nothing(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(config(*SHAPES, f"trainer.resume={tmp_path / 'nope'}"))
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the record of a run --------------------------------------------------------------------------------------------
+
+
+def test_resume_trims_metrics_past_the_checkpoint_and_logs_nothing_twice(tmp_path):
+    run = short_run(tmp_path / "r", steps=4).run_dir
+    at_four = (run / "checkpoints" / "last.pt").read_bytes()
+    train(config(*SHAPES, "loss=sds", "trainer.max_steps=8", "trainer.log_every=1", f"trainer.resume={run}"))
+    first_pass = metrics(run)
+    assert [r["step"] for r in first_pass] == list(range(1, 9))
+    # a kill after step 8 was logged but before its checkpoint: the checkpoint is still the one of step 4
+    (run / "checkpoints" / "last.pt").write_bytes(at_four)
+    train(config(*SHAPES, "loss=sds", "trainer.max_steps=8", "trainer.log_every=1", f"trainer.resume={run}"))
+    second_pass = metrics(run)
+    assert [r["step"] for r in second_pass] == list(range(1, 9))  # lines 5..8 were dropped, then written again
+    assert [r["loss"] for r in second_pass] == pytest.approx([r["loss"] for r in first_pass], rel=1e-6)
+
+
+def test_a_kill_while_metrics_are_trimmed_loses_nothing(tmp_path, monkeypatch):
+    run = short_run(tmp_path / "r", steps=4).run_dir
+    before = (run / "metrics.jsonl").read_bytes()
+    (run / "metrics.jsonl").write_bytes(before + b'{"chunk": 0, "step": 9, "loss": 1.0}\n{"torn": ')
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runs.MetricsFile(run / "metrics.jsonl").trim((0, 4))
+    monkeypatch.undo()
+    assert (run / "metrics.jsonl").read_bytes().startswith(before)  # the old file is whole
+    assert (run / f".metrics.jsonl.tmp-{runs.os.getpid()}").read_bytes() == before  # the new one was complete too
+    runs.MetricsFile(run / "metrics.jsonl").trim((0, 4))
+    assert (run / "metrics.jsonl").read_bytes() == before
+    # what a process killed mid-write leaves: its temporary files; the next start (under the lock) removes them
+    (run / ".metrics.jsonl.tmp-999999").write_text("{}")
+    (run / "checkpoints" / ".last.pt.tmp-999999").write_bytes(b"PK half a zip")
+    train(config(*SHAPES, "loss=sds", "trainer.max_steps=5", f"trainer.resume={run}"))
+    assert not [p for p in run.rglob("*") if ".tmp-" in p.name]
+
+
+def test_resume_records_what_changed_and_updates_the_recipe(tmp_path):
+    run = short_run(tmp_path / "r", steps=4).run_dir
+    overrides = ("trainer.max_steps=6", "trainer.log_every=1", "loss.guidance_scale=20", f"trainer.resume={run}")
+    train(config(*SHAPES, "loss=sds", *overrides))
+    (entry,) = [strict_json(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert entry["step"] == 4 and entry["chunk"] == 0
+    assert entry["changes"] == {"trainer.max_steps": [4, 6], "loss.guidance_scale": [40.0, 20.0]}
+    saved = OmegaConf.load(run / "config.yaml")
+    assert saved.trainer.max_steps == 6 and saved.loss.guidance_scale == 20
+
+
+def test_a_refused_resume_rewrites_nothing(tmp_path):
+    run = short_run(tmp_path / "r", steps=4).run_dir
+    record = lambda: {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    before = record()
+    with pytest.raises(ValueError, match=r"loss SDS \(scoredist.losses.sds.SDS\).*asks for Ours"):
+        train(config(*SHAPES, "loss=ours", "trainer.max_steps=6", f"trainer.resume={run}"))
+    with pytest.raises(CheckpointError, match="does not fit .*the run was trained without one"):
+        train(config(*SHAPES, "loss=sds", "lr_scheduler=cosine", f"trainer.resume={run}"))
+    assert record() == before
+    assert not (run / "resumes.jsonl").exists()
+
+
+def test_extending_a_run_whose_learning_rate_reached_zero_says_so(tmp_path, caplog):
+    common = (*SHAPES, "loss=sds", "lr_scheduler=cosine", "trainer.log_every=1")
+    run = train(config(*common, "trainer.max_steps=6", run_dir=tmp_path / "r")).run_dir
+    with caplog.at_level(logging.WARNING, logger="scoredist"):
+        train(config(*common, "trainer.max_steps=8", f"trainer.resume={run}"))
+    assert "decayed to 0 by step 6" in caplog.text and "lr_scheduler.total_steps=8" in caplog.text
+    assert [r["lr"] for r in metrics(run)][6:] == [0.0, 0.0]
+    # the suggested fix: an explicit length re-stretches the decay from the current step
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scoredist"):
+        train(config(*common, "trainer.max_steps=12", "lr_scheduler.total_steps=12", f"trainer.resume={run}"))
+    assert "decayed to 0" not in caplog.text
+    lrs = [r["lr"] for r in metrics(run)]
+    from tests.test_schedules import cosine_factor
+
+    assert lrs[8:] == pytest.approx([0.01 * cosine_factor(k, 12, 0.0) for k in range(8, 12)], rel=1e-9)
+
+
+# --- clear errors ---------------------------------------------------------------------------------------------------
+
+
+def test_an_empty_checkpoint_is_refused_by_name(tmp_path):
+    empty = tmp_path / "checkpoints" / "last.pt"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"last.pt is empty \(0 bytes\)"):
+        load_checkpoint(empty)
+    not_torch = tmp_path / "junk.pt"
+    not_torch.write_bytes(b"\x00")
+    with pytest.raises(CheckpointError, match=r"junk.pt is not a readable scoredist checkpoint \(\w+"):
+        load_checkpoint(not_torch)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.guidance_scale=nan", "loss.guidance_scale is nan; it must be a finite number"),
+        ("optimizer.lr=inf", "optimizer.lr is inf"),
+        ("loss.stage_one.guidance_scale=-inf", "loss.stage_one.guidance_scale is -inf"),
+        ("prompt=123", "prompt must be a string"),
+        ("prompt=[a red cube,7]", r"prompt\[1\] must be a string"),
+        ("prompt='a ${seed} cube'", "prompt 'a \\$\\{seed\\} cube' contains '\\$\\{'"),
+        ("loss.src_suffix=', ${oops}'", "loss.src_suffix .* contains"),
+        ("trainer.batch_size=0", "trainer.batch_size must be a positive integer"),
+    ],
+)
+def test_bad_values_get_one_line_errors_before_anything_is_written(override, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        train(config(*SHAPES, "loss=ours", override, run_dir=tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_dds_reference_that_is_not_an_image_is_named(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match=r"loss.reference .*notes.png is not an image file"):
+        short_run(tmp_path / "x", "loss=dds", f"loss.reference={text}")
+
+
+def test_a_render_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "available_memory", lambda device: 2**30)
+    with pytest.raises(ResourceError, match=r"needs at least 3.0 GiB \(1 rows of 8192x8192.*1.0 GiB of cpu memory"):
+        short_run(tmp_path / "x", "renderer.height=8192", "renderer.width=8192")
+    assert not (tmp_path / "x").exists()
+
+
+def test_running_out_of_memory_mid_run_says_what_to_lower(tmp_path, monkeypatch):
+    from scoredist.guidance.exact.shapes import ShapesPrior
+
+    def exhausted(self, x_t, t, prompts):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(ShapesPrior, "predict_noise", exhausted)
+    with pytest.raises(ResourceError, match=r"out of memory .*lower trainer.batch_size \(now 1\)"):
+        short_run(tmp_path / "x")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_says_which_path_and_how_much_space(code, tmp_path, monkeypatch):
+    def no_room(state, path):
+        raise OSError(code, runs.os.strerror(code), str(path))
+
+    monkeypatch.setattr(trainer, "save_checkpoint", no_room)
+    with pytest.raises(OutputError, match=r"cannot write .*last.pt: .*; \d+ MiB free on that disk"):
+        short_run(tmp_path / "x")
+
+
+def test_too_little_space_for_one_checkpoint_is_refused_at_the_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: runs.shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    with pytest.raises(OutputError, match=r"has 0 MiB free, but one checkpoint of this run needs about"):
+        short_run(tmp_path / "x")
+
+
+def test_eval_and_metrics_files_are_strict_json_with_nonfinite_values_counted(tmp_path, monkeypatch):
+    from scoredist.guidance.exact.shapes import ShapesPrior
+    from scoredist.losses.sds import SDS
+
+    original = SDS.direction
+
+    def with_a_nan_log(self, *args):
+        g, logs = original(self, *args)
+        return g, {**logs, "odd": float("nan")}
+
+    monkeypatch.setattr(SDS, "direction", with_a_nan_log)
+    monkeypatch.setattr(
+        ShapesPrior, "evaluate", lambda self, x, prompt: {"rms": float("inf"), "lp": [1.0, float("nan")]}
+    )
+    run = short_run(tmp_path / "r").run_dir
+    assert all(r["odd"] is None and r["nonfinite_values"] == 1 for r in metrics(run))
+    assert strict_json((run / "eval.json").read_text()) == {"rms": None, "lp": [1.0, None], "nonfinite_values": 2}
+    (sample,) = [strict_json(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert sample["eval"] == {"rms": None, "lp": [1.0, None]}
+
+
+def test_checkpoints_name_the_classes_they_belong_to(tmp_path):
+    run = short_run(tmp_path / "r", steps=2).run_dir
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["recipe"] == {
+        "loss": "scoredist.losses.sds.SDS",
+        "renderer": "scoredist.renderers.image.ImageRenderer",
+        "guidance": "scoredist.guidance.exact.shapes.ShapesPrior",
+    }
+    save_checkpoint({"step": 1, "recipe": {"loss": "scoredist.losses.vsd.VSD"}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="loss VSD"):
+        runs.check_resume_recipe(load_checkpoint(tmp_path / "other.pt"), config(*SHAPES), tmp_path / "other.pt")
+    assert torch.is_tensor(load_checkpoint(run / "checkpoints" / "last.pt")["renderer"]["image"])
