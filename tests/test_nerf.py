@@ -7,14 +7,26 @@ import math
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from scoredist.checkpoint import load_checkpoint
-from scoredist.renderers.cameras import Cameras, camera_rays, orbit_cameras, ray_box, sample_cameras, view_suffix
+from scoredist.renderers.cameras import (
+    Cameras,
+    camera_rays,
+    orbit_cameras,
+    ray_box,
+    reachable_view_suffixes,
+    sample_cameras,
+    view_suffix,
+)
 from scoredist.renderers.hashgrid import PRIMES, HashGrid, level_resolutions
-from scoredist.renderers.nerf import NeRFRenderer, composite, composite_torch
+from scoredist.renderers.nerf import NeRFRenderer
+from scoredist.renderers.volume import accumulate, composite_packed_torch, composite_torch
+from scoredist.schedules import Ramp
 from scoredist.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -23,8 +35,8 @@ SMALL = dict(num_levels=4, log2_hashmap_size=12, base_resolution=8, max_resoluti
 
 def small_renderer(**kwargs) -> NeRFRenderer:
     torch.manual_seed(0)
-    args = {**SMALL, "height": 16, "width": 16, "distance_range": (2.6, 2.6), "fovy_range": (40.0, 40.0), **kwargs}
-    return NeRFRenderer(encoding_backend="torch", **args)
+    args = {**SMALL, "height": 16, "width": 16, "distance_range": (2.6, 2.6), "fovy_range": (40.0, 40.0)}
+    return NeRFRenderer(encoding_backend="torch", **{**args, "export_mesh": None, **kwargs})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -127,21 +139,36 @@ def test_compositing_equals_the_transmittance_formula_by_hand():
     torch.testing.assert_close(weights.sum(), torch.tensor(1 - math.exp(-1.5)))
 
 
-def test_pure_pytorch_compositing_equals_nerfacc_on_cpu_values_and_gradients():
+def test_packed_compositing_equals_nerfacc_dense_values_and_gradients():
+    """Rays with 5, 0, 32 and 17 samples, packed; nerfacc's dense layout (plain PyTorch, runs on CPU) on the same
+    samples padded with empty intervals must give the same weights, transmittance, alphas and gradients."""
     pytest.importorskip("nerfacc")
     torch.manual_seed(0)
-    edges = torch.rand(64, 33).cumsum(-1)
-    t_starts, t_ends = edges[:, :-1].contiguous(), edges[:, 1:].contiguous()
-    sigmas = (torch.rand(64, 32) * 3).requires_grad_()
-    colours = torch.rand(64, 32, 3)
-    results = []
-    for backend in ("torch", "nerfacc"):
-        weights, trans, alphas = composite(t_starts, t_ends, sigmas, backend)
-        rgb = (weights[..., None] * colours).sum(1)
-        (grad,) = torch.autograd.grad(rgb.sum(), sigmas)
-        results.append((weights, trans, alphas, rgb, grad))
-    for mine, theirs in zip(*results):
-        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    counts = [5, 0, 32, 17]
+    edges = torch.rand(len(counts), 33).cumsum(-1)
+    dense_sigmas = (torch.rand(len(counts), 32) * 3).requires_grad_()
+    keep = torch.arange(32)[None] < torch.tensor(counts)[:, None]  # (R, 32)
+    t_starts, t_ends = edges[:, :-1] * keep, edges[:, 1:] * keep  # pads: empty intervals at 0
+    ray_indices = keep.nonzero()[:, 0]
+    packed = composite_packed_torch(t_starts[keep], t_ends[keep], dense_sigmas[keep], ray_indices, len(counts))
+    (packed_grad,) = torch.autograd.grad((packed[0] * torch.arange(len(ray_indices))).sum(), dense_sigmas)
+    import nerfacc
+
+    dense = nerfacc.render_weight_from_density(t_starts, t_ends, dense_sigmas)
+    order = torch.zeros(len(counts), 32)
+    order[keep] = torch.arange(len(ray_indices)).float()
+    (dense_grad,) = torch.autograd.grad((dense[0] * order).sum(), dense_sigmas)
+    for mine, theirs in zip(packed, dense):
+        torch.testing.assert_close(mine, theirs[keep], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(packed_grad, dense_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulate_sums_weighted_values_per_ray():
+    weights = torch.tensor([0.5, 0.25, 1.0, 0.1])
+    values = torch.tensor([[1.0, 0.0], [2.0, 4.0], [3.0, 3.0], [10.0, 0.0]])
+    ray_indices = torch.tensor([0, 0, 2, 2])
+    torch.testing.assert_close(accumulate(weights, values, ray_indices, 3), torch.tensor([[1.0, 1.0], [0, 0], [4, 3]]))
+    torch.testing.assert_close(accumulate(weights, None, ray_indices, 3), torch.tensor([[0.75], [0.0], [1.1]]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -175,21 +202,43 @@ def test_ray_box_entry_exit_and_misses():
     "azimuth, elevation, suffix",
     [
         (0, 0, ", front view"),
-        (45, 10, ", front view"),
+        (44.9, 10, ", front view"),
         (-44, 30, ", front view"),
         (370, 0, ", front view"),
-        (46, 10, ", side view"),
+        (45, 10, ", side view"),  # threestudio's comparisons are strict: the threshold itself is a side view
         (-90, 0, ", side view"),
-        (134, 0, ", side view"),
-        (135, 0, ", back view"),
+        (135, 0, ", side view"),
+        (135.1, 0, ", back view"),
         (180, 0, ", back view"),
         (-170, 20, ", back view"),
-        (0, 60, ", overhead view"),
+        (0, 60, ", front view"),  # overhead needs elevation > 60
+        (0, 60.1, ", overhead view"),
         (180, 80, ", overhead view"),
     ],
 )
 def test_view_suffix_by_azimuth_and_elevation(azimuth, elevation, suffix):
     assert view_suffix(azimuth, elevation) == suffix
+
+
+@pytest.mark.parametrize(
+    "azimuth, suffix",
+    [
+        (29.9, ", front view"),
+        (30, ", side view"),
+        (-29.9, ", front view"),
+        (150, ", side view"),
+        (150.1, ", back view"),
+    ],
+)
+def test_view_suffix_with_the_papers_30_degree_thresholds(azimuth, suffix):
+    assert view_suffix(azimuth, 10.0, 30.0, 30.0, 60.0) == suffix
+
+
+def test_reachable_view_suffixes_follow_the_camera_ranges():
+    assert reachable_view_suffixes((-180, 180), (10, 45)) == [", back view", ", front view", ", side view"]
+    assert ", overhead view" in reachable_view_suffixes((-180, 180), (-10, 90), 30, 30)
+    assert reachable_view_suffixes((-20, 20), (0, 10)) == [", front view"]
+    assert reachable_view_suffixes((-20, 20), (70, 80)) == [", overhead view"]
 
 
 def test_render_suffixes_follow_the_sampled_cameras():
@@ -212,7 +261,8 @@ def test_render_suffixes_follow_the_sampled_cameras():
 def test_initial_blob_is_opaque_and_bright_at_the_centre_and_clear_at_the_corners():
     r = small_renderer(background=(0.0, 0.0, 0.0), height=17, width=17)
     with torch.no_grad():
-        rgb, opacity = r.render(orbit_cameras(2, 15.0, 2.6, 40.0), 17, 17, stratified=False)
+        frame = r.render(orbit_cameras(2, 15.0, 2.6, 40.0), 17, 17, stratified=False)
+    rgb, opacity = frame.rgb, frame.opacity
     assert rgb.shape == (2, 3, 17, 17) and opacity.shape == (2, 1, 17, 17)
     corners = opacity[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]]
     assert (opacity[:, 0, 8, 8] > 0.95).all() and (corners < 1e-3).all()
@@ -225,33 +275,37 @@ def test_forward_is_an_rgb_batch_with_the_background_where_empty():
     render = r()
     assert render.x.shape == (2, 3, 8, 8) and render.x.min() >= 0 and render.x.max() <= 1
     torch.testing.assert_close(render.x[:, :, 0, 0], torch.full((2, 3), 0.85), atol=1e-3, rtol=0)
-    assert render.regularization is None and set(render.logs) == {"nerf/mean_opacity", "nerf/opacity_entropy"}
+    assert render.regularization is None
+    assert {"nerf/mean_opacity", "nerf/opacity_entropy", "nerf/sparsity", "nerf/samples_per_ray"} == set(render.logs)
 
 
 def test_eval_mode_renders_fixed_front_first_cameras_without_jitter():
-    r = small_renderer(batch_size=2, height=8, width=8, elevation_range=(10.0, 45.0))
+    r = small_renderer(batch_size=2, height=8, width=8, elevation_range=(10.0, 45.0), eval_views=4)
     r.eval()
     first, second = r(), r()
     torch.testing.assert_close(first.x, second.x, rtol=0, atol=0)
-    assert first.views == [", front view", ", back view"]  # azimuths 0° and 180°
+    assert first.views == [", front view", ", side view", ", back view", ", side view"]  # 0°, 90°, 180°, 270°
     r.train()
-    assert (r().x - r().x).abs().max() > 1e-3  # random cameras while training
+    assert not torch.equal(r().cameras, r().cameras)  # random cameras while training
 
 
 def test_param_groups_have_the_two_learning_rates_and_cover_every_parameter_once():
-    r = small_renderer(encoding_lr=0.01, network_lr=0.001)
+    r = small_renderer(encoding_lr=0.01, network_lr=0.001, background="mlp")
     groups = r.param_groups(lr=123.0)  # the trainer's lr is not used
     assert [g["lr"] for g in groups] == [0.01, 0.001]
     assert groups[0]["params"] == [r.encoding.table]
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in r.parameters()) and len(set(ids)) == len(ids)
+    assert any(p is r.background.net[0].weight for p in groups[1]["params"])  # the background learns at network_lr
 
 
 def test_regularizer_is_the_weighted_sum_of_its_logs_and_is_differentiable():
     r = small_renderer(sparsity_weight=2.0, opacity_weight=0.5, height=8, width=8)
     render = r()
-    expected = float(2.0 * render.logs["nerf/mean_opacity"] + 0.5 * render.logs["nerf/opacity_entropy"])
+    expected = float(2.0 * render.logs["nerf/sparsity"] + 0.5 * render.logs["nerf/opacity_entropy"])
     assert torch.isfinite(render.regularization) and render.regularization.item() == pytest.approx(expected, rel=1e-5)
+    # threestudio's forms: sparsity = mean √(o² + 0.01) ≥ mean opacity, entropy clamped at 1e-3
+    assert float(render.logs["nerf/sparsity"]) >= float(render.logs["nerf/mean_opacity"])
     render.regularization.backward()
     assert r.encoding.table.grad.abs().sum() > 0 and r.density_net[0].weight.grad.abs().sum() > 0
     # sparsity alone pushes density down: its gradient on the blob's density bias path is positive for the MLP bias
@@ -261,13 +315,71 @@ def test_regularizer_is_the_weighted_sum_of_its_logs_and_is_differentiable():
     assert r.density_net[-1].bias.grad.item() > 0
 
 
-def test_write_artifacts_writes_turntable_and_views(tmp_path):
-    r = small_renderer(turntable_views=8, turntable_size=16)
+def test_a_weight_schedule_switches_the_opaque_term_on_at_its_step():
+    ramp = Ramp(start=0.0, end=1000.0, start_step=10000, end_step=10001)  # the paper's lambda_opaque
+    r = small_renderer(opacity_weight=ramp, height=8, width=8)
+    r.at_step(10000)
+    assert r().regularization is None
+    r.at_step(10001)
+    render = r()
+    assert render.regularization.item() == pytest.approx(1000.0 * float(render.logs["nerf/opacity_entropy"]), rel=1e-5)
+
+
+def test_write_artifacts_writes_turntable_views_and_mesh(tmp_path):
+    r = small_renderer(turntable_views=8, turntable_size=16, export_mesh="obj", mesh_resolution=24, mesh_threshold=5.0)
     paths = r.write_artifacts(tmp_path, decode=None)
-    assert {p.name for p in paths} == {"views.png", "turntable.mp4"}
+    assert {p.name for p in paths} == {"views.png", "turntable.mp4", "model.obj"}
     strip = iio.imread(tmp_path / "views.png")
     assert strip.shape == (128, 8 * 128, 3)
     assert (tmp_path / "turntable.mp4").read_bytes()[4:8] == b"ftyp"  # an MP4 container
+    import trimesh
+
+    mesh = trimesh.load(tmp_path / "model.obj")
+    # the initial blob σ = softplus(10 (1 − |x| / 0.5)) = 5 where 10 (1 − r / 0.5) ≈ 4.99: r ≈ 0.25
+    radius = np.linalg.norm(mesh.vertices, axis=1)
+    assert mesh.is_watertight and abs(radius.mean() - 0.25) < 0.02
+
+
+def test_an_unwritable_mesh_is_a_warning_at_the_end_of_a_run_not_a_crash(tmp_path):
+    r = small_renderer(turntable_views=2, turntable_size=8, export_mesh="obj", mesh_resolution=16)  # σ ≤ 10 < 25
+    with pytest.warns(UserWarning, match="no mesh written: no surface at density threshold 25"):
+        paths = r.write_artifacts(tmp_path, decode=None)
+    assert not (tmp_path / "model.obj").exists() and {p.name for p in paths} == {"views.png", "turntable.mp4"}
+
+
+def test_resolution_schedule_renders_each_stage_at_its_size_and_resizes_to_the_model():
+    r = small_renderer(
+        height=8, width=8, batch_size=2, stages=[{"step": 5, "height": 16, "width": 16, "batch_size": 1}]
+    )
+    assert [r.stage_at(s) for s in (0, 4, 5, 6)] == [0, 0, 1, 1]  # the milestone step is already in stage 2
+    r.at_step(4)
+    assert r.render_size == (8, 8) and r().x.shape == (2, 3, 8, 8)
+    r.at_step(5)
+    assert r.render_size == (16, 16) and r().x.shape == (1, 3, 16, 16)
+    r.model_size = (32, 32)  # what bind() learns from the model: renders are resized to it
+    assert r().x.shape == (1, 3, 32, 32) and r.height == 32
+    r.at_step(0)
+    x = r().x
+    assert x.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="renderer.stages must start at increasing steps after 0"):
+        small_renderer(stages=[{"step": 5, "height": 8, "width": 8}, {"step": 5, "height": 16, "width": 16}])
+    with pytest.raises(ValueError, match="need step, height, width"):
+        small_renderer(stages=[{"step": 5, "size": 8}])
+
+
+def test_resize_to_model_is_bilinear_up_and_antialiased_down():
+    r = small_renderer()
+    image = torch.rand(1, 3, 8, 8)
+    r.model_size = (16, 16)
+    up = F.interpolate(image, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(r.to_model_size(image), up)
+    r.model_size = (2, 2)
+    down = r.to_model_size(image)
+    torch.testing.assert_close(down, F.interpolate(image, size=(2, 2), mode="bilinear", antialias=True))
+    aliased = F.interpolate(image, size=(2, 2), mode="bilinear", align_corners=False)  # reads 4 of 64 pixels only
+    assert (down - image.mean((-1, -2), keepdim=True)).abs().mean() < (
+        aliased - image.mean((-1, -2), keepdim=True)
+    ).abs().mean()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -287,13 +399,18 @@ def run_config(run_dir: Path, *overrides: str):
                 "guidance=shapes",
                 "renderer=nerf",
                 "renderer.encoding_backend=torch",
-                "renderer.height=32",
-                "renderer.width=32",
+                "renderer.height=16",  # 16² renders upsampled to the prior's 32², then 48² shrunk to 32²
+                "renderer.width=16",
+                "renderer.stages=[{step: 6, height: 48, width: 48}]",
                 "renderer.distance_range=[2.6,2.6]",
                 "renderer.fovy_range=[40.0,40.0]",
                 "renderer.elevation_range=[10.0,45.0]",
                 "renderer.turntable_views=4",
+                "renderer.eval_views=2",
                 "renderer.sparsity_weight=1.0",
+                "renderer.grid_update_every=2",
+                "renderer.mesh_resolution=32",
+                "renderer.mesh_threshold=5.0",
                 "prompt=a red cube",
                 "loss=sds",
                 "trainer.log_every=1",
@@ -313,27 +430,50 @@ def straight_run(tmp_path_factory):
     return result.run_dir
 
 
-def test_a_short_nerf_run_writes_final_image_turntable_and_logs(straight_run):
-    for name in ("final.png", "views.png", "turntable.mp4", "eval.json", "progress.png"):
+def test_a_short_nerf_run_across_the_resolution_switch_writes_images_turntable_and_mesh(straight_run):
+    for name in ("final.png", "views.png", "turntable.mp4", "eval.json", "progress.png", "model.obj"):
         assert (straight_run / name).is_file(), name
     final = iio.imread(straight_run / "final.png")
-    assert final.shape == (128, 128, 3) and final.std() > 0
+    assert final.shape == (128, 2 * 128, 3) and final.std() > 0  # two eval views at the prior's 32², upsampled
     records = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 11))
-    assert all(0 < r["nerf/mean_opacity"] < 1 for r in records)
-    assert "nearest_component" in json.loads((straight_run / "eval.json").read_text())
+    assert all(0 < r["nerf/mean_opacity"] < 1 and r["nerf/samples_per_ray"] > 0 for r in records)
+    assert len(json.loads((straight_run / "eval.json").read_text())["nearest_component"]) == 2
+    import trimesh
+
+    assert len(trimesh.load(straight_run / "model.obj").faces) > 0
 
 
-def test_nerf_resume_equals_a_straight_run(straight_run, tmp_path):
-    half = train(run_config(tmp_path / "half", "trainer.max_steps=5")).run_dir
+def test_nerf_resume_across_the_resolution_switch_equals_a_straight_run(straight_run, tmp_path):
+    half = train(run_config(tmp_path / "half", "trainer.max_steps=4")).run_dir  # stops in the 16² stage
     halfway = load_checkpoint(half / "checkpoints" / "last.pt")["renderer"]
     train(run_config(tmp_path / "half", "trainer.max_steps=10", f"trainer.resume={half}"))
     resumed = load_checkpoint(half / "checkpoints" / "last.pt")["renderer"]
     straight = load_checkpoint(straight_run / "checkpoints" / "last.pt")["renderer"]
-    assert resumed.keys() == straight.keys()
+    assert resumed.keys() == straight.keys() and "estimator.occs" in straight
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
     assert (resumed["encoding.table"] - halfway["encoding.table"]).abs().max() > 1e-4  # the second half moved it
+
+
+def test_a_nerf_run_on_the_tiny_sd_pipeline_switches_resolution_and_goes_through_the_vae(tiny_sd_path, tmp_path):
+    cfg = run_config(
+        tmp_path / "sd",
+        "guidance=sd",
+        f"guidance.pretrained={tiny_sd_path}",
+        "prompt=a hamburger",
+        "trainer.max_steps=8",
+        "renderer.height=8",
+        "renderer.width=8",
+        "renderer.stages=[{step: 4, height: 16, width: 16}]",
+        "renderer.export_mesh=glb",
+        "renderer.mesh_threshold=3.0",
+    )
+    run_dir = train(cfg).run_dir
+    for name in ("final.png", "turntable.mp4", "model.glb"):
+        assert (run_dir / name).is_file(), name
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and all(math.isfinite(r["loss"]) for r in records)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,6 +494,7 @@ def test_cuda_render_matches_cpu_compositing_and_tcnn_encoding_runs():
     except ImportError:
         pytest.skip("tiny-cuda-nn not installed")
     t = NeRFRenderer(encoding_backend="tcnn", **SMALL, height=16, width=16).cuda()
+    t.at_step(0)
     render = t()
     render.x.sum().backward()
     assert render.x.shape == (1, 3, 16, 16) and t.encoding.encoding.params.grad.abs().sum() > 0

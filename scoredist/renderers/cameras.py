@@ -6,7 +6,6 @@ distance · (cos el · sin az, sin el, cos el · cos az), so azimuth 0 looks fro
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,13 +57,27 @@ def orbit_cameras(n: int, elevation: float, distance: float, fovy: float) -> Cam
     return Cameras(torch.arange(n) * (360.0 / n), full(elevation), full(distance), full(fovy))
 
 
+def eye_positions(cams: Cameras) -> torch.Tensor:
+    """Camera centres (B, 3) float64: distance · (cos el · sin az, sin el, cos el · cos az)."""
+    az, el = torch.deg2rad(cams.azimuth.double()), torch.deg2rad(cams.elevation.double())
+    return cams.distance.double()[:, None] * torch.stack([el.cos() * az.sin(), el.sin(), el.cos() * az.cos()], dim=-1)
+
+
+def sample_lights(cams: Cameras, distance_range: Sequence[float] = (0.8, 1.5), perturb: float = 1.0) -> torch.Tensor:
+    """DreamFusion's random point light, as threestudio samples it: the direction of the camera plus N(0, perturb²)
+    noise per axis, normalised, at a distance uniform in `distance_range`. → (B, 3) float32, from torch's global RNG."""
+    eye = eye_positions(cams).float()
+    direction = eye + torch.randn_like(eye) * perturb
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    return direction * _uniform(len(cams), distance_range)[:, None]
+
+
 def camera_rays(cams: Cameras, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pinhole rays through pixel centres: → origins (B, 3) and unit directions (B, H·W, 3), row-major, row 0 on top.
 
     The image plane spans ±tan(fovy / 2) vertically and ±tan(fovy / 2) · W / H horizontally at unit depth.
     """
-    az, el = torch.deg2rad(cams.azimuth.double()), torch.deg2rad(cams.elevation.double())
-    eye = cams.distance.double()[:, None] * torch.stack([el.cos() * az.sin(), el.sin(), el.cos() * az.cos()], dim=-1)
+    eye = eye_positions(cams)
     forward = -eye / eye.norm(dim=-1, keepdim=True)
     world_up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(forward)
     right = torch.linalg.cross(forward, world_up)
@@ -91,6 +104,11 @@ def ray_box(origins: torch.Tensor, dirs: torch.Tensor, bound: float, min_near: f
     return near, torch.maximum(far, near)
 
 
+def shift_azimuth(azimuth: float) -> float:
+    """An azimuth in degrees wrapped to [−180, 180), as threestudio's prompt processor wraps it."""
+    return (azimuth + 180.0) % 360.0 - 180.0
+
+
 def view_suffix(
     azimuth: float,
     elevation: float,
@@ -98,13 +116,33 @@ def view_suffix(
     back_threshold: float = 45.0,
     overhead_threshold: float = 60.0,
 ) -> str:
-    """The prompt suffix of a camera (threestudio-style): ", overhead view" above `overhead_threshold` elevation, else
-    by azimuth wrapped to (−180, 180]: front if |az| ≤ front_threshold, back if |az| ≥ 180 − back_threshold, side."""
-    if elevation >= overhead_threshold:
+    """The view phrase of a camera, exactly as threestudio's prompt processor (and so the paper's 3D code) decides it:
+    side by default; front if −front < az < front; back if az > 180 − back or az < −180 + back; overhead if
+    elevation > overhead; a later rule wins over an earlier one (so overhead wins over all). The comparisons are
+    strict, as there: a camera at exactly the threshold is a side view. az is wrapped to [−180, 180) first."""
+    az = shift_azimuth(azimuth)
+    if elevation > overhead_threshold:
         return ", overhead view"
-    az = math.remainder(azimuth, 360.0)  # [−180, 180]
-    if abs(az) <= front_threshold:
-        return ", front view"
-    if abs(az) >= 180.0 - back_threshold:
+    if az > 180.0 - back_threshold or az < -180.0 + back_threshold:
         return ", back view"
+    if -front_threshold < az < front_threshold:
+        return ", front view"
     return ", side view"
+
+
+def reachable_view_suffixes(
+    azimuth_range: Sequence[float] = (-180.0, 180.0),
+    elevation_range: Sequence[float] = (-10.0, 45.0),
+    front_threshold: float = 45.0,
+    back_threshold: float = 45.0,
+    overhead_threshold: float = 60.0,
+) -> list[str]:
+    """The view phrases cameras drawn from these ranges can get (sorted): what a trainer must check a guidance model
+    knows before training (no ", overhead view" when every elevation stays at or below the overhead threshold).
+    Overhead depends on the elevation alone and the others on the azimuth alone (on a 0.25° grid and its ends)."""
+    (az_lo, az_hi), (el_lo, el_hi) = (map(float, azimuth_range)), (map(float, elevation_range))
+    phrases = {", overhead view"} if el_hi > overhead_threshold else set()
+    if el_lo <= overhead_threshold:
+        azimuths = [*torch.arange(az_lo, az_hi, 0.25).tolist(), az_hi]
+        phrases |= {view_suffix(a, el_lo, front_threshold, back_threshold, overhead_threshold) for a in azimuths}
+    return sorted(phrases)

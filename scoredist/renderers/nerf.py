@@ -2,26 +2,28 @@
 orbit cameras, each render carrying its view phrase (", front view", ...) for the prompt.
 
 Field: x ∈ [−bound, bound]³ → hash-grid features (scoredist.renderers.hashgrid) → two MLPs,
-    σ(x) = softplus(MLP_σ(enc(x)) + blob(x)),   blob(x) = blob_density · (1 − ‖x‖ / blob_radius),
-    c(x) = sigmoid(MLP_c(enc(x))),
-so at initialisation (features ≈ 0) the density is a soft ball of radius ≈ blob_radius around the origin, the usual
-DreamFusion/Magic3D start. Colour is view-independent (an albedo; fixed world-space lighting, as in the shapes world,
-is view-independent too).
+    σ(x) = softplus(MLP_σ(enc(x)) + bias(x)),   albedo(x) = sigmoid(MLP_c(enc(x))),
+where the density bias is Magic3D's blob, blob_density · (1 − ‖x‖ / blob_radius), or, with `init_shape`, a sketch's
+occupancy, blob_density · (2·occ(x) − 1) (scoredist.renderers.sketch). At initialisation (features ≈ 0) the density
+is therefore the bias alone: a soft ball, or the sketch.
 
-Rendering (the standard quadrature): every ray is cut at S + 1 evenly spaced distances between its entry and exit of
-the box, t_0 < … < t_S, and the field is evaluated once per interval (at a random point of it while training, at its
-middle otherwise). With δ_i = t_{i+1} − t_i,
+Rendering (scoredist.renderers.volume): an estimator (scoredist.renderers.occupancy) picks the intervals of each ray
+where the field is evaluated — every one of `num_samples` between box entry and exit (estimator=dense), or steps of
+2√3·bound / num_samples (threestudio's render_step_size) only through cells an occupancy grid marks occupied and only
+where they can still be seen (estimator=occupancy) — and the packed samples are composited, shaded
+(scoredist.renderers.shading) and put in front of the background. The image goes to the model at the model's own
+size (bilinear resize, as the paper's code upsamples its 64² renders to 512² before the VAE).
 
-    α_i = 1 − exp(−σ_i δ_i),   T_i = exp(−Σ_{j<i} σ_j δ_j) = Π_{j<i} (1 − α_j),   w_i = T_i α_i,
-    C = Σ_i w_i c_i + (1 − Σ_i w_i) · background,   opacity = Σ_i w_i.
-
-The weights come from nerfacc's `render_weight_from_density` on its dense (B, S) layout, which runs on CPU and CUDA
-alike, or from `composite_torch` below, the same formula written out (compositing=torch, or when nerfacc is absent).
+The render size and the cameras per step follow a schedule of the step: `height`, `width`, `batch_size` from step 0,
+then each entry of `stages` from its own step on (the paper: 64² for steps 0–4999, 512² from step 5000).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,37 +32,23 @@ from torch import nn
 
 from scoredist.images import grid, save_strip, save_video
 from scoredist.renderers.base import ModelSpace, Render, Renderer
-from scoredist.renderers.cameras import Cameras, camera_rays, orbit_cameras, ray_box, sample_cameras, view_suffix
+from scoredist.renderers.cameras import (
+    Cameras,
+    camera_rays,
+    eye_positions,
+    orbit_cameras,
+    ray_box,
+    sample_cameras,
+    sample_lights,
+    view_suffix,
+)
 from scoredist.renderers.hashgrid import make_hash_grid, tcnn_available
-
-
-def composite_torch(t_starts: torch.Tensor, t_ends: torch.Tensor, sigmas: torch.Tensor):
-    """Weights of the quadrature above: t_starts, t_ends, sigmas (R, S) → weights, transmittance, alphas (R, S)."""
-    optical_depth = sigmas * (t_ends - t_starts)  # σ_i δ_i
-    # exclusive cumulative sum: T_i sees only the intervals before i
-    before = torch.cumsum(optical_depth, dim=-1) - optical_depth
-    transmittance = torch.exp(-before)
-    alphas = 1.0 - torch.exp(-optical_depth)
-    return transmittance * alphas, transmittance, alphas
-
-
-def nerfacc_available() -> bool:
-    try:
-        import nerfacc  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def composite(t_starts: torch.Tensor, t_ends: torch.Tensor, sigmas: torch.Tensor, backend: str = "auto"):
-    """`composite_torch`'s result through nerfacc (backend nerfacc, or auto when it imports) or pure PyTorch."""
-    if backend == "nerfacc" or (backend == "auto" and nerfacc_available()):
-        import nerfacc  # imported here: an optional dependency, and its import is slow
-
-        # The dense (R, S) layout (no ray_indices) is plain PyTorch inside nerfacc and runs on CPU; its packed
-        # layout needs the CUDA extension.
-        return nerfacc.render_weight_from_density(t_starts, t_ends, sigmas)
-    return composite_torch(t_starts, t_ends, sigmas)
+from scoredist.renderers.mesh import FORMATS, extract_mesh, write_mesh
+from scoredist.renderers.occupancy import make_estimator
+from scoredist.renderers.shading import SHADINGS, Background, choose_shading, density_normals, orientation_loss, shade
+from scoredist.renderers.sketch import load_mesh, occupancy_grid, sample_grid
+from scoredist.renderers.volume import accumulate, composite_packed
+from scoredist.schedules import value_at
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_hidden_layers: int) -> nn.Sequential:
@@ -72,28 +60,78 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_hidden_layers: int) -> n
     return nn.Sequential(*layers)
 
 
+def stage_table(height: int, width: int, batch_size: int, stages: Sequence[Mapping]) -> list[tuple[int, ...]]:
+    """(start step, height, width, batch size) of every stage: the first from step 0, then one per `stages` entry
+    ({step, height, width, and optionally batch_size, else the previous stage's}), in ascending step order."""
+    table = [(0, int(height), int(width), int(batch_size))]
+    for stage in stages:
+        unknown = set(stage) - {"step", "height", "width", "batch_size"}
+        if unknown or not {"step", "height", "width"} <= set(stage):
+            raise ValueError(
+                f"renderer.stages entries need step, height, width (and optionally batch_size), got {dict(stage)}"
+            )
+        table.append(
+            (int(stage["step"]), int(stage["height"]), int(stage["width"]), int(stage.get("batch_size", table[-1][3])))
+        )
+    steps = [row[0] for row in table]
+    if steps != sorted(set(steps)):
+        raise ValueError(f"renderer.stages must start at increasing steps after 0, got {steps[1:]}")
+    if any(v <= 0 for row in table for v in row[1:]):
+        raise ValueError(f"renderer sizes and batch sizes must be positive, got {[row[1:] for row in table]}")
+    return table
+
+
+@dataclass
+class Frame:
+    """One render: rgb (B, 3, H, W), opacity (B, 1, H, W), samples evaluated per ray, orientation term (or None)."""
+
+    rgb: torch.Tensor
+    opacity: torch.Tensor
+    samples_per_ray: float
+    orientation: torch.Tensor | None = None
+
+
 class NeRFRenderer(Renderer):
-    """Hash-grid NeRF rendered from `batch_size` random cameras per step: x (B, 3, H, W) in [0, 1].
+    """Hash-grid NeRF rendered from `batch_size` random cameras per step: x (B, 3, H, W) in [0, 1] at the model's size.
 
     Args:
-        height, width: render size in pixels.
-        batch_size: cameras per step (interpolated from trainer.batch_size).
+        height, width, batch_size: render size and cameras per step of the first stage.
+        stages: later stages, each {step, height, width, batch_size (optional)} starting at its step (the paper's:
+            [{step: 5000, height: 512, width: 512}]).
         encoding_backend: auto (tiny-cuda-nn when it imports and CUDA is available, else PyTorch) | torch | tcnn.
         num_levels, features_per_level, log2_hashmap_size, base_resolution, max_resolution: the hash grid.
         hidden_dim, num_hidden_layers: each of the two MLPs (density, colour).
         density_activation: softplus | exp (exp with its input clamped at 15, where α is 1 anyway).
-        blob_density, blob_radius: the initial ball (see the module docstring); blob_density 0 turns it off.
+        blob_density, blob_radius: the initial ball (module docstring); blob_density 0 turns it off.
         bound: the scene box is [−bound, bound]³; nothing exists outside it.
-        background: fixed RGB in [0, 1] behind the object (0.85 grey matches the shapes world).
-        num_samples: S, field evaluations per ray.
-        compositing: auto (nerfacc when it imports) | nerfacc | torch.
+        background: an RGB triple in [0, 1] (0.85 grey matches the shapes world) or "mlp" (a function of the ray
+            direction); background_aug: probability of a random solid colour per training step (threestudio: 0.5).
+        num_samples: dense: field evaluations per ray; occupancy: the marching step is 2√3·bound / num_samples.
+        estimator: occupancy (empty-space skipping) | dense (every interval, no grid).
+        grid_resolution, grid_update_every, grid_warmup_steps, grid_ema_decay, grid_occ_threshold: the occupancy
+            grid and its update (nerfacc's defaults: 32 as threestudio, 16, 256, 0.95, 0.01).
+        alpha_threshold, early_stop_eps: samples with α below min(alpha_threshold, mean occupancy) or transmittance
+            below early_stop_eps are skipped (threestudio: 0.01, nerfacc: 1e-4); 0 and 0 keep every grid sample.
         azimuth_range, elevation_range, distance_range, fovy_range: uniform camera ranges (degrees, scene units).
         view_dependent_prompt: add ", front view" etc. to each render's prompt.
         front_threshold, back_threshold, overhead_threshold: the view phrase's angles (see cameras.view_suffix).
-        sparsity_weight: × mean opacity (pushes empty space to be empty).
-        opacity_weight: × mean binary entropy of the opacity (pushes pixels to be fully opaque or fully clear).
-        encoding_lr, network_lr: the two parameter groups' learning rates; the trainer's optimizer.lr is not used.
-        turntable_views, turntable_elevation, turntable_size: the end-of-run turntable (size None: height).
+        shading: albedo | lambertian | textureless | random (DreamFusion's augmentation; see shading.py), with
+            ambient_only_steps, diffuse_prob, textureless_prob, ambient, diffuse (light intensities),
+            light_distance_range, light_perturb (the random point light) and normal_eps (finite differences).
+        sparsity_weight: × mean √(opacity² + 0.01) (threestudio's sparsity term).
+        opacity_weight: × mean binary entropy of the opacity clamped to [1e-3, 1 − 1e-3] (threestudio's opaque term).
+        orient_weight: × DreamFusion's orientation term (only where normals are computed: shading ≠ albedo).
+            The three weights are numbers or schedules of the step (scoredist.schedules.Ramp).
+        init_shape: a mesh file (a 3D sketch) whose occupancy replaces the blob as the initial density;
+            init_shape_resolution: its occupancy grid; sketch_weight: × a term keeping the density near the sketch
+            (binary cross-entropy between the occupancy 1 − exp(−σ·step) at `sketch_points` random points and the
+            sketch's, weighted by |2·occ − 1|, so it relaxes near the sketch's surface).
+        encoding_lr, network_lr: the parameter groups' learning rates (networks include an MLP background).
+        eval_views: fixed views of the final images and eval.json (azimuths evenly spaced from 0°, the front).
+        eval_distance, eval_fovy: the camera of those views and of the turntable (None: the middle of the range).
+        turntable_views, turntable_elevation, turntable_size: the end-of-run turntable (size None: render height).
+        export_mesh: obj | glb | ply | None: write model.<format> at the end of a run (marching cubes at
+            mesh_resolution³ on σ = mesh_threshold; threestudio's threshold is 25).
         chunk: field evaluations per batch when rendering without gradient (bounds the turntable's memory).
     """
 
@@ -105,6 +143,7 @@ class NeRFRenderer(Renderer):
         height: int = 64,
         width: int = 64,
         batch_size: int = 1,
+        stages: Sequence[Mapping] = (),
         encoding_backend: str = "auto",
         num_levels: int = 16,
         features_per_level: int = 2,
@@ -117,9 +156,17 @@ class NeRFRenderer(Renderer):
         blob_density: float = 10.0,
         blob_radius: float = 0.5,
         bound: float = 1.0,
-        background: Sequence[float] = (0.85, 0.85, 0.85),
+        background: Sequence[float] | str = (0.85, 0.85, 0.85),
+        background_aug: float = 0.0,
         num_samples: int = 64,
-        compositing: str = "auto",
+        estimator: str = "occupancy",
+        grid_resolution: int = 32,
+        grid_update_every: int = 16,
+        grid_warmup_steps: int = 256,
+        grid_ema_decay: float = 0.95,
+        grid_occ_threshold: float = 0.01,
+        alpha_threshold: float = 0.01,
+        early_stop_eps: float = 1e-4,
         azimuth_range: Sequence[float] = (-180.0, 180.0),
         elevation_range: Sequence[float] = (-10.0, 45.0),
         distance_range: Sequence[float] = (1.0, 1.5),
@@ -128,31 +175,48 @@ class NeRFRenderer(Renderer):
         front_threshold: float = 45.0,
         back_threshold: float = 45.0,
         overhead_threshold: float = 60.0,
-        sparsity_weight: float = 0.0,
-        opacity_weight: float = 0.0,
+        shading: str = "albedo",
+        ambient_only_steps: int = 1000,
+        diffuse_prob: float = 0.75,
+        textureless_prob: float = 0.5,
+        ambient: float = 0.1,
+        diffuse: float = 0.9,
+        light_distance_range: Sequence[float] = (0.8, 1.5),
+        light_perturb: float = 1.0,
+        normal_eps: float = 0.01,
+        sparsity_weight=0.0,
+        opacity_weight=0.0,
+        orient_weight=0.0,
+        init_shape: str | None = None,
+        init_shape_resolution: int = 64,
+        sketch_weight=0.0,
+        sketch_points: int = 4096,
         encoding_lr: float = 0.01,
         network_lr: float = 0.001,
+        eval_views: int = 8,
+        eval_distance: float | None = None,
+        eval_fovy: float | None = None,
         turntable_views: int = 24,
         turntable_elevation: float = 15.0,
         turntable_size: int | None = None,
+        export_mesh: str | None = "obj",
+        mesh_resolution: int = 128,
+        mesh_threshold: float = 25.0,
         chunk: int = 2**18,
     ):
         super().__init__()
-        for name, value in (
-            ("height", height),
-            ("width", width),
-            ("batch_size", batch_size),
-            ("num_samples", num_samples),
-        ):
+        self.stages = stage_table(height, width, batch_size, stages)
+        for name, value in (("num_samples", num_samples), ("eval_views", eval_views)):
             if int(value) <= 0:
                 raise ValueError(f"renderer.{name} must be positive, got {value}")
         if density_activation not in ("softplus", "exp"):
             raise ValueError(f"renderer.density_activation must be softplus or exp, got {density_activation!r}")
-        if compositing not in ("auto", "nerfacc", "torch"):
-            raise ValueError(f"renderer.compositing must be auto, nerfacc or torch, got {compositing!r}")
-        if len(background) != 3:
-            raise ValueError(f"renderer.background must be 3 numbers (RGB in [0, 1]), got {list(background)}")
-        self.height, self.width, self.batch_size = int(height), int(width), int(batch_size)
+        if shading not in SHADINGS:
+            raise ValueError(f"renderer.shading must be one of {SHADINGS}, got {shading!r}")
+        if export_mesh is not None and export_mesh not in FORMATS:
+            raise ValueError(f"renderer.export_mesh must be one of {FORMATS} or null, got {export_mesh!r}")
+        self.stage, self.step = 0, 0
+        self.model_size: tuple[int, int] | None = None  # set by bind: what the guidance model takes
         self.encoding_backend = encoding_backend
         self.encoding_kwargs = dict(
             num_levels=num_levels,
@@ -169,8 +233,19 @@ class NeRFRenderer(Renderer):
         self.colour_net = mlp(self.encoding.output_dim, hidden_dim, 3, num_hidden_layers)
         self.density_activation = density_activation
         self.blob_density, self.blob_radius, self.bound = float(blob_density), float(blob_radius), float(bound)
-        self.register_buffer("background", torch.tensor([float(c) for c in background]), persistent=False)
-        self.num_samples, self.compositing = int(num_samples), compositing
+        self.background = Background(background, background_aug)
+        self.num_samples = int(num_samples)
+        self.estimator_kind = estimator
+        self.grid_resolution = int(grid_resolution)
+        self.estimator = make_estimator(estimator, self.bound, self.num_samples, self.grid_resolution, "cpu")
+        self.grid_update = dict(
+            n=int(grid_update_every),
+            warmup_steps=int(grid_warmup_steps),
+            ema_decay=float(grid_ema_decay),
+            occ_thre=float(grid_occ_threshold),
+        )
+        self.alpha_threshold, self.early_stop_eps = float(alpha_threshold), float(early_stop_eps)
+        self.render_step_size = 1.732 * 2 * self.bound / self.num_samples  # threestudio's, for radius = bound
         self.camera_ranges = {
             "azimuth_range": tuple(azimuth_range),
             "elevation_range": tuple(elevation_range),
@@ -179,26 +254,103 @@ class NeRFRenderer(Renderer):
         }
         self.view_dependent_prompt = bool(view_dependent_prompt)
         self.thresholds = (float(front_threshold), float(back_threshold), float(overhead_threshold))
-        self.sparsity_weight, self.opacity_weight = float(sparsity_weight), float(opacity_weight)
+        self.shading = shading
+        self.shading_odds = dict(
+            ambient_only_steps=int(ambient_only_steps),
+            diffuse_prob=float(diffuse_prob),
+            textureless_prob=float(textureless_prob),
+        )
+        self.light = dict(ambient=float(ambient), diffuse=float(diffuse))
+        self.light_distance_range, self.light_perturb = tuple(light_distance_range), float(light_perturb)
+        self.normal_eps = float(normal_eps)
+        self.sparsity_weight, self.opacity_weight, self.orient_weight = sparsity_weight, opacity_weight, orient_weight
+        self.sketch_weight, self.sketch_points = sketch_weight, int(sketch_points)
+        self.init_shape = init_shape
+        if init_shape is not None:
+            vertices, faces = load_mesh(init_shape)
+            self.register_buffer("sketch", occupancy_grid(vertices, faces, self.bound, int(init_shape_resolution)))
+        else:
+            self.register_buffer("sketch", None)
         self.encoding_lr, self.network_lr = float(encoding_lr), float(network_lr)
+        self.eval_views = int(eval_views)
+        self.eval_distance, self.eval_fovy = eval_distance, eval_fovy
         self.turntable_views, self.turntable_elevation = int(turntable_views), float(turntable_elevation)
         self.turntable_size = int(turntable_size) if turntable_size else None
+        self.export_mesh, self.mesh_resolution, self.mesh_threshold = export_mesh, int(mesh_resolution), mesh_threshold
         self.chunk = int(chunk)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # The schedule
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @property
+    def render_size(self) -> tuple[int, int]:
+        """This stage's render size (H, W)."""
+        return self.stages[self.stage][1], self.stages[self.stage][2]
+
+    @property
+    def height(self) -> int:  # what the model receives: its own size once bound, else the render size
+        return self.model_size[0] if self.model_size else self.render_size[0]
+
+    @property
+    def width(self) -> int:
+        return self.model_size[1] if self.model_size else self.render_size[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.stages[self.stage][3]
+
+    def stage_at(self, step: int) -> int:
+        """The stage a step is in; a stage's own start step is in it (threestudio's bisect_right on its milestones)."""
+        return bisect.bisect_right([row[0] for row in self.stages], step) - 1
+
+    def at_step(self, step: int) -> None:
+        """Follow the schedule (render size, cameras per step) and update the occupancy grid (every n-th step)."""
+        self.step, self.stage = step, self.stage_at(step)
+        if self.training:
+            self.estimator.update_every_n_steps(step=step, occ_eval_fn=self.occupancy_value, **self.grid_update)
 
     # ----------------------------------------------------------------------------------------------------------------
     # The field
     # ----------------------------------------------------------------------------------------------------------------
 
-    def blob(self, points: torch.Tensor) -> torch.Tensor:
-        """Density bias (N,) of points (N, 3): blob_density at the origin, 0 at blob_radius, negative beyond."""
+    def density_bias(self, points: torch.Tensor) -> torch.Tensor:
+        """(N,) bias of points (N, 3): the blob, or the sketch's ±blob_density (see the module docstring)."""
+        if self.sketch is not None:
+            return self.blob_density * (2 * sample_grid(self.sketch, points, self.bound) - 1)
         return self.blob_density * (1.0 - points.norm(dim=-1) / self.blob_radius)
 
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        return F.softplus(raw) if self.density_activation == "softplus" else torch.exp(raw.clamp(max=15.0))
+
+    def features(self, points: torch.Tensor) -> torch.Tensor:
+        return self.encoding((points / self.bound + 1.0) / 2.0)  # the grid lives on [0, 1]³
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        """Scene points (N, 3) → σ (N,) ≥ 0 (no colour: occupancy updates, pruning, normals, meshes)."""
+        return self.activate(self.density_net(self.features(points))[:, 0] + self.density_bias(points))
+
     def field(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scene points (N, 3) → density σ (N,) ≥ 0 and colour (N, 3) in [0, 1]."""
-        features = self.encoding((points / self.bound + 1.0) / 2.0)  # the grid lives on [0, 1]³
-        raw = self.density_net(features)[:, 0] + self.blob(points)
-        sigma = F.softplus(raw) if self.density_activation == "softplus" else torch.exp(raw.clamp(max=15.0))
+        """Scene points (N, 3) → density σ (N,) ≥ 0 and albedo (N, 3) in [0, 1]."""
+        features = self.features(points)
+        sigma = self.activate(self.density_net(features)[:, 0] + self.density_bias(points))
         return sigma, torch.sigmoid(self.colour_net(features))
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.colour_net(self.features(points)))
+
+    def occupancy_value(self, points: torch.Tensor) -> torch.Tensor:
+        """The occupancy grid's occ(x) = σ(x) · step (α ≈ σδ for small σδ), in chunks."""
+        return torch.cat([self.density(p) for p in points.split(self.chunk)]) * self.render_step_size
+
+    def in_chunks(self, fn, points: torch.Tensor):
+        """fn on points, in chunks when no gradient is kept (large renders, meshes), in one go otherwise."""
+        if torch.is_grad_enabled() or points.shape[0] <= self.chunk:
+            return fn(points)
+        parts = [fn(p) for p in points.split(self.chunk)]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(ps) for ps in zip(*parts))
+        return torch.cat(parts)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Rendering
@@ -206,79 +358,136 @@ class NeRFRenderer(Renderer):
 
     @property
     def device(self) -> torch.device:
-        return self.background.device
+        return self.background.colour.device
 
-    def render(self, cams: Cameras, height: int, width: int, stratified: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cameras (B) → RGB (B, 3, H, W) in [0, 1] and opacity (B, 1, H, W).
+    def render(
+        self,
+        cams: Cameras,
+        height: int,
+        width: int,
+        stratified: bool,
+        shading: str = "albedo",
+        lights: torch.Tensor | None = None,
+    ) -> Frame:
+        """Cameras (B) → a Frame: RGB (B, 3, H, W) in [0, 1], opacity (B, 1, H, W), samples per ray.
 
-        stratified: evaluate each interval at a uniformly random point of it (training), else at its middle.
+        stratified: jitter the samples along each ray (training). lights: (B, 3) point-light positions, needed by
+        every shading but albedo.
         """
         origins, dirs = camera_rays(cams, height, width)
         b, p = dirs.shape[:2]
-        origins = origins.to(self.device)[:, None].expand(b, p, 3).reshape(-1, 3)
-        dirs = dirs.to(self.device).reshape(-1, 3)
-        near, far = ray_box(origins, dirs, self.bound)  # (R,) each; rays missing the box get empty intervals
-        u = torch.linspace(0.0, 1.0, self.num_samples + 1, device=self.device)
-        edges = near[:, None] + (far - near)[:, None] * u  # (R, S + 1)
-        t_starts, t_ends = edges[:, :-1].contiguous(), edges[:, 1:].contiguous()
-        where = torch.rand_like(t_starts) if stratified else torch.full_like(t_starts, 0.5)
-        t_mid = t_starts + (t_ends - t_starts) * where
-        points = (origins[:, None] + dirs[:, None] * t_mid[..., None]).reshape(-1, 3)  # (R·S, 3)
-        sigma, colour = self.field_batched(points)
-        weights, _, _ = composite(t_starts, t_ends, sigma.view_as(t_starts), self.compositing)  # (R, S)
-        opacity = weights.sum(-1, keepdim=True)  # (R, 1)
-        rgb = (weights[..., None] * colour.view(*weights.shape, 3)).sum(1) + (1.0 - opacity) * self.background
-        to_image = lambda v: v.view(b, height, width, -1).permute(0, 3, 1, 2)
-        return to_image(rgb), to_image(opacity)
+        rays_o = origins.to(self.device)[:, None].expand(b, p, 3).reshape(-1, 3)
+        rays_d = dirs.to(self.device).reshape(-1, 3)
+        n_rays = rays_o.shape[0]
+        near, far = ray_box(rays_o, rays_d, self.bound)  # (R,) each; rays missing the box get empty intervals
 
-    def field_batched(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`field` in chunks when no gradient is kept (turntables at large sizes), in one go otherwise."""
-        if torch.is_grad_enabled() or points.shape[0] <= self.chunk:
-            return self.field(points)
-        parts = [self.field(chunk) for chunk in points.split(self.chunk)]
-        return torch.cat([s for s, _ in parts]), torch.cat([c for _, c in parts])
+        def sigma_fn(t_starts, t_ends, ray_indices):
+            positions = rays_o[ray_indices] + rays_d[ray_indices] * ((t_starts + t_ends) / 2)[:, None]
+            return torch.cat([self.density(chunk) for chunk in positions.split(self.chunk)])
+
+        ray_indices, t_starts, t_ends = self.estimator.sampling(
+            rays_o,
+            rays_d,
+            sigma_fn=sigma_fn,
+            t_min=near,
+            t_max=far,
+            render_step_size=self.render_step_size,
+            alpha_thre=self.alpha_threshold,
+            early_stop_eps=self.early_stop_eps,
+            stratified=stratified,
+        )
+        ray_indices = ray_indices.long()
+        sample_dirs = rays_d[ray_indices]
+        positions = rays_o[ray_indices] + sample_dirs * ((t_starts + t_ends) / 2)[:, None]
+        sigma, albedo = self.in_chunks(self.field, positions)
+        weights, _, _ = composite_packed(t_starts, t_ends, sigma, ray_indices, n_rays)
+        opacity = accumulate(weights, None, ray_indices, n_rays)  # (R, 1)
+        orientation = None
+        if shading == "albedo":
+            colour = albedo
+        else:
+            normals = self.in_chunks(lambda x: density_normals(self.density, x, self.normal_eps), positions)
+            light_dirs = F.normalize(lights.to(self.device).repeat_interleave(p, 0)[ray_indices] - positions, dim=-1)
+            colour = shade(albedo, normals, light_dirs, shading, **self.light)
+            if torch.is_grad_enabled():
+                orientation = orientation_loss(weights, normals, sample_dirs, opacity)
+        rgb = accumulate(weights, colour, ray_indices, n_rays) + (1.0 - opacity) * self.background(rays_d)
+        to_image = lambda v: v.view(b, height, width, -1).permute(0, 3, 1, 2)
+        return Frame(to_image(rgb), to_image(opacity), ray_indices.shape[0] / max(n_rays, 1), orientation)
+
+    def to_model_size(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Renders resized to the model's own size: bilinear as the paper's code upsamples 64² → 512² for the VAE;
+        antialiased when shrinking (a 64² render for the 32² shapes prior)."""
+        if self.model_size is None or tuple(rgb.shape[-2:]) == self.model_size:
+            return rgb
+        shrink = rgb.shape[-2] > self.model_size[0]
+        return F.interpolate(rgb, size=self.model_size, mode="bilinear", align_corners=False, antialias=shrink)
 
     def suffixes(self, cams: Cameras) -> list[str]:
         if not self.view_dependent_prompt:
             return [""] * len(cams)
         return [view_suffix(a, e, *self.thresholds) for a, e in zip(cams.azimuth.tolist(), cams.elevation.tolist())]
 
-    def regularizers(self, opacity: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Sparsity (mean opacity) and opacity entropy −(o log o + (1 − o) log(1 − o)), averaged over pixels; their
-        weighted sum (None when both weights are 0) and their values for the log."""
-        mean_opacity = opacity.mean()
-        o = opacity.clamp(1e-5, 1.0 - 1e-5)
+    def regularizers(self, frame: Frame) -> tuple[torch.Tensor | None, dict]:
+        """threestudio's sparsity √(o² + 0.01) and opaque (binary entropy) terms over pixels, DreamFusion's orientation
+        term and the sketch term; their weighted sum (None when every weight is 0) and their values for the log."""
+        opacity = frame.opacity
+        sparsity = (opacity**2 + 0.01).sqrt().mean()
+        o = opacity.clamp(1e-3, 1.0 - 1e-3)
         entropy = -(o * o.log() + (1.0 - o) * (1.0 - o).log()).mean()
-        logs = {"nerf/mean_opacity": mean_opacity.detach(), "nerf/opacity_entropy": entropy.detach()}
-        if self.sparsity_weight == 0.0 and self.opacity_weight == 0.0:
-            return None, logs
-        return self.sparsity_weight * mean_opacity + self.opacity_weight * entropy, logs
+        terms = [(self.sparsity_weight, sparsity), (self.opacity_weight, entropy)]
+        logs = {
+            "nerf/mean_opacity": opacity.mean().detach(),
+            "nerf/sparsity": sparsity.detach(),
+            "nerf/opacity_entropy": entropy.detach(),
+            "nerf/samples_per_ray": frame.samples_per_ray,
+        }
+        if frame.orientation is not None:
+            terms.append((self.orient_weight, frame.orientation))
+            logs["nerf/orientation"] = frame.orientation.detach()
+        if self.sketch is not None and value_at(self.sketch_weight, self.step) != 0:
+            sketch = self.sketch_term()
+            terms.append((self.sketch_weight, sketch))
+            logs["nerf/sketch"] = sketch.detach()
+        weighted = [value_at(w, self.step) * term for w, term in terms if value_at(w, self.step) != 0]
+        return (sum(weighted) if weighted else None), logs
+
+    def sketch_term(self) -> torch.Tensor:
+        """Binary cross-entropy between the field's occupancy and the sketch's at random points of the box."""
+        points = (torch.rand(self.sketch_points, 3) * 2 - 1).to(self.device) * self.bound
+        target = sample_grid(self.sketch, points, self.bound)
+        occupied = 1.0 - torch.exp(-self.density(points) * self.render_step_size)
+        bce = F.binary_cross_entropy(occupied.clamp(1e-5, 1 - 1e-5), (target > 0.5).float(), reduction="none")
+        return (bce * (2 * target - 1).abs()).mean()
 
     def bind(self, space: ModelSpace, seeds: Sequence[int] = (0,)) -> None:
         """The scene's initial field comes from torch's global RNG, which the trainer seeds with the run's seed."""
-        if self.encoding_backend == "auto" and space.device.type == "cuda" and tcnn_available():
-            self.encoding = make_hash_grid("tcnn", **self.encoding_kwargs)
         if space.native_size is None:
             raise ValueError("renderer=nerf renders images: use an image guidance model (guidance=sd or shapes)")
-        if self.height % space.downscale or self.width % space.downscale:
-            raise ValueError(
-                f"render size {self.height}x{self.width} is not divisible by {space.downscale}, the model's latent "
-                f"downscale factor: set renderer.height and renderer.width to multiples of {space.downscale}"
-            )
+        self.use_device(space.device)
+        self.model_size = tuple(space.native_size)
+
+    def use_device(self, device: torch.device) -> None:
+        """On CUDA, move the encoding (encoding_backend=auto) and the occupancy grid to their CUDA implementations
+        when available (before the parameters are optimised or a checkpoint is loaded); then `.to(device)`."""
+        if torch.device(device).type != "cuda":
+            return
+        if self.encoding_backend == "auto" and tcnn_available():
+            self.encoding = make_hash_grid("tcnn", **self.encoding_kwargs)
+        self.estimator = make_estimator(self.estimator_kind, self.bound, self.num_samples, self.grid_resolution, device)
 
     def forward(self) -> Render:
-        """B random cameras → x (B, 3, H, W) in [0, 1], their view suffixes and the regularisers.
+        """B random cameras → x (B, 3, H, W) in [0, 1] at the model's size, their view suffixes and the regularisers.
 
-        In eval mode (`renderer.eval()`) the cameras are fixed instead: B azimuths evenly spaced from 0° (front) at
-        turntable_elevation, mid-range distance and fovy, without sample jitter, so final images are repeatable."""
-        if self.training:
-            cams = sample_cameras(self.batch_size, **self.camera_ranges)
-        else:
-            cams = self.orbit(self.batch_size)
-        rgb, opacity = self.render(cams, self.height, self.width, stratified=self.training)
-        regularization, logs = self.regularizers(opacity)
+        In eval mode (`renderer.eval()`) the cameras are fixed instead: `eval_views` azimuths evenly spaced from 0°
+        (front) at turntable_elevation, mid-range distance and fovy, without jitter, so final images are repeatable."""
+        cams = sample_cameras(self.batch_size, **self.camera_ranges) if self.training else self.orbit(self.eval_views)
+        shading = choose_shading(self.shading, self.training, self.step, **self.shading_odds)
+        lights = self.lights_for(cams) if shading != "albedo" else None
+        frame = self.render(cams, *self.render_size, stratified=self.training, shading=shading, lights=lights)
+        regularization, logs = self.regularizers(frame)
         return Render(
-            x=rgb,
+            x=self.to_model_size(frame.rgb),
             samples=[0] * len(cams),
             views=self.suffixes(cams),
             cameras=cams.as_tensor(),
@@ -286,10 +495,16 @@ class NeRFRenderer(Renderer):
             logs=logs,
         )
 
+    def lights_for(self, cams: Cameras) -> torch.Tensor:
+        """A random point light per camera while training (DreamFusion), the camera's own position otherwise."""
+        if self.training:
+            return sample_lights(cams, self.light_distance_range, self.light_perturb)
+        return eye_positions(cams).float()
+
     def param_groups(self, lr: float) -> list[dict]:
         """The hash grid at encoding_lr and the MLPs at network_lr (the paper's two rates); `lr` is not used."""
         encoding = list(self.encoding.parameters())
-        networks = [*self.density_net.parameters(), *self.colour_net.parameters()]
+        networks = [*self.density_net.parameters(), *self.colour_net.parameters(), *self.background.parameters()]
         return [{"params": encoding, "lr": self.encoding_lr}, {"params": networks, "lr": self.network_lr}]
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -297,28 +512,51 @@ class NeRFRenderer(Renderer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def orbit(self, views: int) -> Cameras:
-        """`views` cameras evenly spaced in azimuth from 0° (front), at turntable_elevation, mid distance and fovy."""
+        """`views` cameras evenly spaced in azimuth from 0° (front), at turntable_elevation, eval distance and fovy."""
         mid = lambda key: sum(self.camera_ranges[key]) / 2
-        return orbit_cameras(views, self.turntable_elevation, mid("distance_range"), mid("fovy_range"))
+        distance = mid("distance_range") if self.eval_distance is None else self.eval_distance
+        fovy = mid("fovy_range") if self.eval_fovy is None else self.eval_fovy
+        return orbit_cameras(views, self.turntable_elevation, distance, fovy)
 
     def turntable(self, views: int | None = None, size: int | None = None) -> torch.Tensor:
         """`views` renders (V, 3, S, S) around the object at turntable_elevation, mid-range distance and fovy."""
-        size = size or self.turntable_size or self.height
+        size = size or self.turntable_size or self.render_size[0]
         cams = self.orbit(views or self.turntable_views)
+        shading = choose_shading(self.shading, False, self.step, **self.shading_odds)
+        frames = []
         with torch.no_grad():
-            frames = [self.render(cams_i, size, size, stratified=False)[0] for cams_i in _split(cams)]
+            for one in _split(cams):
+                lights = self.lights_for(one) if shading != "albedo" else None
+                frames.append(self.render(one, size, size, stratified=False, shading=shading, lights=lights).rgb)
         return torch.cat(frames).cpu()
 
+    def mesh(self, resolution: int | None = None, threshold: float | None = None):
+        """The density's surface as a coloured trimesh.Trimesh (scoredist.renderers.mesh)."""
+        return extract_mesh(
+            self.density,
+            self.albedo,
+            self.bound,
+            resolution or self.mesh_resolution,
+            self.mesh_threshold if threshold is None else threshold,
+            self.device,
+        )
+
     def write_artifacts(self, run_dir: Path, decode=None) -> list[Path]:
-        """turntable.mp4 (turntable_views frames, azimuth 0° = front first) and views.png (8 of them side by side).
-        `decode` is not needed: the renders are RGB already."""
+        """turntable.mp4 (turntable_views frames, azimuth 0° = front first), views.png (8 of them side by side) and,
+        with export_mesh, model.<format>. `decode` is not needed: the renders are RGB already."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         frames = [grid(view[None]) for view in self.turntable()]  # uint8 (h, w, 3), upsampled to ≥ 128 px
         every = max(1, len(frames) // 8)  # evenly spaced azimuths (every 45° for 24 views)
         written = [save_strip(frames[::every][:8], run_dir / "views.png", max_frames=8)]
         video = save_video(frames, run_dir / "turntable.mp4", fps=8)
-        return written + ([video] if video is not None else [])
+        written += [video] if video is not None else []
+        if self.export_mesh is not None:
+            try:
+                written.append(write_mesh(self.mesh(), run_dir / f"model.{self.export_mesh}"))
+            except ValueError as err:  # a finished run must not fail on its mesh; say why there is none
+                warnings.warn(f"no mesh written: {err}", stacklevel=2)
+        return written
 
 
 def _split(cams: Cameras) -> list[Cameras]:

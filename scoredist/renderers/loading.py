@@ -1,0 +1,47 @@
+"""A finished (or interrupted) NeRF run's renderer, rebuilt from its folder: config.yaml + checkpoints/last.pt.
+
+Used by scripts/export.py (a mesh) and scripts/render.py (views and a turntable without training).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from scoredist.checkpoint import checkpoint_path, load_checkpoint, run_folder_of
+from scoredist.renderers.nerf import NeRFRenderer
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def renderer_from_run(run: str | Path, device: str = "auto") -> tuple[NeRFRenderer, int]:
+    """The run's NeRF renderer in eval mode with its last checkpoint loaded, and the step it was saved at.
+
+    `run` is a run folder or one of its .pt files."""
+    folder = run_folder_of(run)
+    config_file = folder / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a run folder (no config.yaml); give the folder a train.py run wrote")
+    cfg = OmegaConf.load(config_file)
+    target = str(cfg.renderer.get("_target_", ""))
+    if not target.endswith("NeRFRenderer"):
+        raise ValueError(f"{folder} is not a NeRF run (renderer {target or 'unknown'}); run it with renderer=nerf")
+    state = load_checkpoint(checkpoint_path(run))
+    renderer = instantiate(OmegaConf.create(OmegaConf.to_container(cfg.renderer, resolve=True)))
+    where = pick_device(device)
+    renderer.use_device(where)
+    if any(key.startswith("encoding.encoding.") for key in state["renderer"]) and where.type != "cuda":
+        raise ValueError(f"{folder} was trained with tiny-cuda-nn's hash grid: export or render it with --device cuda")
+    renderer.load_state_dict(state["renderer"])
+    renderer.to(where).eval()
+    renderer.at_step(int(state["step"]))  # the render size of the stage it ended in
+    return renderer, int(state["step"])

@@ -1,0 +1,48 @@
+"""Export a NeRF run's density as a mesh (marching cubes, vertex colours), for any standard 3D viewer.
+
+python scripts/export.py outputs/2026-11-29/14-30-38-ours                      # RUN_DIR/model.obj
+python scripts/export.py RUN_DIR --format glb --resolution 256 --threshold 10  # RUN_DIR/model.glb
+python scripts/export.py RUN_DIR/checkpoints/last.pt --output cube.ply
+
+Defaults come from the run's config (renderer.mesh_resolution, renderer.mesh_threshold). An empty mesh is an error
+that gives the density range and a threshold to try.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from scoredist.checkpoint import run_folder_of
+from scoredist.errors import USER_ERRORS
+from scoredist.renderers.loading import renderer_from_run
+from scoredist.renderers.mesh import FORMATS, write_mesh
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a run folder of renderer=nerf (or one of its checkpoints/*.pt)")
+    parser.add_argument("--format", choices=FORMATS, default="obj", help="mesh file format (default obj)")
+    parser.add_argument("--resolution", type=int, default=None, help="marching-cubes grid per side (run's default)")
+    parser.add_argument("--threshold", type=float, default=None, help="density of the surface (run's default)")
+    parser.add_argument("--output", type=Path, default=None, help="file to write (default RUN_DIR/model.<format>)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    args = parser.parse_args(argv)
+    try:
+        renderer, step = renderer_from_run(args.run, args.device)
+        mesh = renderer.mesh(args.resolution, args.threshold)
+        path = write_mesh(mesh, args.output or run_folder_of(args.run) / f"model.{args.format}")
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    lo, hi = mesh.bounds
+    print(
+        f"{path}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, step {step}, bounds {lo.round(3)} to "
+        f"{hi.round(3)}, watertight {mesh.is_watertight}"
+    )
+    return path
+
+
+if __name__ == "__main__":
+    main()
