@@ -1,4 +1,10 @@
-"""Experiment loggers. `WandbLogger` never prompts: with no credentials it runs offline and says so."""
+"""Experiment loggers. `WandbLogger` never prompts: with no credentials it runs offline and says so.
+
+wandb as the dashboard of a comparison: a run is named by its method and prompt ("ours | a red cube +11"), grouped
+by its benchmark or Hydra sweep, tagged with loss / renderer / guidance, and its samples' eval metrics go into its
+summary (fractions and means of the per-sample values), so a group opens as one filterable table of runs; a benchmark
+adds one run holding the comparison table with an image grid per method.
+"""
 
 from __future__ import annotations
 
@@ -49,15 +55,71 @@ class NoLogger:
     def log_artifacts(self, paths: list[Path], step: int) -> None:
         """Files a renderer wrote at the end of a run: images, videos, meshes."""
 
+    def log_table(self, key: str, rows: list[dict], columns, images: dict[str, Path]) -> None:
+        """A comparison table (scoredist.eval.table rows and columns) with one image per row label."""
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 
 
+def component_name(target: str | None) -> str | None:
+    """The config file a component comes from, by its class's module: scoredist.losses.ours.Ours → "ours"."""
+    return target.rsplit(".", 2)[-2] if target and target.count(".") >= 2 else target
+
+
+def run_name(config: dict, fallback: str) -> str:
+    """ "<method> | <first prompt> [+N more]": what a row of a comparison is (the folder name keeps the time)."""
+    method = "ddim" if config.get("sampler") else component_name((config.get("loss") or {}).get("_target_"))
+    prompt = config.get("prompt")
+    if config.get("prompt_file"):
+        prompt = Path(str(config["prompt_file"])).name
+    elif isinstance(prompt, (list, tuple)):
+        prompt = f"{prompt[0]} +{len(prompt) - 1}" if len(prompt) > 1 else (prompt[0] if prompt else "")
+    return f"{method} | {prompt}" if method and prompt else fallback
+
+
+def run_tags(config: dict) -> list[str]:
+    """loss:<name>, renderer:<name>, guidance:<name> (and benchmark:<preset>), for filtering runs."""
+    tags = [f"loss:{'ddim' if config.get('sampler') else component_name((config.get('loss') or {}).get('_target_'))}"]
+    for group in ("renderer", "guidance"):
+        name = component_name((config.get(group) or {}).get("_target_"))
+        if name:
+            tags.append(f"{group}:{name}")
+    if isinstance(config.get("benchmark"), dict) and config["benchmark"].get("name"):
+        tags.append(f"benchmark:{config['benchmark']['name']}")
+    return tags
+
+
+def sweep_group() -> str | None:
+    """The Hydra multirun folder this job belongs to, or None outside a sweep."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return str(HydraConfig.get().sweep.dir)
+    except (ImportError, ValueError):
+        pass
+    return None
+
+
 class WandbLogger(NoLogger):
+    """Args: project, entity, mode (online/offline/disabled; None: decided at start), tags (added to the automatic
+    loss/renderer/guidance tags), group (None: the Hydra sweep folder, or the benchmark's), name (None: method and
+    prompt), job_type."""
+
     def __init__(
-        self, project: str = "scoredist", entity: str | None = None, mode: str | None = None, tags: list | None = None
+        self,
+        project: str = "scoredist",
+        entity: str | None = None,
+        mode: str | None = None,
+        tags: list | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        job_type: str | None = None,
     ):
         self.project, self.entity, self.mode, self.tags = project, entity, mode, list(tags or [])
+        self.group, self.name, self.job_type = group, name, job_type
         self.run = None
 
     def start(self, config, run_dir, name, resume_id=None):
@@ -69,11 +131,13 @@ class WandbLogger(NoLogger):
         self.run = wandb.init(
             project=self.project,
             entity=self.entity,
-            name=name,
+            name=self.name or run_name(config, name),
+            group=self.group or sweep_group(),
+            job_type=self.job_type,
             dir=str(run_dir),
             config=config,
             mode=mode,
-            tags=self.tags,
+            tags=list(dict.fromkeys([*self.tags, *run_tags(config)])),
             id=resume_id,
             resume="allow" if resume_id else None,
             settings=wandb.Settings(console="off", silent=True),
@@ -106,6 +170,22 @@ class WandbLogger(NoLogger):
             image = wandb.Image(str(Path(run_dir) / r["image"]))
             table.add_data(r["index"], r["prompt"], image, r["seconds"], *(r["eval"].get(k) for k in keys))
         self.run.log({"samples": table})
+        from scoredist.eval.exact import summarise_records
+
+        self.run.summary.update(summarise_records(rows))
+
+    def log_table(self, key, rows, columns, images):
+        import wandb
+
+        from scoredist.eval.table import shares_text
+
+        # numbers stay numbers (filterable); {artifact: share} becomes "blurry 40%, dull 20%"
+        _scalar = lambda v: shares_text(v) if isinstance(v, dict) else v
+        table = wandb.Table(columns=["method", *(header for _, header, _, _ in columns), "samples", "grid"])
+        for r in rows:
+            values = [_scalar(r.get(k)) for k, _, _, _ in columns]
+            table.add_data(r["label"], *values, r.get("samples_total"), wandb.Image(str(images[r["label"]])))
+        self.run.log({key: table})
 
     def finish(self, exit_code=0):
         if self.run is not None:

@@ -289,6 +289,14 @@ class ShapesPrior(Guidance):
         """A clean (or, with descriptors, corrupted) render of the caption in model space: (3, R, R) in [−1, 1]."""
         return self.encode(render_caption(caption, azimuth, elevation, self.resolution, self.distance))
 
+    def mixture_for(self, prompt: str) -> GaussianMixture:
+        """The exact distribution p(x | prompt) on the CPU: the components the prompt selects, with the prior's own
+        weights renormalised over them (what `predict_noise` conditions on), e.g. for exact moments and densities."""
+        captions, mask = self._selection(prompt)
+        means = torch.cat([self.bank(*c)[mask] for c in captions])
+        logw = self._component_logw[mask].repeat(len(captions))
+        return GaussianMixture(means, logw - torch.logsumexp(logw, 0), self.variance)
+
 
 def render_caption(
     caption: str, azimuth: float = 0.0, elevation: float = 20.0, resolution: int = 32, distance: float = 2.6

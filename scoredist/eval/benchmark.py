@@ -1,0 +1,205 @@
+"""The paper's table as one command: every method of a preset as an ordinary run folder, then the table.
+
+A preset is a train.py overlay, `conf/benchmark/<preset>.yaml` (`+benchmark=<preset>`): the run settings every method
+shares (prompts, samples, optimiser, steps) and a `benchmark` node with the rows (method → the train.py overrides
+that make it; `ddim` is the lower bound, `scoredist.eval.lower_bound`), the lower-bound sampler and the metrics class.
+Because each method is one ordinary run, the same table comes out of a Hydra multirun on any launcher followed by
+`scripts/collect.py` (`commands()` prints those commands).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from scoredist.eval.collect import collect_runs, read_records
+from scoredist.eval.table import columns_of, evaluate_runs, write_results
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+LOWER_BOUND = "ddim"
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in (CONF / "benchmark").glob("*.yaml"))
+
+
+def compose_run(preset: str, overrides: list[str]) -> DictConfig:
+    """The train config of one run of the preset: conf/train.yaml + the preset overlay + overrides."""
+    if preset not in presets():
+        raise ValueError(f"unknown benchmark preset {preset!r}; presets: {', '.join(presets())}")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"+benchmark={preset}", *overrides])
+
+
+class Benchmark:
+    """One benchmark: a preset, the user's overrides (applied to every run) and an output folder.
+
+    Args:
+        preset: the name of a conf/benchmark/ overlay ("shapes", "coco").
+        overrides: train.py overrides for every run, e.g. ["trainer.max_steps=20", "benchmark.rows=[ddim,ours]"].
+        out_dir: the benchmark folder: one run folder per method, then results.json / results.md / grids/.
+    """
+
+    def __init__(self, preset: str, overrides: list[str], out_dir: str | Path):
+        self.preset, self.overrides, self.out_dir = preset, list(overrides), Path(out_dir)
+        self.base = compose_run(preset, self.overrides)
+        self.spec = self.base.benchmark
+        unknown = [m for m in self.spec.rows if m not in self.spec.methods]
+        if unknown:
+            raise ValueError(
+                f"benchmark.rows has {unknown}, which benchmark.methods does not define; methods: "
+                f"{', '.join(self.spec.methods)}"
+            )
+        self.group = f"benchmark-{preset}-{self.out_dir.name}"
+
+    def method_overrides(self, method: str) -> list[str]:
+        return [str(o) for o in self.spec.methods[method]]
+
+    def config(self, method: str) -> DictConfig:
+        """The composed config of one row's run, writing to out_dir/<method>, logged in the benchmark's group."""
+        cfg = compose_run(self.preset, [*self.method_overrides(method), *self.overrides])
+        cfg.trainer.run_dir = str(self.out_dir / method)
+        if "group" in cfg.logger:
+            cfg.logger.group = cfg.logger.group or self.group
+        return cfg
+
+    def check(self):
+        """Everything that can fail before any training, at once: the metrics (weights, reference images), the
+        prompts, the guidance weights. Returns the metrics object."""
+        cfg = self.base
+        if self.spec.get("require_prompt_file") and not cfg.get("prompt_file"):
+            raise ValueError(
+                f"preset={self.preset} needs captions: pass prompt_file=/path/to/captions.txt (one caption per line, "
+                "e.g. the MS-COCO val2014 captions of your reference images)"
+            )
+        if cfg.get("prompt_file") and not Path(cfg.prompt_file).is_file():
+            raise FileNotFoundError(f"prompt_file {cfg.prompt_file} does not exist (one caption per line)")
+        metrics = instantiate(self.spec.metrics)
+        pretrained = cfg.guidance.get("pretrained")
+        if pretrained:
+            from scoredist.guidance.stable_diffusion import resolve_pretrained
+
+            resolve_pretrained(pretrained)  # WeightsNotFoundError saying what to pass
+        return metrics
+
+    def run(self) -> dict:
+        """Run every row not finished yet, then write and return the table."""
+        metrics = self.check()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.base, self.out_dir / "benchmark.yaml", resolve=False)
+        (self.out_dir / "command.txt").write_text(self.command_line() + "\n")
+        for method in self.spec.rows:
+            self.run_method(method)
+        return self.table(metrics)
+
+    def run_method(self, method: str) -> None:
+        run_dir = self.out_dir / method
+        if self.finished(method):
+            print(f"{method}: already finished in {run_dir}")
+            return
+        cfg = self.config(method)
+        start = time.perf_counter()
+        if method == LOWER_BOUND:
+            from scoredist.eval.lower_bound import write_lower_bound
+
+            write_lower_bound(cfg, run_dir)
+        else:
+            from scoredist.train import train
+
+            if (run_dir / "checkpoints").is_dir():
+                cfg.trainer.resume = str(run_dir)
+            train(cfg)
+        print(f"{method}: {time.perf_counter() - start:.0f} s")
+
+    def finished(self, method: str) -> bool:
+        """Every sample of the row written (a rerun of the benchmark skips it)."""
+        from scoredist.eval.collect import expected_samples
+
+        path = self.out_dir / method / "samples.jsonl"
+        if not path.exists():
+            return False
+        return len(read_records(path)) == expected_samples(self.base, self.out_dir / method)
+
+    def table(self, metrics) -> dict:
+        runs = collect_runs(self.out_dir, list(self.spec.rows))
+        return finish_table(self.out_dir, runs, metrics, self.title(), self.base.logger, self.group)
+
+    def title(self) -> str:
+        return f"Benchmark preset={self.preset}"
+
+    def command_line(self) -> str:
+        return shlex.join(["python", "scripts/benchmark.py", f"preset={self.preset}", *self.overrides])
+
+    def commands(self) -> list[str]:
+        """The same benchmark as separate commands: one Hydra multirun of train.py per distinct row override set
+        (add hydra/launcher=joblib|local|slurm to any of them), the lower bound, and collect.py."""
+        common = [f"+benchmark={self.preset}", *self.overrides]
+        lines = []
+        for method in self.spec.rows:
+            if method == LOWER_BOUND:
+                lines.append(shlex.join(["python", "scripts/sample.py", *common]))
+            else:
+                lines.append(shlex.join(["python", "train.py", "-m", *common, *self.method_overrides(method)]))
+        lines.append("python scripts/collect.py multirun/<the sweep folders> outputs/<the sample.py folder>")
+        return lines
+
+
+def finish_table(out_dir: Path, runs, metrics, title: str, logger_cfg=None, group: str | None = None) -> dict:
+    """Metrics of the runs → results files, printed table, and (with a logger config) one tracker run with the
+    table and the grids."""
+    if not runs:
+        raise FileNotFoundError(f"no finished run folders under {out_dir}")
+    rows = evaluate_runs(runs, metrics)
+    columns = columns_of(metrics)
+    written = write_results(out_dir, rows, runs, columns, title)
+    print(f"\n{written['table']}\nwritten: {written['md']}, {written['json']}, {out_dir / 'grids'}/")
+    if logger_cfg is not None:
+        log_table(logger_cfg, out_dir, rows, columns, written["grids"], group, title)
+    return {"rows": rows, **written}
+
+
+def log_table(logger_cfg, out_dir: Path, rows, columns, grids, group, title) -> None:
+    if "group" in logger_cfg and not logger_cfg.group:
+        logger_cfg = OmegaConf.merge(logger_cfg, {"group": group})
+    logger = instantiate(logger_cfg)
+    logger.start({"benchmark": title, "runs": [r["run_dir"] for r in rows]}, out_dir, f"table-{out_dir.name}")
+    exit_code = 1
+    try:
+        logger.log_table("benchmark", rows, columns, grids)
+        exit_code = 0
+    finally:
+        logger.finish(exit_code=exit_code)
+
+
+def metrics_config(runs, overrides: list[str]) -> DictConfig:
+    """The metrics of a table built from existing runs: the `benchmark.metrics` node of the first run made with a
+    preset, else the shapes preset's for runs on the shapes prior; then `benchmark.metrics.*` overrides."""
+    node = next((r.config.benchmark.metrics for r in runs if r.config.get("benchmark")), None)
+    if node is None and all(str(r.config.guidance._target_).endswith(".ShapesPrior") for r in runs):
+        node = OmegaConf.load(CONF / "benchmark" / "shapes.yaml").benchmark.metrics
+    cfg = OmegaConf.merge({"benchmark": {"metrics": node or {}}}, OmegaConf.from_dotlist(overrides))
+    if not cfg.benchmark.metrics.get("_target_"):
+        raise ValueError(
+            "these runs were not made with +benchmark=<preset>, so their metrics are unknown: pass them, e.g. "
+            "benchmark.metrics._target_=scoredist.eval.fid.ZeroShotFID benchmark.metrics.reference_images=DIR "
+            "benchmark.metrics.clip=none"
+        )
+    return cfg.benchmark.metrics
+
+
+def collect_from(dirs: list[Path], overrides: list[str], out_dir: Path, log: bool = False) -> dict:
+    """scripts/collect.py: the table of the finished runs under `dirs` (unfinished ones skipped with a warning)."""
+    runs = collect_runs(dirs)
+    if not runs:
+        raise FileNotFoundError(f"no finished run folders under {', '.join(map(str, dirs))}")
+    bad = [o for o in overrides if not o.startswith("benchmark.metrics.")]
+    if bad:
+        raise ValueError(f"collect.py takes only benchmark.metrics.* overrides, got {bad}")
+    metrics = instantiate(metrics_config(runs, overrides))
+    logger_cfg = runs[0].config.logger if log else None
+    return finish_table(Path(out_dir), runs, metrics, f"Runs under {', '.join(map(str, dirs))}", logger_cfg)

@@ -1,0 +1,136 @@
+"""Finished run folders as the rows of a comparison: which method a folder ran, and its samples.
+
+A run folder (`scoredist.train.train`, or `scripts/sample.py` for the DDIM lower bound) holds `config.yaml`,
+`samples.jsonl` (one record per finished sample: index, prompt, seed, seconds, image) and `samples/NNNNN.png`. A
+benchmark folder, a Hydra multirun folder or any folder above them is searched for run folders; one that has not
+finished every sample its config asks for is skipped with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# Rows in the paper's order, then the rest; labels as the paper's table writes them.
+METHOD_ORDER = ("ddim", "sds", "nfsd", "csd", "vsd", "ours", "bridge", "dds")
+METHOD_LABELS = {
+    "ddim": "DDIM (lower bound)",
+    "sds": "SDS",
+    "nfsd": "NFSD",
+    "csd": "CSD",
+    "vsd": "VSD",
+    "ours": "Ours",
+    "bridge": "Bridge",
+    "dds": "DDS",
+}
+
+
+@dataclass
+class RunFolder:
+    """One finished run: its folder, config, method and sample records (sorted by index)."""
+
+    path: Path
+    config: DictConfig
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return method_of(self.config)
+
+    @property
+    def label(self) -> str:
+        """The method as a table row names it, e.g. "Bridge (k = 4)" or "DDIM (lower bound)"."""
+        method = self.method
+        label = METHOD_LABELS.get(method, method)
+        if method == "bridge":
+            label += f" (k = {self.config.loss.num_steps})"
+        return label
+
+    def prompts(self) -> list[str]:
+        """Distinct prompts in sample order."""
+        return list(dict.fromkeys(r["prompt"] for r in self.records))
+
+    def images_of(self, prompt: str) -> list[Path]:
+        return [self.path / r["image"] for r in self.records if r["prompt"] == prompt]
+
+    def seconds_per_sample(self) -> float:
+        return sum(float(r["seconds"]) for r in self.records) / len(self.records)
+
+
+def method_of(config: DictConfig) -> str:
+    """ "ddim" for a lower-bound folder (its config has a `sampler` node), else the loss's module name ("ours")."""
+    if config.get("sampler") is not None:
+        return str(config.sampler.get("name", "ddim"))
+    target = str(config.loss._target_)  # scoredist.losses.<module>.<Class>
+    return target.rsplit(".", 2)[-2]
+
+
+def expected_samples(config: DictConfig, run_dir: Path) -> int | None:
+    """prompts × samples_per_prompt as the run's config asks (None if its prompt file is gone)."""
+    from scoredist.samples import read_prompts
+
+    try:
+        captions = read_prompts(config.prompt, config.get("prompt_file"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return len(captions) * int(config.get("samples_per_prompt", 1))
+
+
+def read_records(path: Path) -> list[dict]:
+    """samples.jsonl records sorted by index (a torn last line of a killed run is ignored)."""
+    records = {}
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and "index" in r:
+            records[int(r["index"])] = r
+    return [records[i] for i in sorted(records)]
+
+
+def read_run(run_dir: Path) -> RunFolder | None:
+    """A run folder if it finished every sample, else None with a warning that names it and says why."""
+    config = OmegaConf.load(run_dir / "config.yaml")
+    samples = run_dir / "samples.jsonl"
+    records = read_records(samples) if samples.exists() else []
+    expected = expected_samples(config, run_dir)
+    if not records or (expected is not None and len(records) < expected):
+        done = f"{len(records)} of {expected}" if expected is not None else "none"
+        warnings.warn(f"skipping unfinished run {run_dir}: {done} samples finished", stacklevel=2)
+        return None
+    return RunFolder(run_dir, config, records)
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Every run folder at or below `root`: a folder whose config.yaml is a run's (Hydra's .hydra/ and wandb's own
+    folders hold config.yaml files too)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder of runs (give a benchmark, multirun or run folder)")
+    found = []
+    for path in root.rglob("config.yaml"):
+        if {".hydra", "wandb"} & set(path.relative_to(root).parts[:-1]):
+            continue
+        if "trainer" in OmegaConf.load(path):
+            found.append(path.parent)
+    return sorted(found)
+
+
+def collect_runs(roots, methods: list[str] | None = None) -> list[RunFolder]:
+    """The finished runs under one or several folders, in the paper's row order (only `methods`, if given); a
+    method listed in `methods` with no finished folder is warned about."""
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    dirs = sorted({d.resolve(): d for root in roots for d in find_run_dirs(root)}.values())
+    runs = [r for r in (read_run(d) for d in dirs) if r is not None]
+    if methods is not None:
+        runs = [r for r in runs if r.method in methods]
+        for missing in [m for m in methods if m not in {r.method for r in runs}]:
+            where = ", ".join(str(r) for r in roots)
+            warnings.warn(f"no finished run of method {missing!r} under {where}: its row is left out", stacklevel=2)
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(runs, key=lambda r: (order.get(r.method, len(order)), str(r.path)))

@@ -1,0 +1,128 @@
+"""The "DDIM (lower bound)" row of the paper's table: samples of the guidance model itself, as an ordinary run folder.
+
+Sampling the model with DDIM is what score distillation approximates; its distance to the reference is the floor a
+distillation method can reach with the same model (on the exact priors, with guidance_scale 1, DDIM samples the
+prompt's exact distribution up to the ODE's discretisation, so it also shows the distances' own sampling noise at this
+number of samples). The folder looks like a training run's to `scoredist.eval.collect`: config.yaml (with a `sampler`
+node that names the method), samples.jsonl and samples/NNNNN.png; sample i starts from noise drawn from its own seed,
+so a sample does not depend on the batch it ran in.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm.auto import tqdm
+
+from scoredist.guidance.base import alpha_bar, ddim_move, ddim_timesteps
+from scoredist.images import save_png
+from scoredist.losses.base import cfg as classifier_free
+from scoredist.losses.base import predict_conditions
+from scoredist.samples import INIT, make_samples, read_prompts, split_chunks
+from scoredist.train import pick_device
+
+DEFAULT_SAMPLER = {"name": "ddim", "num_steps": 50, "guidance_scale": 1.0}
+
+
+@torch.no_grad()
+def ddim_sample(guidance, x_T: torch.Tensor, prompts: list[str], num_steps: int, guidance_scale: float):
+    """Deterministic DDIM from noise x_T (B, ...) to x_0 under CFG ε(∅) + s·(ε(y) − ε(∅)) (s = 1: ε(y) alone, one
+    row per sample)."""
+    steps = ddim_timesteps(guidance.num_train_timesteps, num_steps).tolist() + [-1]
+    x = x_T
+    for t, t_next in zip(steps[:-1], steps[1:]):
+        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        if guidance_scale == 1.0:
+            (eps,) = predict_conditions(guidance, x, tt, [prompts])
+        else:
+            uncond, cond = predict_conditions(guidance, x, tt, [[""] * len(prompts), prompts])
+            eps = classifier_free(uncond, cond, guidance_scale)
+        a_t = alpha_bar(guidance.alphas_cumprod, tt, x.dim())
+        x = ddim_move(x, eps, a_t, alpha_bar(guidance.alphas_cumprod, torch.full_like(tt, t_next), x.dim()))
+    return x
+
+
+def sampler_config(cfg: DictConfig) -> DictConfig:
+    """The sampler's settings: defaults, then a benchmark preset's `benchmark.lower_bound`, then `sampler`."""
+    preset = cfg.get("benchmark", {}).get("lower_bound", {}) if cfg.get("benchmark") else {}
+    return OmegaConf.merge(DEFAULT_SAMPLER, preset or {}, cfg.get("sampler") or {})
+
+
+def initial_noise(sample, shape: tuple[int, ...]) -> torch.Tensor:
+    """x_T of one sample, from its own seed (on the CPU, so every device gets the same noise)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(sample.stream_seed(INIT)))
+
+
+def write_lower_bound(cfg: DictConfig, run_dir: str | Path) -> Path:
+    """Sample every (prompt, sample) of the config with DDIM and write the run folder. Returns its path."""
+    run_dir = Path(run_dir)
+    sampler = sampler_config(cfg)
+    samples = make_samples(read_prompts(cfg.prompt, cfg.get("prompt_file")), cfg.get("samples_per_prompt", 1), cfg.seed)
+    device = pick_device(cfg.trainer.device)
+    guidance = instantiate(cfg.guidance, device=str(device), precision=cfg.trainer.precision)
+    for caption in dict.fromkeys(s.caption for s in samples):
+        guidance.check_prompt(caption)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(cfg)
+    with open_dict(config):
+        config.sampler = sampler
+    OmegaConf.save(config, run_dir / "config.yaml", resolve=False)
+    logger = instantiate(cfg.logger)
+    logger.start(OmegaConf.to_container(config, resolve=True), run_dir, run_dir.name)
+    records: dict[int, dict] = {}
+    exit_code = 1
+    try:
+        with open(run_dir / "samples.jsonl", "w") as out:
+            chunks = split_chunks(samples, cfg.trainer.batch_size)
+            for index, chunk in enumerate(tqdm(chunks, desc=f"{run_dir.name} (DDIM)")):
+                for record in _sample_chunk(guidance, index, chunk, sampler, run_dir, device):
+                    out.write(json.dumps(record) + "\n")
+                    records[record["index"]] = record
+        logger.log_samples(run_dir, records)
+        exit_code = 0
+    finally:
+        logger.finish(exit_code=exit_code)
+    return run_dir
+
+
+def _sample_chunk(guidance, index: int, chunk, sampler, run_dir: Path, device) -> list[dict]:
+    start = time.perf_counter()
+    x_T = torch.stack([initial_noise(s, guidance.sample_shape()) for s in chunk]).to(device)
+    prompts = [s.caption for s in chunk]
+    x = ddim_sample(guidance, x_T, prompts, int(sampler.num_steps), float(sampler.guidance_scale))
+    rgb = guidance.decode(x)
+    seconds = (time.perf_counter() - start) / len(chunk)
+    evidence = _evaluate(guidance, x, prompts)
+    records = []
+    for i, s in enumerate(chunk):
+        image = save_png(rgb[i : i + 1], run_dir / "samples" / f"{s.index:05d}.png")
+        records.append(
+            {
+                "index": s.index,
+                "chunk": index,
+                "prompt": s.caption,
+                "seed": s.seed,
+                "steps": int(sampler.num_steps),
+                "seconds": seconds,
+                "image": str(image.relative_to(run_dir)),
+                "eval": evidence[i],
+            }
+        )
+    return records
+
+
+def _evaluate(guidance, x: torch.Tensor, prompts: list[str]) -> list[dict]:
+    """guidance.evaluate per sample (one call per distinct prompt), one-element lists unwrapped as the trainer does."""
+    out: list[dict] = [{} for _ in prompts]
+    for prompt in dict.fromkeys(prompts):
+        rows = [i for i, p in enumerate(prompts) if p == prompt]
+        metrics = guidance.evaluate(x[rows], prompt)
+        for j, i in enumerate(rows):
+            out[i] = {k: v[j] if isinstance(v, list) else v for k, v in metrics.items()}
+    return out

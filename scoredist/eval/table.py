@@ -1,0 +1,104 @@
+"""The comparison table: one row per finished run folder, written as results.json, results.md and one image grid per
+method, printed, and logged to the experiment tracker.
+
+Rows carry what the metrics object returns (`ShapesMetrics`, `ZeroShotFID`) plus the time per sample, also as a ratio
+to SDS's measured in the same table (absolute seconds on a shared machine say little).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from scoredist.eval.collect import RunFolder
+from scoredist.eval.folders import read_images
+from scoredist.images import save_png
+from scoredist.train import finite_or_none
+
+TIME_COLUMNS = (
+    ("seconds_per_sample", "s / sample", "{:.2f}", ""),
+    ("time_vs_sds", "time ÷ SDS", "{:.2f}", ""),
+)
+
+
+def evaluate_runs(runs: list[RunFolder], metrics) -> list[dict]:
+    """One row per run: the metrics of its samples, its size and its time per sample."""
+    rows = []
+    for run in tqdm(runs, desc="metrics", dynamic_ncols=True):
+        rows.append(
+            {
+                "method": run.method,
+                "label": run.label,
+                "run_dir": str(run.path),
+                "prompts_total": len(run.prompts()),
+                "samples_total": len(run.records),
+                "seconds_per_sample": run.seconds_per_sample(),
+                **metrics.evaluate_run(run),
+            }
+        )
+    labels = [r["label"] for r in rows]
+    for r in rows:  # two folders of one method (a seed sweep): tell them apart by folder
+        if labels.count(r["label"]) > 1:
+            r["label"] += f" ({Path(r['run_dir']).name})"
+    sds = next((r["seconds_per_sample"] for r in rows if r["method"] == "sds"), None)
+    for r in rows:
+        r["time_vs_sds"] = r["seconds_per_sample"] / sds if sds else None
+    return rows
+
+
+def shares_text(shares: dict, top: int = 2) -> str:
+    """{name: fraction}, most frequent first → "blurry 40%, dull 20%" (the `top` first), "none" if empty."""
+    return ", ".join(f"{k} {v:.0%}" for k, v in list(shares.items())[:top]) or "none"
+
+
+def cell(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, dict):
+        return shares_text(value)
+    return fmt.format(value)
+
+
+def columns_of(metrics) -> tuple:
+    return (*metrics.columns, *TIME_COLUMNS)
+
+
+def markdown(rows: list[dict], columns) -> str:
+    """The table as Markdown, one row per run; headers carry ↓/↑ (lower/higher is better)."""
+    headers = ["method"] + [f"{header} {arrow}".strip() for _, header, _, arrow in columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["label"], *(cell(r.get(k), fmt) for k, _, fmt, _ in columns)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def method_grid(run: RunFolder, path: Path, max_prompts: int = 12, max_per_prompt: int = 8, cell_size: int = 64):
+    """A grid of a run's samples: one row per prompt (first `max_prompts`), its samples side by side; runs with one
+    sample per prompt are laid out 8 to a row."""
+    per_prompt = [run.images_of(p)[:max_per_prompt] for p in run.prompts()]
+    if max(len(p) for p in per_prompt) == 1:
+        flat = [p[0] for p in per_prompt][: max_prompts * 8]
+        per_prompt = [flat[i : i + 8] for i in range(0, len(flat), 8)]
+    rows = per_prompt[:max_prompts]
+    width = max(len(r) for r in rows)
+    images = [read_images(r, (cell_size, cell_size)) for r in rows]
+    images = [torch.cat([im, torch.ones(width - im.shape[0], *im.shape[1:])]) for im in images]  # pad short rows
+    strips = [torch.cat(list(im), dim=-1) for im in images]  # (3, s, width·s) per row
+    return save_png(torch.cat(strips, dim=-2)[None], path, min_size=1)
+
+
+def write_results(out_dir: Path, rows: list[dict], runs: list[RunFolder], columns, title: str = "") -> dict:
+    """results.json, results.md and grids/<method>.png under out_dir. Returns {"json", "md", "grids"} paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grids = {}
+    for row, run in zip(rows, runs):  # named by run folder: unique even for two runs of one method
+        grids[row["label"]] = method_grid(run, out_dir / "grids" / f"{run.path.name}.png")
+        row["grid"] = str(grids[row["label"]].relative_to(out_dir))
+    (out_dir / "results.json").write_text(json.dumps(finite_or_none(rows), indent=2) + "\n")
+    table = markdown(rows, columns)
+    (out_dir / "results.md").write_text((f"# {title}\n\n" if title else "") + table)
+    return {"json": out_dir / "results.json", "md": out_dir / "results.md", "grids": grids, "table": table}
