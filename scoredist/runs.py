@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Folders this process created for new runs: only these may be removed when the run fails before its first step.
 CREATED: set[Path] = set()
+# Parents it created on the way (outputs/<date>): removed too when a failed start leaves them empty.
+CREATED_PARENTS: set[Path] = set()
 # What a folder may hold and still count as a run that never started (Hydra's record, its log, the lock).
 UNSTARTED = {".hydra", "train.log", "config.yaml", ".lock"}
 
@@ -48,6 +50,7 @@ def fresh_folder(path: str) -> str:
     resolves it once). A folder that cannot be created ends the command with a one-line error."""
     base = Path(path)
     try:
+        CREATED_PARENTS.update(p.resolve() for p in (base.parent, *base.parent.parents) if not p.exists())
         base.parent.mkdir(parents=True, exist_ok=True)
         for n in itertools.count(1):
             folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
@@ -153,6 +156,10 @@ def remove_if_unstarted(run_dir: Path) -> bool:
     if not ours or not run_dir.is_dir() or any(p.name not in UNSTARTED for p in run_dir.iterdir()):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if parent not in CREATED_PARENTS or any(parent.iterdir()):
+            break
+        parent.rmdir()
     return True
 
 

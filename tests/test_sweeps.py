@@ -1,0 +1,148 @@
+"""The command line as a user runs it (subprocesses): resume from the run's own recipe, sweeps that survive a bad job,
+no two runs in one folder, a concurrent resume refused, nothing created by a failed start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from scoredist.checkpoint import load_checkpoint
+from scoredist.train import train
+from tests.test_train import ROOT, config
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+TRAIN = [sys.executable, str(ROOT / "train.py")]
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRAIN, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args: str, cwd: Path = ROOT) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*TRAIN, *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, lines: int = 0, timeout: float = 120) -> None:
+    """Until `path` exists (and, for a text file, has `lines` lines)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() or (lines and len(path.read_text().splitlines()) < lines):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.2)
+
+
+def step_of(run: Path) -> int:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+
+
+def test_an_interrupted_demo_resumes_from_its_own_recipe_alone(tmp_path):
+    run = tmp_path / "demo"
+    proc = start("+experiment=demo", "trainer.max_steps=40", "trainer.log_every=1", f"hydra.run.dir={run}")
+    wait_for(run / "metrics.jsonl", proc, lines=5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and f"resume with trainer.resume={run}" in out, out
+    assert 5 <= step_of(run) < 40
+
+    resumed = cli(f"trainer.resume={run}")  # nothing else: guidance=shapes, loss=ours, cosine LR come from the run
+    assert resumed.returncode == 0, resumed.stderr
+    assert step_of(run) == 40 and "resuming" in resumed.stderr
+    straight = train(config("+experiment=demo", "trainer.max_steps=40", run_dir=tmp_path / "straight")).run_dir
+    ours, theirs = (load_checkpoint(r / "checkpoints" / "last.pt")["renderer"]["image"] for r in (run, straight))
+    assert torch.equal(ours, theirs)  # the final image of the interrupted run is the uninterrupted one's
+    assert (run / "final.png").read_bytes() == (straight / "final.png").read_bytes()
+
+    extended = cli(f"trainer.resume={run}", "trainer.max_steps=44")  # the demo's settings, not the defaults
+    assert extended.returncode == 0, extended.stderr
+    assert step_of(run) == 44 and "decayed to 0" in extended.stderr  # the demo's cosine LR ended at step 40
+    recipe = OmegaConf.load(run / "config.yaml")
+    assert recipe.guidance._target_.endswith("ShapesPrior") and recipe.trainer.max_steps == 44
+    history = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert [h["changes"] for h in history] == [{}, {"trainer.max_steps": [40, 44]}]
+    assert "trainer.max_steps=44" in history[1]["overrides"]
+    assert "resuming" in (run / "train.log").read_text()  # train.log holds the run's messages
+
+
+def test_a_sweep_runs_every_good_job_and_reports_the_bad_one(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = cli(
+        "-m", "+experiment=demo", "trainer.max_steps=3", "trainer.batch_size=1,0,1", "prompt=a red cube",
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "2 of 3 jobs finished" in result.stderr
+    assert re.search(
+        r"failed: job 1 \(.*trainer.batch_size=0.*\): trainer.batch_size must be a positive", result.stderr
+    )
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert [name.split("-")[0] for name in jobs] == ["0", "2"]  # the failed job left no folder
+    assert all(re.fullmatch(r"\d+-[A-Za-z0-9._,=+-]+", name) and len(name) < 80 for name in jobs), jobs
+    assert all(step_of(sweep / name) == 3 for name in jobs)
+    # the full overrides and config are kept in the job's record
+    assert "trainer.batch_size=1" in OmegaConf.load(sweep / jobs[0] / ".hydra" / "overrides.yaml")
+    assert OmegaConf.load(sweep / jobs[0] / "config.yaml").prompt == "a red cube"
+    assert [json.loads(line)["status"] for line in (sweep / "jobs.jsonl").read_text().splitlines()] == [
+        "finished",
+        "failed",
+        "finished",
+    ]
+
+
+def test_the_readme_sweep_runs_offline_as_written(tmp_path):
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("python train.py -m +"))
+    args = line.split("#")[0].split()[2:]
+    result = cli(*args, "trainer.max_steps=2", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert result.returncode == 0, result.stderr
+    assert len([p for p in (tmp_path / "s").iterdir() if p.is_dir()]) >= 2
+
+
+def test_two_runs_started_together_never_share_a_folder(tmp_path):
+    same = "hydra.run.dir=${fresh_folder:" + str(tmp_path / "same") + "}"  # the name both would get in one second
+    procs = [start("+experiment=demo", "trainer.max_steps=2", same) for _ in range(2)]
+    procs.append(start("+experiment=demo", "trainer.max_steps=2", cwd=tmp_path))  # the default outputs/<now>-ours
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "same", "same-2"]
+    assert step_of(tmp_path / "same") == step_of(tmp_path / "same-2") == 2
+    (default,) = (tmp_path / "outputs").glob("*/*")
+    assert re.fullmatch(r"\d\d-\d\d-\d\d-ours", default.name) and step_of(default) == 2
+
+
+def test_a_concurrent_resume_is_refused_while_the_run_trains(tmp_path):
+    run = tmp_path / "long"
+    proc = start("+experiment=demo", "trainer.max_steps=100000", "trainer.ckpt_every=2", f"hydra.run.dir={run}")
+    try:
+        wait_for(run / "checkpoints" / "last.pt", proc)
+        second = cli(f"trainer.resume={run}", "trainer.max_steps=100000")
+        assert second.returncode == 2 and re.search(r"in use by pid \d+", second.stderr), second.stderr
+        assert "Traceback" not in second.stderr and proc.poll() is None  # the first run is untouched
+        explicit = cli("+experiment=demo", f"hydra.run.dir={run}")  # a new run pointed at the same folder
+        assert explicit.returncode == 2 and "already holds files" in explicit.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 130
+
+
+def test_nothing_is_created_by_a_missing_resume_or_a_failed_start(tmp_path):
+    missing = cli(f"trainer.resume={tmp_path / 'nope'}", cwd=tmp_path)
+    assert missing.returncode == 2 and "no run folder" in missing.stderr and "Traceback" not in missing.stderr
+    bad = cli("+experiment=demo", "prompt=a plaid cube", cwd=tmp_path)
+    assert bad.returncode == 2 and "plaid" in bad.stderr and "Traceback" not in bad.stderr
+    bug_free = cli("+experiment=demo", "optimizer.lr=nan", cwd=tmp_path)
+    assert bug_free.returncode == 2 and "optimizer.lr is nan" in bug_free.stderr
+    assert list(tmp_path.iterdir()) == []  # no run folder, no empty outputs/<date>
