@@ -1,7 +1,6 @@
 """The shapes world (renderer, corruptions, prompts) and its exact mixture prior ShapesPrior."""
 
 import importlib.util
-import math
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from scoredist.guidance.exact.vocabulary import parse_prompt
 from scoredist.guidance.exact.world import (
     BACKGROUND_RGB,
     COLOUR_RGB,
+    MIRROR,
     SHAPE_SDFS,
     VARIANT_NAMES,
     corrupt,
@@ -132,7 +132,10 @@ def test_corruptions_are_pure_deterministic_and_distinct(cube):
         once = corrupt(cube, name)
         assert torch.equal(once, corrupt(cube, name)), name  # deterministic (noise seeded from the image)
         assert torch.equal(corrupt(batch, name)[0], once), name  # batched = one by one
-        assert once.min() >= 0 and once.max() <= 1, name
+        if name.startswith(MIRROR):  # the corruption reflected through the clean image, not clipped
+            torch.testing.assert_close(once, 2 * cube - corrupt(cube, name.removeprefix(MIRROR)), rtol=0, atol=1e-6)
+        else:
+            assert once.min() >= 0 and once.max() <= 1, name
         outs.append(once.flatten())
     d = torch.cdist(torch.stack(outs), torch.stack(outs)) + torch.eye(len(outs)) * 1e9
     assert d.min() > 1.0  # every variant is its own mixture mean
@@ -243,9 +246,9 @@ def test_prior_at_64(cube):
 
 def test_prompt_selects_components(small_prior):
     _, labels = small_prior.components("a red cube")
-    assert len(labels) == 4 * 16 and {lab.caption for lab in labels} == {"red cube"}
+    assert len(labels) == 4 * 31 and {lab.caption for lab in labels} == {"red cube"}  # clean, 15 artifacts, mirrors
     _, labels = small_prior.components("a red cube, blurry, noisy")
-    assert {lab.variant for lab in labels} == {"blurry", "noisy"} and len(labels) == 8
+    assert {lab.variant for lab in labels} == {"blurry", "anti-blurry", "noisy", "anti-noisy"} and len(labels) == 16
     _, labels = small_prior.components("a red cube, front view" + TGT_SUFFIX)
     assert [(lab.variant, lab.azimuth) for lab in labels] == [("clean", 0.0)]
     _, labels = small_prior.components("a cube")
@@ -253,9 +256,9 @@ def test_prompt_selects_components(small_prior):
 
 
 def test_predict_noise_is_the_exact_mixture_of_the_selection(small_prior):
-    """ "a red cube" = its 64 components with weights ½·¼ (clean) and ½·¼/15 (each corruption)."""
+    """ "a red cube" = its 124 components with weights ½·¼ (clean) and ½·¼/30 (each artifact and mirror)."""
     means, labels = small_prior.components("a red cube")
-    weights = torch.tensor([0.5 / 4 if lab.variant == "clean" else 0.5 / 15 / 4 for lab in labels], dtype=torch.float64)
+    weights = torch.tensor([0.5 / 4 if lab.variant == "clean" else 0.5 / 30 / 4 for lab in labels], dtype=torch.float64)
     assert abs(weights.sum().item() - 1.0) < 1e-12
     reference = GaussianMixture(means.double().flatten(1), weights.log(), variances=0.01)
     gen = torch.Generator().manual_seed(0)
@@ -367,4 +370,28 @@ def test_default_world_build_time_and_call_cost():
         timings[name] = (time.perf_counter() - start) / 5 * 1e3
     print(f"world build {prior.build_seconds:.2f} s; predict_noise N=2: " + str(timings))
     k = prior._mixture(prior.captions, "cpu")[0].means.shape[0]
-    assert k == 30 * 16 * 16 and not math.isnan(timings["world"])
+    assert k == 30 * 16 * 31 and timings["world"] > timings["caption"] > 0
+
+
+def test_the_source_distribution_is_centred_on_the_clean_image(small_prior):
+    """ours' direction g = ε(x_t; y+tgt) − ε(x_t; y+src) vanishes (on average over ε) at a clean render and points from
+    an artifact towards the clean render, at low and high noise alike: the fixed point the paper's update relies on."""
+    means, labels = small_prior.components("a red cube")
+    clean = means[[i for i, lab in enumerate(labels) if lab.variant == "clean" and lab.azimuth == 0.0]]
+    artifact = means[[i for i, lab in enumerate(labels) if lab.variant == "oversaturated" and lab.azimuth == 0.0]]
+    gen = torch.Generator().manual_seed(0)
+    eps = torch.randn(8, 3, 32, 32, generator=gen)
+    eps = torch.cat([eps, -eps])  # antithetic pairs: the mirrored artifacts cancel exactly under ε → −ε
+    prompts = ["a red cube" + TGT_SUFFIX] * 16 + ["a red cube" + SRC_SUFFIX] * 16
+    # measured |g(clean)| / |g(artifact)| with 8 antithetic pairs: 0.07 (t=100), 0.08 (t=500), 0.28 (t=900, where
+    # other views' components share the posterior and the pairs no longer cancel exactly)
+    for t, ratio in ((100, 0.15), (500, 0.15), (900, 0.45)):
+        tt = torch.full((32,), t)
+        g = {}
+        for name, x in (("clean", clean), ("artifact", artifact)):
+            x_t = add_noise(x.expand(16, -1, -1, -1), eps, tt[:16], small_prior.alphas_cumprod)
+            e = small_prior.predict_noise(torch.cat([x_t, x_t]), tt, prompts)
+            g[name] = (e[:16] - e[16:]).mean(0)
+        towards_artifact = (artifact - clean).flatten()
+        assert g["clean"].norm() < ratio * g["artifact"].norm(), (t, g["clean"].norm() / g["artifact"].norm())
+        assert torch.nn.functional.cosine_similarity(g["artifact"].flatten(), towards_artifact, dim=0) > 0.5, t

@@ -1,15 +1,17 @@
 """ShapesPrior: an exact Gaussian-mixture prior over 3×R×R images of the procedural shapes world (design.md §3).
 
 Every caption "<colour> <shape>" owns a bank of views (azimuths × elevations). Every view owns one mixture component
-per variant: the clean render and one per corruption (`shapes_world.VARIANTS`). Component k of a caption bank is
-view k // V_n, variant k % V_n (V_n variants). Fixed weights: views uniform; within a view the clean component has
-`clean_weight` and the corruptions share the rest equally; captions uniform. Means are the renders in [−1, 1]; every
-component has the same isotropic variance σ² (`variance`).
+per variant: the clean render, one per corruption and one per corruption's mirror (`world.VARIANT_NAMES`; see world.py
+for why artifacts come in mirrored pairs). Component k of a caption bank is view k // V_n, variant k % V_n (V_n
+variants). Fixed weights: views uniform; within a view the clean component has `clean_weight` and the other variants
+share the rest equally; captions uniform. Means are the renders in [−1, 1]; every component has the same isotropic
+variance σ² (`variance`).
 
-A prompt selects components (prompts.py):
+A prompt selects components (vocabulary.py):
 - colour/shape words select captions (none named = all), "" therefore selects the whole world;
-- no descriptor selects every variant (clean + corrupted: the "SDS source has artifacts" story of the paper);
-  descriptors select the union of the variants they name (target-suffix words name the clean one);
+- no descriptor selects every variant (clean + artifacts: the "SDS source has artifacts" story of the paper);
+  descriptors select the union of the variants they name, each artifact with its mirror (target-suffix words name the
+  clean one);
 - view phrases restrict the bank views: overhead if elevation ≥ `overhead_elevation`, otherwise by azimuth:
   front |az| ≤ 45°, back |az| ≥ 135°, side in between.
 Excluded components get log-weight −inf in that row, so every row of a batch, whatever its prompt, is evaluated in one
@@ -42,6 +44,7 @@ from scoredist.guidance.exact.world import (
     corrupt,
     render,
     shade_views,
+    variant_family,
 )
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -162,7 +165,7 @@ class ShapesPrior(Guidance):
         captions = [(c, s) for c, s in self.captions if c in colours and s in shapes]
         mask = torch.ones(self.components_per_caption, dtype=torch.bool)
         if parsed.variants:
-            wanted = torch.tensor([VARIANT_NAMES.index(v) for v in parsed.variants])
+            wanted = torch.tensor([VARIANT_NAMES.index(f) for v in parsed.variants for f in variant_family(v)])
             mask &= torch.isin(self._variant_of, wanted)
         if parsed.views:
             views = [i for i, name in enumerate(self.bank_view_names) if name in parsed.views]

@@ -6,8 +6,16 @@ Scene frame: y is up, objects sit at the origin inside the unit ball; a camera a
 at the origin, azimuth 0 being the +z axis ("front").
 
 Corruptions: one pure function image → image per descriptor of the paper's source suffix and of the NFSD negative
-prompt (words that mean the same share one function, see `VARIANT_WORDS`). Images are (..., 3, H, W) in [0, 1].
+prompt (words that mean the same share one function, see `VARIANTS`). Images are (..., 3, H, W) in [0, 1].
 Randomised ones (noisy, low quality, bad structure, malformed) are deterministic: each variant is one mixture mean.
+
+Mirrored artifacts: every corruption c also has its mirror image through the clean render, "anti-c" = 2·clean − c(clean)
+(over-sharpened for blurry, over-exposed for dark, desaturated for oversaturated; not clipped to [0, 1]). A descriptor
+selects both faces of its artifact (`variant_family`), so the distribution a source prompt describes is centred on the
+clean image. Why: in Stable Diffusion ε(x_t; y + src suffix) and ε(x_t; y + tgt suffix) nearly agree at high noise and
+around a clean image, so the paper's update s·(ε_tgt − ε_src) stops there. For two Gaussian families with equal
+variances the difference of the scores is the difference of their means, a constant push that never stops; with the
+source centred on the clean image it vanishes at the clean image and points towards it from every artifact.
 """
 
 from __future__ import annotations
@@ -384,10 +392,21 @@ VARIANTS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], tuple[str, ...
     "dark": (darken, ("dark",)),
     "gloomy": (gloom, ("gloomy",)),
 }
-VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
+MIRROR = "anti-"
+CORRUPTIONS: tuple[str, ...] = tuple(name for name in VARIANTS if name != "clean")
+# clean, the corruptions, then their mirrors: the order of a view's components in the prior's banks
+VARIANT_NAMES: tuple[str, ...] = ("clean", *CORRUPTIONS, *(MIRROR + name for name in CORRUPTIONS))
 WORD_TO_VARIANT: dict[str, str] = {word: name for name, (_, words) in VARIANTS.items() for word in words}
 
 
+def variant_family(name: str) -> tuple[str, ...]:
+    """The variants a descriptor's variant stands for: ("clean",) or (corruption, its mirror)."""
+    return (name,) if name == "clean" else (name, MIRROR + name)
+
+
 def corrupt(img: torch.Tensor, variant: str) -> torch.Tensor:
-    """Apply the named variant (see `VARIANTS`): (..., 3, H, W) → (..., 3, H, W) in [0, 1]."""
+    """Apply the named variant (see `VARIANTS`): (..., 3, H, W) → (..., 3, H, W), in [0, 1] except for mirrors
+    ("anti-<corruption>" = 2·img − corruption(img), the corruption reflected through the clean image)."""
+    if variant.startswith(MIRROR):
+        return 2 * img - VARIANTS[variant.removeprefix(MIRROR)][0](img)
     return VARIANTS[variant][0](img)
