@@ -58,6 +58,7 @@ from scoredist.samples import INIT, RowGroups, Sample, SampleStreams, make_sampl
 PRECISIONS = ("fp32", "fp16", "bf16")
 # The groups whose numbers must be finite (a NaN guidance scale or learning rate would silently ruin every step).
 NUMERIC_GROUPS = ("loss", "optimizer", "renderer", "schedule", "lr_scheduler", "guidance", "trainer")
+VIEW_THRESHOLDS = ("front_threshold", "back_threshold", "overhead_threshold")  # view_suffix's arguments, in order
 log = logging.getLogger(__name__)
 
 
@@ -147,21 +148,25 @@ def check_texts(guidance, loss, samples: list[Sample], views: list[str]) -> None
                 guidance.check_prompt(text)
             except ValueError as e:
                 origin = "" if s.source == "prompt" else f"{s.source}: "
-                raise ValueError(f"{origin}{what}: {e}") from None
+                derived = "" if what == "the prompt" else f"{what}: "  # a suffixed or negative prompt says which
+                raise ValueError(f"{origin}{derived}{e}") from None
 
 
 def view_phrases(renderer_cfg: DictConfig) -> list[str]:
     """The view phrases a renderer may end its rows' prompts with ("" for none): the class's `view_phrases` if it
-    lists them, else every phrase of the text-to-3D cameras when it makes view-dependent prompts."""
+    lists them, else, for view-dependent prompts of random orbit cameras (a NeRF), the phrases of the cameras its
+    azimuth and elevation ranges allow, decided as the renderer decides them (cameras.view_suffix)."""
     listed = getattr(get_class(renderer_cfg._target_), "view_phrases", None)
     if listed is not None:
         return list(listed)
-    if renderer_cfg.get("view_dependent_prompt", False):
-        from scoredist.renderers.cameras import view_suffix
+    if not renderer_cfg.get("view_dependent_prompt", False):
+        return [""]
+    from scoredist.renderers.cameras import view_suffix
 
-        # one camera in each region: front, side, back, overhead
-        return [""] + sorted({view_suffix(az, el) for az, el in ((0, 0), (90, 0), (180, 0), (0, 90))})
-    return [""]
+    thresholds = [renderer_cfg.get(k, 45.0 if k != "overhead_threshold" else 60.0) for k in VIEW_THRESHOLDS]
+    azimuths = torch.linspace(*renderer_cfg.get("azimuth_range", (-180.0, 180.0)), 721).tolist()
+    elevations = torch.linspace(*renderer_cfg.get("elevation_range", (-10.0, 45.0)), 181).tolist()
+    return sorted({view_suffix(az, el, *thresholds) for az in azimuths for el in elevations})
 
 
 def available_memory(device: torch.device) -> int:

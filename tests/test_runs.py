@@ -279,3 +279,44 @@ def test_checkpoints_name_the_classes_they_belong_to(tmp_path):
     with pytest.raises(ValueError, match="loss VSD"):
         runs.check_resume_recipe(load_checkpoint(tmp_path / "other.pt"), config(*SHAPES), tmp_path / "other.pt")
     assert torch.is_tensor(load_checkpoint(run / "checkpoints" / "last.pt")["renderer"]["image"])
+
+
+def test_every_text_the_model_sees_is_checked_for_length_before_training(tiny_sd_path, tmp_path):
+    from scoredist.guidance.stable_diffusion import StableDiffusion
+    from scoredist.losses.nfsd import NFSD
+    from scoredist.losses.ours import Ours
+    from scoredist.losses.sds import SDS
+    from scoredist.prompts import SRC_SUFFIX
+    from scoredist.samples import make_samples
+
+    sd = StableDiffusion(pretrained=str(tiny_sd_path))
+    length = lambda text: len(sd.tokenizer(text, truncation=False).input_ids)
+    limit = sd.tokenizer.model_max_length
+    words = 1
+    while length(" ".join(["red"] * (words + 1)) + SRC_SUFFIX) <= limit:
+        words += 1
+    caption = " ".join(["red"] * (words + 1))  # fits alone, not with the source suffix
+    assert length(caption) <= limit < length(caption + SRC_SUFFIX)
+    samples = make_samples([(caption, "prompt")], 1, 0)
+    trainer.check_texts(sd, SDS(), samples, [""])  # SDS never adds the suffix: accepted
+    with pytest.raises(ValueError, match=rf"the source prompt \(prompt \+ loss.src_suffix\): '{caption}, .* is "):
+        trainer.check_texts(sd, Ours(stage_one=SDS()), samples, [""])
+    with pytest.raises(ValueError, match=r"loss.negative_prompt: '.*' is \d+ tokens long"):
+        trainer.check_texts(sd, NFSD(negative_prompt=caption + SRC_SUFFIX), make_samples([("a", "prompt")], 1, 0), [""])
+    near = " ".join(["red"] * (limit - 3))  # BOS + words + EOS one short of the limit: a view phrase tips it over
+    assert length(near) < limit < length(near + ", overhead view")
+    with pytest.raises(ValueError, match=r", overhead view' is \d+ tokens long"):
+        trainer.check_texts(sd, SDS(), make_samples([(near, "prompt")], 1, 0), ["", ", overhead view"])
+    with pytest.raises(ValueError, match="the source prompt"):  # and the trainer runs the check before it starts
+        train(config(f"guidance.pretrained={tiny_sd_path}", "loss=ours", f"prompt={caption}", run_dir=tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_view_phrases_are_the_ones_the_cameras_can_produce():
+    assert trainer.view_phrases(config("renderer=image").renderer) == [""]
+    assert trainer.view_phrases(config("renderer=nerf").renderer) == [", back view", ", front view", ", side view"]
+    high = config("renderer=nerf", "renderer.elevation_range=[-10,80]").renderer
+    assert ", overhead view" in trainer.view_phrases(high)
+    front_only = config("renderer=nerf", "renderer.azimuth_range=[-20,20]").renderer
+    assert trainer.view_phrases(front_only) == [", front view"]
+    assert trainer.view_phrases(config("renderer=nerf", "renderer.view_dependent_prompt=false").renderer) == [""]
