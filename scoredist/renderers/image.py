@@ -1,20 +1,34 @@
-"""A plain image as the parameters: the text-to-image setting of the paper.
+"""A plain image as the parameters: the text-to-image setting of the paper, and its ambiguous images (illusions).
 
 mode="latent": the parameters are the model's own input (SD latents (B, 4, H/8, W/8); pixels in [−1, 1] for pixel-space
 models such as the exact shapes prior), returned as is (`outputs_rgb = False`). This is the paper's 2D setting.
 mode="rgb": the parameters are RGB logits (B, 3, H, W); the render is sigmoid(logits) in [0, 1], which the trainer
 encodes into the model's space with gradient (through the VAE for latent models).
+
+views: an ambiguous image. Every step renders each sample under each view's transform (transforms.py: rotations,
+flips, transpose of the latent grid in latent mode, of the pixels in RGB mode), one row per (sample, view) with the
+view's prompt as the row's caption; the trainer conditions every row on its own prompt in one batched guidance call,
+and autograd maps each row's direction back through the inverse transform. A sample's gradient is the mean over its
+views (the trainer weighs a sample's rows by 1 / its number of rows).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import imageio.v3 as iio
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from scoredist.images import read_image
+from scoredist.images import read_image, to_uint8
 from scoredist.renderers.base import ModelSpace, Render, Renderer
+from scoredist.renderers.transforms import SWAPS_AXES, View, apply, parse_views
+
+GAP = 3  # white pixels around each panel of a labelled figure
 
 
 class ImageRenderer(Renderer):
@@ -23,8 +37,9 @@ class ImageRenderer(Renderer):
         mode: str = "latent",
         height: int | None = None,
         width: int | None = None,
-        init: str = "randn",
+        init: str | None = "randn",
         init_std: float = 1.0,
+        views: Sequence | None = None,
     ):
         super().__init__()
         if mode not in ("latent", "rgb"):
@@ -34,6 +49,7 @@ class ImageRenderer(Renderer):
                 raise ValueError(f"renderer.{name} must be positive, got {value}")
         self.mode, self.height, self.width = mode, height, width
         self.init, self.init_std = init, init_std
+        self.views: list[View] | None = parse_views(views) if views is not None else None
         self.outputs_rgb = mode == "rgb"
         self.image = None  # nn.Parameter, created in bind() once the model's space is known
 
@@ -48,6 +64,13 @@ class ImageRenderer(Renderer):
                 f"downscale factor: use multiples of {space.downscale} (e.g. renderer.height="
                 f"{max(space.downscale, self.height // space.downscale * space.downscale)})."
             )
+        swapping = sorted({v.transform for v in self.views or []} & SWAPS_AXES)
+        if swapping and self.height != self.width:
+            raise ValueError(
+                f"renderer.views uses {', '.join(swapping)}, which turns a {self.height}x{self.width} image into "
+                f"{self.width}x{self.height}; all views are batched together, so use a square image "
+                f"(renderer.height = renderer.width) or only identity, rot180, flip_h and flip_v"
+            )
         self.image = nn.Parameter(self.initial_value(space, seeds))
 
     def initial_value(self, space: ModelSpace, seeds: Sequence[int]) -> torch.Tensor:
@@ -56,6 +79,11 @@ class ImageRenderer(Renderer):
             shape = (space.channels, self.height // space.downscale, self.width // space.downscale)
         else:
             shape = (3, self.height, self.width)
+        if self.init is None:
+            raise ValueError(
+                "renderer.init is not set: give 'randn' or the path of an image to start from "
+                "(with +experiment=painting2real: input=PATH)"
+            )
         if self.init == "randn":
             draws = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
             return torch.stack(draws) * self.init_std
@@ -66,6 +94,63 @@ class ImageRenderer(Renderer):
             return space.encode(rgb).float().cpu()
 
     def forward(self) -> Render:
-        """One row per sample: (S, C, h, w) model-space latents, or (S, 3, H, W) RGB in [0, 1]."""
+        """One row per sample, or with views one row per (sample, view), sample-major: (R, C, h, w) model-space
+        latents, or (R, 3, H, W) RGB in [0, 1]."""
         x = torch.sigmoid(self.image) if self.mode == "rgb" else self.image
-        return Render(x=x, samples=list(range(x.shape[0])))
+        samples = list(range(x.shape[0]))
+        if self.views is None:
+            return Render(x=x, samples=samples)
+        rows = torch.stack([apply(v.transform, x) for v in self.views], dim=1)  # (S, V, C, h, w)
+        return Render(
+            x=rows.flatten(0, 1),
+            samples=[s for s in samples for _ in self.views],
+            captions=[v.prompt for _ in samples for v in self.views],
+        )
+
+    def write_artifacts(self, run_dir: Path, decode) -> list[Path]:
+        """With views: views.png, one row per sample, each view as the model saw it, labelled with its prompt."""
+        if self.views is None:
+            return []
+        with torch.no_grad():
+            x = self().x.detach()
+            rgb = x if self.outputs_rgb else decode(x)
+        per_sample = rgb.reshape(-1, len(self.views), *rgb.shape[1:])
+        labels = [v.label() for v in self.views]
+        figure = np.concatenate([labelled_row(images, labels) for images in per_sample], axis=0)
+        path = Path(run_dir) / "views.png"
+        iio.imwrite(path, figure)
+        return [path]
+
+
+def labelled_row(images: torch.Tensor, labels: Sequence[str], min_size: int = 192) -> np.ndarray:
+    """Images (N, 3, H, W) in [0, 1] side by side, each upsampled (nearest) to at least `min_size` pixels high, with
+    its label written in a white band above it: (band + H' + GAP, N·(W' + 2·GAP), 3) uint8."""
+    scale = max(1, -(-min_size // images.shape[-2]))
+    if scale > 1:
+        images = F.interpolate(images.detach().float().cpu(), scale_factor=scale, mode="nearest")
+    panels = to_uint8(images)
+    width = panels.shape[2]
+    font = ImageFont.load_default(size=max(11, width // 14))
+    wrapped = [wrap(label, font, width - 8) for label in labels]
+    line_height = font.getbbox("Ag")[3] + 3
+    band = 6 + line_height * max(len(lines) for lines in wrapped)
+    out = []
+    for panel, lines in zip(panels, wrapped):
+        canvas = Image.new("RGB", (width + 2 * GAP, band + panel.shape[0] + GAP), "white")
+        canvas.paste(Image.fromarray(panel), (GAP, band))
+        draw = ImageDraw.Draw(canvas)
+        for i, line in enumerate(lines):
+            draw.text((GAP + 4, 3 + i * line_height), line, fill="black", font=font)
+        out.append(np.asarray(canvas))
+    return np.concatenate(out, axis=1)
+
+
+def wrap(text: str, font, max_width: float) -> list[str]:
+    """Greedy word wrap of `text` to lines no wider than max_width pixels in `font` (a long word gets its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= max_width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]

@@ -1,0 +1,170 @@
+"""Ambiguous images on the exact shapes prior, checked: how likely is each view of the result under its own prompt?
+
+    python scripts/illusion_figure.py                                  # +experiment=illusion_shapes, seed 0
+    python scripts/illusion_figure.py --seeds 0 1 2 --figure docs/illusion_shapes.png --out illusion.json
+    python scripts/illusion_figure.py -- prompt="a green cone"         # Hydra overrides for every run, after --
+
+Runs the illusion (every view of `renderer.views`, each conditioned on its prompt) with each of --losses, and each
+view alone with the first loss (the single-prompt image of that view's prompt, seen under the same transform). For
+every result and every view it prints the exact log-density of the transformed image under the view's prompt, in nats
+per pixel value: log p(T_v(x) | y_v) / D at t = 0, p(· | y) being the prior's own distribution of the prompt (every
+variant of the caption, corrupted ones included), and the same under the prompt's clean distribution (y_v + the target
+suffix, which selects the clean variant: what ours aims at, and where SDS's washed-out look costs). The check of the
+issue: under every view the illusion beats the single-prompt image of every other view's prompt, i.e. the one image
+serves both readings better than either single-prompt image serves the other's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from scoredist.prompts import TGT_SUFFIX
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(experiment: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"+experiment={experiment}", "logger=none", *overrides])
+
+
+def final_rows(cfg: DictConfig, run_dir: Path) -> torch.Tensor:
+    """Train `cfg` into run_dir; its final rows in model space, one per view, (V, 3, R, R)."""
+    from scoredist.train import train
+
+    cfg.trainer.run_dir = str(run_dir)
+    train(cfg)
+    return torch.load(run_dir / "samples" / "00000.pt", weights_only=True)
+
+
+def log_density(prior, x: torch.Tensor, prompt: str) -> torch.Tensor:
+    """Exact log p(x | prompt) / D at t = 0 (the prompt's own mixture, N(μ_k, σ² I)), per image: (N, ...) → (N,)."""
+    from scoredist.eval.exact import log_density as mixture_log_density
+
+    return mixture_log_density(prior.mixture_for(prompt), x, abar=1.0) / x[0].numel()
+
+
+def view_scores(prior, x: torch.Tensor, views, default_prompt: str, suffix: str = "") -> list[float]:
+    """log p(T_v(x) | y_v + suffix) / D for every view v of one image x (1, 3, R, R)."""
+    from scoredist.renderers.transforms import apply
+
+    return [float(log_density(prior, apply(v.transform, x), (v.prompt or default_prompt) + suffix)[0]) for v in views]
+
+
+def run_set(experiment: str, overrides: list[str], losses: list[str], work: Path) -> tuple[dict, list, DictConfig]:
+    """Final images (untransformed, (1, 3, R, R)) of the illusion with each loss and of every view alone (the first
+    loss, the view's own transform): {name: image}."""
+    from scoredist.renderers.transforms import invert, parse_views
+
+    base = compose_config(experiment, overrides)
+    views = parse_views(OmegaConf.to_container(base.renderer.views, resolve=True))
+    images = {}
+    for loss in losses:
+        cfg = compose_config(experiment, [*overrides, f"loss={loss}"])
+        rows = final_rows(cfg, work / f"illusion-{loss}")
+        images[f"illusion, {loss}"] = invert(views[0].transform, rows[:1])
+    for i, view in enumerate(views):
+        cfg = compose_config(experiment, [*overrides, f"loss={losses[0]}"])
+        cfg.renderer.views = [{"transform": view.transform, "prompt": view.prompt or base.prompt}]
+        rows = final_rows(cfg, work / f"single-{i}")
+        images[f"only {view.prompt or base.prompt}, {losses[0]}"] = invert(view.transform, rows)
+    return images, views, base
+
+
+def illusion_check(scores: dict[str, list[float]], views, default_prompt: str, illusion: str) -> bool:
+    """Under every view, the illusion scores higher than the single-prompt image of every other view's prompt."""
+    singles = {v.prompt or default_prompt: f"only {v.prompt or default_prompt}" for v in views}
+    names = {prompt: next(k for k in scores if k.startswith(prefix + ",")) for prompt, prefix in singles.items()}
+    return all(
+        scores[illusion][i] > scores[names[other]][i]
+        for i, v in enumerate(views)
+        for other in singles
+        if other != (v.prompt or default_prompt)
+    )
+
+
+def figure(images: dict, scores: dict, clean: dict, views, prior) -> np.ndarray:
+    """One row per result, one column per view (the image as that view's prompt sees it), labelled with the scores."""
+    from scoredist.renderers.image import labelled_row
+    from scoredist.renderers.transforms import apply
+
+    rows = []
+    for name, x in images.items():
+        panels = prior.decode(torch.cat([apply(v.transform, x) for v in views]))
+        labels = [
+            f"{name} | {v.label()} | log p/D {s:.2f}, clean {c:.2f}"
+            for v, s, c in zip(views, scores[name], clean[name])
+        ]
+        rows.append(labelled_row(panels, labels))
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+
+
+def report(args) -> dict:
+    results = {"seeds": {}, "views": None}
+    for n, seed in enumerate(args.seeds):
+        overrides = [f"seed={seed}", *([f"trainer.max_steps={args.steps}"] if args.steps else []), *args.overrides]
+        with tempfile.TemporaryDirectory() as tmp:
+            images, views, base = run_set(args.experiment, overrides, args.losses, Path(tmp))
+        prior = instantiate(base.guidance, device="cpu", precision="fp32")
+        scores = {name: view_scores(prior, x, views, base.prompt) for name, x in images.items()}
+        clean = {name: view_scores(prior, x, views, base.prompt, TGT_SUFFIX) for name, x in images.items()}
+        holds = illusion_check(scores, views, base.prompt, f"illusion, {args.losses[0]}")
+        results["views"] = [v.label() for v in views]
+        results["seeds"][seed] = {"log_p_per_dim": scores, "clean_log_p_per_dim": clean, "check_holds": holds}
+        if n == 0 and args.figure:
+            args.figure.parent.mkdir(parents=True, exist_ok=True)
+            iio.imwrite(args.figure, figure(images, scores, clean, views, prior))
+            print(f"wrote {args.figure}")
+    print_table(results)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def print_table(results: dict) -> None:
+    seeds = list(results["seeds"].values())
+    print(f"\nlog p(T_v(x) | y_v) / D, mean over seeds {list(results['seeds'])} (min … max); the prompt's whole")
+    print("distribution, then its clean variant\n")
+    views = results["views"]
+    print("| result | " + " | ".join(f"{v}" for v in views) + " | " + " | ".join(f"{v}, clean" for v in views) + " |")
+    print("|---" * (2 * len(views) + 1) + "|")
+    for name in seeds[0]["log_p_per_dim"]:
+        cells = []
+        for key in ("log_p_per_dim", "clean_log_p_per_dim"):
+            for i in range(len(views)):
+                values = [s[key][name][i] for s in seeds]
+                cells.append(f"{sum(values) / len(values):.2f} ({min(values):.2f} … {max(values):.2f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"\ncheck holds for {sum(s['check_holds'] for s in seeds)} of {len(seeds)} seeds")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="illusion_shapes", help="the +experiment overlay (exact shapes prior)")
+    parser.add_argument(
+        "--losses",
+        nargs="+",
+        default=["ours", "sds"],
+        help="losses of the illusion runs; the first is checked and also makes the single-prompt images",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=None, help="trainer.max_steps (default: the experiment's)")
+    parser.add_argument("--figure", type=Path, help="write the labelled figure of the first seed here (PNG)")
+    parser.add_argument("--out", type=Path, help="write every number as JSON here")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
+    return report(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
