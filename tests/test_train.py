@@ -288,3 +288,86 @@ def test_resume_with_a_larger_max_steps_continues_the_schedules_it_started_with(
     ckpt = load_checkpoint(first / "checkpoints" / "last.pt")
     assert ckpt["loss"]["switch"] == 3 and ckpt["lr_scheduler"]["total_steps"] == 6
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # stays at the final rate
+
+
+class NaNGradient(torch.autograd.Function):
+    """Identity forward (the loss stays finite), NaN backward: a gradient that overflowed on its way back."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+def test_a_finite_loss_with_nonfinite_gradients_skips_the_step(tmp_path, monkeypatch):
+    import scoredist.train as trainer
+
+    original, calls = trainer.Chunk.to_model, {"n": 0}
+
+    def poisoned_on_step_two(self, render_x):
+        calls["n"] += 1
+        x = original(self, render_x)
+        return NaNGradient.apply(x) if calls["n"] == 3 else x  # call 1 is the loss's attach, 2.. the steps
+
+    monkeypatch.setattr(trainer.Chunk, "to_model", poisoned_on_step_two)
+    cfg = config(*SHAPES, "loss=sds", "trainer.max_steps=3", "trainer.log_every=1", run_dir=tmp_path / "r")
+    with pytest.warns(UserWarning, match="step 1: non-finite"):
+        train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 3] and records[-1]["nonfinite_total"] == 1  # step 2 was not logged
+    monkeypatch.setattr(trainer.Chunk, "to_model", original)
+    reference = train(config(*SHAPES, "loss=sds", "trainer.max_steps=1", run_dir=tmp_path / "one")).run_dir
+    # the skipped step left the image as step 1 made it; step 3 then moved it (a NaN update would have spread)
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert torch.isfinite(ckpt["renderer"]["image"]).all() and ckpt["nonfinite_total"] == 1
+    assert not torch.equal(ckpt["renderer"]["image"], final_params(reference))
+    assert ckpt["optimizer"]["state"][0]["step"] == 2  # Adam took two steps out of three
+
+
+def test_the_logged_learning_rate_follows_the_cosine_closed_form(tmp_path):
+    from tests.test_schedules import cosine_factor
+
+    cfg = config(*SHAPES, "loss=sds", "lr_scheduler=cosine", "lr_scheduler.final_fraction=0.2", "optimizer.lr=0.05",
+                 "trainer.max_steps=7", "trainer.log_every=1", run_dir=tmp_path)  # fmt: skip
+    train(cfg)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").open()]
+    # the line of step s holds the rate step s was taken with: after s − 1 scheduler steps
+    assert lrs == pytest.approx([0.05 * cosine_factor(s - 1, 7, 0.2) for s in range(1, 8)], rel=1e-12)
+
+
+def test_decay_and_csd_lengths_survive_a_resume_with_a_larger_max_steps(tmp_path):
+    common = (*SHAPES, "loss=csd", "loss.w2_end=0.0", "schedule=decay", "trainer.log_every=1")
+    first = train(config(*common, "trainer.max_steps=6", run_dir=tmp_path / "r")).run_dir
+    train(config(*common, "trainer.max_steps=9", f"trainer.resume={first}"))
+    ckpt = load_checkpoint(first / "checkpoints" / "last.pt")
+    assert ckpt["schedule"] == {"max_steps": 6} and ckpt["loss"] == {"max_steps": 6}
+    w2 = [json.loads(line)["csd/w2"] for line in (first / "metrics.jsonl").open()]
+    assert w2 == pytest.approx([40.0 * (1 - min(s, 6) / 6) for s in range(9)])  # w2 at step s: 40 → 0 over 6 steps
+    ts = [json.loads(line)["t"] for line in (first / "metrics.jsonl").open()]
+    assert all(t <= 500 for t in ts[6:])  # past step 6 the decayed bound (t_max_end 0.5) holds, not a restart
+
+
+def test_decode_inverts_encode_with_the_vae_scale(tiny_sd_path):
+    from scoredist.guidance.base import Guidance
+    from scoredist.guidance.stable_diffusion import StableDiffusion
+
+    rgb = torch.rand(2, 3, 16, 16)
+    pixels = Guidance(torch.linspace(0.99, 0.01, 10))
+    torch.testing.assert_close(pixels.decode(pixels.encode(rgb)), rgb)
+    assert pixels.encode(torch.tensor([0.0, 0.5, 1.0])).tolist() == [-1.0, 0.0, 1.0]
+    sd = StableDiffusion(pretrained=str(tiny_sd_path))
+    # a VAE whose latent is its input averaged over 8×8 blocks (decoded by repeating it back): exact on flat images,
+    # so what remains to check is the scale (and shift) the guidance puts on the way in and takes off on the way out
+    dist = lambda mean: type("Posterior", (), {"latent_dist": type("Dist", (), {"mean": mean})})()
+    sample = lambda x: type("Decoded", (), {"sample": x})()
+    sd.vae.encode = lambda x: dist(torch.nn.functional.avg_pool2d(x, 8)[:, :1].repeat(1, 4, 1, 1))
+    sd.vae.decode = lambda z: sample(torch.nn.functional.interpolate(z[:, :3], scale_factor=8))
+    flat = torch.rand(2, 1, 1, 1).expand(2, 3, 16, 16)
+    latents = sd.encode(flat)
+    scale, shift = sd.vae.config.scaling_factor, sd.vae.config.shift_factor or 0.0
+    assert scale not in (0, 1) and latents.shape == (2, 4, 2, 2)
+    torch.testing.assert_close(latents, (flat[:, :1, :2, :2].repeat(1, 4, 1, 1) * 2 - 1 - shift) * scale)
+    torch.testing.assert_close(sd.decode(latents), flat)
