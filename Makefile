@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install demo test lint tiny-sd
+.PHONY: help install demo test lint tiny-sd mutation
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -23,3 +23,7 @@ lint:  ## ruff check + format check
 
 tiny-sd: install  ## a tiny random-weight SD pipeline in ./tiny-sd, for trying the SD code path offline
 	$(PY) scripts/make_tiny_pipeline.py tiny-sd
+
+mutation: install  ## mutation testing of losses, schedules, trainer, guidance base (slow: see DEVELOPERS.md)
+	$(VENV)/bin/pip install -q -e ".[mutation]"
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run && $(VENV)/bin/mutmut results

@@ -214,6 +214,7 @@ def test_cli_help_and_clear_errors(tmp_path):
     start = time.monotonic()
     missing = run_cli("guidance.pretrained=/nonexistent/sd", "logger=none", f"hydra.run.dir={tmp_path}/m")
     assert missing.returncode == 2 and "guidance=shapes" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "m").exists() and not (tmp_path / "b").exists()  # failed starts leave no run folder
     hub = run_cli("logger=none", f"hydra.run.dir={tmp_path}/h")  # the default hub id, offline
     assert hub.returncode == 2 and "make_tiny_pipeline" in hub.stderr
     assert time.monotonic() - start < 60
