@@ -292,3 +292,55 @@ def test_the_shipped_sketches_are_what_the_code_builds():
         built = build()
         assert shipped.is_watertight or name == "flower"  # the flower's parts overlap
         np.testing.assert_allclose(shipped.bounds, built.bounds, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nerfaccs_cuda_estimator_the_torch_grid_and_tcnn_agree_on_a_fixed_field():
+    """The same grid state in nerfacc's CUDA OccGridEstimator and in OccupancyGrid on the CPU: the same image of a
+    hard ball (up to where along the rays each marches), and nerfacc's packed CUDA weights equal the PyTorch ones."""
+    pytest.importorskip("nerfacc")
+    hard = lambda p: 30.0 * (p.norm(dim=-1) < 0.5).float()
+    colour = lambda p: torch.stack([p[:, 0] + 0.5, p[:, 1] * 0 + 0.3, 0.5 - p[:, 2]], -1)
+    cpu = known_field_renderer(estimator="occupancy", num_samples=1024)
+    gpu = known_field_renderer(estimator="occupancy", num_samples=1024)
+    for r in (cpu, gpu):
+        r.density, r.field = hard, lambda p: (hard(p), colour(p))
+    for step in range(0, 16 * 30, 16):
+        cpu.at_step(step)
+    gpu.use_device(torch.device("cuda"))
+    gpu.to("cuda")
+    assert type(gpu.estimator).__name__ == "OccGridEstimator"
+    gpu.estimator.load_state_dict({k: v.cuda() for k, v in cpu.estimator.state_dict().items()})
+    cams = orbit_cameras(3, 20.0, 2.6, 40.0)
+    with torch.no_grad():
+        a = cpu.render(cams, 24, 24, stratified=False)
+        b = gpu.render(cams, 24, 24, stratified=False)
+    assert abs(a.samples_per_ray - b.samples_per_ray) < 0.2 * a.samples_per_ray
+    diff = (a.rgb - b.rgb.cpu()).abs()
+    assert diff.mean() < 0.003 and diff.max() < 0.1
+    import nerfacc
+
+    from scoredist.renderers.volume import composite_packed_torch
+
+    torch.manual_seed(0)
+    ray_indices = torch.sort(torch.randint(0, 50, (400,))).values
+    t_starts = torch.rand(400)
+    t_ends, sigmas = t_starts + torch.rand(400) * 0.1, torch.rand(400) * 5
+    mine = composite_packed_torch(t_starts, t_ends, sigmas, ray_indices, 50)
+    theirs = nerfacc.render_weight_from_density(
+        t_starts.cuda(), t_ends.cuda(), sigmas.cuda(), ray_indices=ray_indices.cuda(), n_rays=50
+    )
+    for m, t in zip(mine, theirs):
+        torch.testing.assert_close(m, t.cpu(), rtol=1e-4, atol=1e-5)
+    try:
+        import tinycudann  # noqa: F401
+    except ImportError:
+        pytest.skip("tiny-cuda-nn not installed")
+    t = NeRFRenderer(height=16, width=16, export_mesh=None, **{**SMALL, "encoding_backend": "tcnn"}).cuda()
+    t.use_device(torch.device("cuda"))
+    t.to("cuda")
+    t.at_step(0)
+    render = t()
+    render.x.sum().backward()
+    assert torch.isfinite(render.x).all() and t.encoding.encoding.params.grad.abs().sum() > 0
