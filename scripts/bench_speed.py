@@ -1,14 +1,14 @@
 """Step time of the full trainer against the bare guidance calls the same step needs, for each loss and batch size.
 
 For every (loss, batch size) the script builds the run exactly as `python train.py` would (same config, a list of
-distinct captions, one chunk), times `steps` trainer steps after `warmup` ones, records which guidance calls one step
-made (rows, timesteps, prompts; VSD's source-model calls with their backward), and times those calls alone, on the
-same device and precision. The ratio trainer ÷ bare is what the trainer adds around the model: rendering, noise and
-timestep draws, the loss arithmetic, backward into the parameters and the optimizer (design.md §4: a ratio measured
-in one run, because the machines are shared and noisy).
+distinct captions, one chunk), records which guidance calls one step makes (rows, timesteps, prompts; VSD's
+source-model calls with their backward), then alternates `steps` trainer steps with replays of those calls alone
+(same device and precision) and compares the medians. The ratio trainer ÷ bare is what the trainer adds around the
+model: rendering, noise and timestep draws, the loss arithmetic, backward into the parameters and the optimizer
+(design.md §4: a ratio measured in one run, because the machines are shared and noisy).
 
     python scripts/bench_speed.py --model tiny                          # the tiny test pipeline (CPU, seconds)
-    python scripts/bench_speed.py --model sd21-base --size 128          # SD 2.1-base's UNet (random), 16×16 latents
+    python scripts/bench_speed.py --model sd21-base --size 64           # SD 2.1-base's UNet (random), 8×8 latents
     python scripts/bench_speed.py --model sd21-base --size 512 --device cuda --precision fp16 --batch-sizes 1 2 4 8 16
 
 --model sd21-base builds (once, ~3.5 GB under --cache) a folder with SD 2.1-base's UNet architecture and random
@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import platform
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -59,10 +60,10 @@ class Row:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="tiny | sd21-base | a local diffusers folder")
-    p.add_argument("--size", type=int, default=None, help="render size in pixels (default: 64 tiny, 128 sd21 on CPU)")
+    p.add_argument("--size", type=int, default=None, help="render size in pixels (default: 512 on CUDA, 64 on CPU)")
     p.add_argument("--losses", nargs="+", default=["sds", "ours", "nfsd", "csd", "vsd"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8])
-    p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per configuration (medians are reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, cudnn, compile)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="fp16", help="fp32 | fp16 | bf16 (CUDA only; CPU runs fp32)")
@@ -149,13 +150,12 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, steps: int, device) -> float:
+def timed(fn, device) -> float:
     sync(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        fn()
+    fn()
     sync(device)
-    return (time.perf_counter() - start) / steps
+    return time.perf_counter() - start
 
 
 def measure(args, folder: Path, loss_name: str, batch: int, size: int, guidance) -> Row:
@@ -173,7 +173,6 @@ def measure(args, folder: Path, loss_name: str, batch: int, size: int, guidance)
     chunk = Chunk(run, 0, samples)
     for _ in range(args.warmup):
         chunk.train_step()
-    trainer_s = timed(chunk.train_step, args.steps, device)
 
     recorder = CallRecorder()
     source = getattr(run.loss, "source", None)
@@ -182,9 +181,14 @@ def measure(args, folder: Path, loss_name: str, batch: int, size: int, guidance)
         chunk.train_step()
         recorder.recording = False
     recorder.replay()  # warm
-    bare_s = timed(recorder.replay, args.steps, device)
+    # Trainer steps and bare replays alternate and the medians are compared, so that a machine whose load drifts
+    # during the measurement (shared CI boxes) slows both sides alike.
+    trainer, bare = [], []
+    for _ in range(args.steps):
+        trainer.append(timed(chunk.train_step, device))
+        bare.append(timed(recorder.replay, device))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return Row(loss_name, batch, trainer_s, bare_s, peak)
+    return Row(loss_name, batch, statistics.median(trainer), statistics.median(bare), peak)
 
 
 def table(rows: list[Row]) -> str:
@@ -228,7 +232,7 @@ def main(argv=None) -> None:
 
     folder = model_folder(args.model, Path(args.cache))
     device = pick_device(args.device)
-    size = args.size or (64 if args.model == "tiny" else (512 if device.type == "cuda" else 128))
+    size = args.size or (512 if device.type == "cuda" and args.model != "tiny" else 64)
     guidance = StableDiffusion(
         str(folder),
         device=str(device),
