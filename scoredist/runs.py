@@ -333,15 +333,21 @@ def check_resume_recipe(checkpoint: dict, cfg: DictConfig, path: Path) -> None:
 def config_changes(old: DictConfig, new: DictConfig) -> dict[str, list]:
     """{dotted key: [before, after]} between two configs, unresolved (so `${trainer.max_steps}` inside a loss is not a
     difference when only max_steps changed); where the run is (trainer.resume, run_dir) is not part of the recipe."""
-    flat_old, flat_new = _flatten(OmegaConf.to_container(old, resolve=False)), _flatten(OmegaConf.to_container(new))
+    flat_old, flat_new = (dict(leaves(OmegaConf.to_container(c, resolve=False))) for c in (old, new))
     keys = sorted((set(flat_old) | set(flat_new)) - {"trainer.resume", "trainer.run_dir"})
     return {k: [flat_old.get(k), flat_new.get(k)] for k in keys if flat_old.get(k) != flat_new.get(k)}
 
 
-def _flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict) and node:
-        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): node}
+def leaves(node, prefix: str = ""):
+    """(dotted key, value) of every leaf of nested dicts and lists (list items as key[i])."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from leaves(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, node
 
 
 def report_config_changes(changes: dict[str, list], resumed_at: tuple[int, int]) -> None:

@@ -42,6 +42,7 @@ from scoredist.runs import (
     config_changes,
     finite_or_none,
     json_text,
+    leaves,
     output_errors,
     recipe,
     record_resume,
@@ -114,17 +115,6 @@ def numbers(node, groups):
     """(dotted key, value) of every float under the given top-level keys."""
     for key in groups:
         yield from ((k, v) for k, v in leaves(node.get(key), key) if isinstance(v, float))
-
-
-def leaves(node, prefix: str):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from leaves(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from leaves(v, f"{prefix}[{i}]")
-    else:
-        yield prefix, node
 
 
 def pick_device(name: str) -> torch.device:
@@ -527,16 +517,8 @@ def plan_chunks(cfg: DictConfig, samples: list[Sample]) -> list[list[Sample]]:
 def checkpoint_bytes(chunk: Chunk) -> int:
     """About what one checkpoint of this chunk takes on disk: parameters and Adam's two moments, plus the loss's
     own state (VSD's source model)."""
-    tensors = [*chunk.renderer.state_dict().values(), *leaves_of(chunk.run.loss.state_dict())]
+    tensors = [t for _, t in leaves({"renderer": chunk.renderer.state_dict(), "loss": chunk.run.loss.state_dict()})]
     return 3 * sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
-
-
-def leaves_of(state) -> list:
-    if isinstance(state, dict):
-        return [leaf for v in state.values() for leaf in leaves_of(v)]
-    if isinstance(state, (list, tuple)):
-        return [leaf for v in state for leaf in leaves_of(v)]
-    return [state]
 
 
 def stretch_lr_schedule(cfg: DictConfig, chunk: Chunk) -> None:
