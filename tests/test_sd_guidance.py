@@ -234,7 +234,7 @@ def test_lora_source_model(tiny_sd_path):
     source = sd.make_source_model()
     assert isinstance(source, LoRASource)
     names = [n for n, _ in sd.unet.named_parameters() if "lora" in n]
-    params = list(source.parameters())
+    params = list(source.lora)  # the LoRA matrices; the camera embedding comes on top (tests/test_vsd_camera.py)
     # 4 transformer blocks (down, mid, 2× up) × 2 attentions × 4 projections × (A, B) = 64 LoRA tensors, rank 4.
     assert len(params) == len(names) == 64
     assert all(p.requires_grad and p.dtype == torch.float32 for p in params)

@@ -11,8 +11,8 @@ Weights load only through `from_pretrained(..., use_safetensors=True)` of a hub 
 folder from `scoredist.guidance.tiny_pipeline` goes through exactly this code. When weights cannot be found offline
 the constructor fails at once with `WeightsNotFoundError`, saying what to pass instead.
 
-TODO (NeRF): camera-conditioned VSD (the LoRA UNet additionally sees the camera pose through a class embedding) is not
-implemented; the LoRA source here is conditioned on the prompt only, as in the 2D setting.
+VSD's source model (`LoRASource`) is a LoRA of the same UNet that, for NeRF renders, also sees each row's camera
+through a class embedding, as ProlificDreamer's does.
 """
 
 from __future__ import annotations
@@ -366,16 +366,24 @@ class StableDiffusion(Guidance):
 
 
 class LoRASource(SourceModel):
-    """VSD's ε_ψ: LoRA adapters on the attention projections of the guidance's own UNet.
+    """VSD's ε_ψ: LoRA adapters on the attention projections of the guidance's own UNet, plus a camera embedding.
 
     The frozen UNet weights are shared with the guidance, not copied (memory matters for SD); only the low-rank
     matrices are new, kept in float32 for stable AdamW updates even when the UNet is fp16. peft initialises B = 0,
-    so ε_ψ = ε_φ at start. `parameters()` yields only the LoRA weights; the guidance is held outside the module tree
-    so that it is neither trained, saved nor moved through this object.
+    so ε_ψ = ε_φ at start. `parameters()` yields only the LoRA weights and the camera embedding; the guidance is held
+    outside the module tree so that it is neither trained, saved nor moved through this object.
+
+    Camera conditioning (ProlificDreamer; the paper's code): each row's camera-to-world matrix, flattened to 16
+    numbers, goes through `camera_embedding` (an MLP 16 → time-embedding width, diffusers' TimestepEmbedding) and is
+    added to the UNet's timestep embedding as a class embedding. Its last layer starts at zero (there: random), so
+    that ε_ψ = ε_φ at start for every camera, like the LoRA itself. Rows without a camera get the zero matrix, as the
+    paper's 2D code feeds; a call where no row has a camera (2D images) leaves the embedding out entirely, so 2D VSD
+    is exactly the prompt-only LoRA.
     """
 
     def __init__(self, guidance: StableDiffusion, adapter_name: str, rank: int = 4, alpha: float | None = None):
         super().__init__()
+        from diffusers.models.embeddings import TimestepEmbedding
         from peft import LoraConfig
 
         config = LoraConfig(
@@ -390,16 +398,73 @@ class LoRASource(SourceModel):
             p.data = p.data.float()
             p.requires_grad_(True)
         self.lora = nn.ParameterList(params)  # the very Parameter objects inside the UNet's LoRA layers
+        width = guidance.unet.time_embedding.linear_2.out_features  # 1280 for SD 1.x/2.x
+        self.camera_embedding = TimestepEmbedding(CAMERA_FEATURES, width).to(guidance.device)
+        nn.init.zeros_(self.camera_embedding.linear_2.weight)
+        nn.init.zeros_(self.camera_embedding.linear_2.bias)
         self.adapter_name = adapter_name
         object.__setattr__(self, "guidance", guidance)
 
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """ε_ψ for x_t (N, C, h, w), t (N,), N prompts → (N, C, h, w) float32, with autograd to the LoRA weights."""
+    def predict_noise(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        prompts: Sequence[str],
+        cameras: Sequence[Sequence[float] | None] | None = None,
+    ) -> torch.Tensor:
+        """ε_ψ for x_t (N, C, h, w), t (N,), N prompts → (N, C, h, w) float32, with autograd to the LoRA weights and
+        the camera embedding. cameras: N rows of (azimuth, elevation, distance, fovy) (`Prompt.camera`) or None."""
         guidance = self.guidance
         if guidance._active_adapter != self.adapter_name:  # set_adapter walks every module: only when switching
             guidance.unet.set_adapter(self.adapter_name)  # also gives this adapter back its requires_grad
             guidance._active_adapter = self.adapter_name
-        return guidance.unet_eps(x_t, t, prompts)
+        if cameras is None or all(c is None for c in cameras):
+            return guidance.unet_eps(x_t, t, prompts)
+        if len(cameras) != x_t.shape[0]:
+            raise ValueError(f"got {len(cameras)} cameras for {x_t.shape[0]} rows of x_t")
+        with self._class_labels(camera_features(cameras).to(guidance.device)):
+            return guidance.unet_eps(x_t, t, prompts)
+
+    @contextlib.contextmanager
+    def _class_labels(self, labels: torch.Tensor) -> Iterator[None]:
+        """Within the block, the shared UNet adds `camera_embedding(labels)` to its timestep embedding.
+
+        The embedding is installed on the UNet only here: the frozen guidance (ε_φ) calls the same UNet without it.
+        `unet_eps` may split the rows into several UNet calls (max_batch); a pre-hook hands each call the next rows'
+        labels, in order, and every label must have been used by the end.
+        """
+        unet, remaining = self.guidance.unet, [labels]
+
+        def add_labels(module, args, kwargs):
+            rows = args[0].shape[0]
+            kwargs["class_labels"], remaining[0] = remaining[0][:rows], remaining[0][rows:]
+            return args, kwargs
+
+        original = unet.class_embedding  # None for SD 1.x/2.x
+        unet.class_embedding = self.camera_embedding
+        hook = unet.register_forward_pre_hook(add_labels, with_kwargs=True)
+        try:
+            yield
+        finally:
+            hook.remove()
+            unet.class_embedding = original
+        if remaining[0].shape[0]:
+            raise RuntimeError(f"{remaining[0].shape[0]} camera rows were not used by the UNet calls")
+
+
+CAMERA_FEATURES = 16  # a flattened 4×4 camera-to-world matrix
+
+
+def camera_features(cameras: Sequence[Sequence[float] | None]) -> torch.Tensor:
+    """(N, 16) float32: each row's flattened camera-to-world matrix; rows without a camera get zeros."""
+    from scoredist.renderers.cameras import Cameras, camera_to_world  # camera geometry lives with the renderer
+
+    features = torch.zeros(len(cameras), CAMERA_FEATURES)
+    rows = [i for i, c in enumerate(cameras) if c is not None]
+    if rows:
+        cams = Cameras.from_tensor(torch.tensor([list(cameras[i]) for i in rows], dtype=torch.float32))
+        features[rows] = camera_to_world(cams).flatten(1)
+    return features
 
 
 def scheduler_alphas_cumprod(scheduler) -> torch.Tensor:

@@ -5,6 +5,11 @@
 ε_ψ is a trainable copy of the model (a LoRA of the UNet for Stable Diffusion, a small network for the exact priors),
 fitted after every step to the current renders with the plain denoising loss, t ~ U[0, T), and the prompt dropped to
 ∅ with probability `condition_dropout` (so that it also learns the unconditional render distribution).
+
+Camera conditioning (NeRF, as ProlificDreamer): rows that carry a camera (`Prompt.camera`) hand it to ε_ψ, both when
+it is asked and when it is fitted; the condition dropout drops the text only, the camera stays. (ProlificDreamer's code
+instead keeps the text and zeroes the camera with probability 0.1.) Rows without cameras (2D) call ε_ψ exactly as
+before, without the argument.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class VSD(ScoreLoss):
         x_t = noised(guidance, x, t, noise)
         eps_cond, eps_uncond = predict_conditions(guidance, x_t, t, [prompts, [""] * len(prompts)])
         with torch.no_grad():
-            eps_source = self.source.predict_noise(x_t, t, texts(prompts)).float()
+            eps_source = self.source.predict_noise(x_t, t, texts(prompts), **camera_kwargs(prompts)).float()
         eps_cfg = cfg(eps_uncond, eps_cond, value_at(self.guidance_scale, step))
         return eps_cfg - eps_source, {"norm/cfg": norm(eps_cfg), "norm/source": norm(eps_source)}
 
@@ -63,7 +68,8 @@ class VSD(ScoreLoss):
             noise = torch.randn_like(x)
             drop = torch.rand(x.shape[0]).tolist()
             conditioned = [p if d >= self.condition_dropout else "" for p, d in zip(texts(prompts), drop)]
-            pred = self.source.predict_noise(add_noise(x, noise, t, guidance.alphas_cumprod), t, conditioned)
+            x_t = add_noise(x, noise, t, guidance.alphas_cumprod)
+            pred = self.source.predict_noise(x_t, t, conditioned, **camera_kwargs(prompts))  # the camera is kept
             loss = F.mse_loss(pred.float(), noise)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -77,3 +83,9 @@ class VSD(ScoreLoss):
     def load_state_dict(self, state):
         self.source.load_state_dict(state["source"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def camera_kwargs(prompts) -> dict:
+    """{"cameras": one camera or None per row} when some row has a camera (a NeRF render), else {} (2D rows)."""
+    cameras = [getattr(p, "camera", None) for p in prompts]
+    return {"cameras": cameras} if any(c is not None for c in cameras) else {}

@@ -28,6 +28,14 @@ class Cameras:
         """(B, 4): azimuth, elevation, distance, fovy per camera (the per-row camera of a `Render`)."""
         return torch.stack([self.azimuth, self.elevation, self.distance, self.fovy], dim=1).float()
 
+    @classmethod
+    def from_tensor(cls, rows: torch.Tensor) -> Cameras:
+        """The inverse of `as_tensor`: (B, 4) azimuth, elevation, distance, fovy → Cameras."""
+        if rows.dim() != 2 or rows.shape[1] != 4:
+            raise ValueError(f"cameras are rows of (azimuth, elevation, distance, fovy), got shape {tuple(rows.shape)}")
+        rows = rows.detach().float().cpu()
+        return cls(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3])
+
 
 def _uniform(n: int, bounds: Sequence[float]) -> torch.Tensor:
     lo, hi = float(bounds[0]), float(bounds[1])
@@ -63,6 +71,29 @@ def eye_positions(cams: Cameras) -> torch.Tensor:
     return cams.distance.double()[:, None] * torch.stack([el.cos() * az.sin(), el.sin(), el.cos() * az.cos()], dim=-1)
 
 
+def camera_axes(cams: Cameras) -> tuple[torch.Tensor, ...]:
+    """eye, right, up, forward (B, 3) each, float64: the camera looks from eye towards the origin, with y up on
+    screen. Straight up or down (±90° elevation) has no defined right; it is then (0, 0, 0)."""
+    eye = eye_positions(cams)
+    forward = -eye / eye.norm(dim=-1, keepdim=True)
+    world_up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(forward)
+    right = torch.linalg.cross(forward, world_up)
+    right = right / right.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    up = torch.linalg.cross(right, forward)
+    return eye, right, up, forward
+
+
+def camera_to_world(cams: Cameras) -> torch.Tensor:
+    """(B, 4, 4) float32 camera-to-world matrices in the OpenGL convention threestudio's cameras use: columns right,
+    up, backward (−forward) and the eye position, last row (0, 0, 0, 1). fovy is not part of it. This is the camera
+    a camera-conditioned VSD source model sees (flattened to 16 numbers, as ProlificDreamer's)."""
+    eye, right, up, forward = camera_axes(cams)
+    c2w = torch.zeros(len(cams), 4, 4, dtype=torch.float64)
+    c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, up, -forward, eye
+    c2w[:, 3, 3] = 1.0
+    return c2w.float()
+
+
 def sample_lights(cams: Cameras, distance_range: Sequence[float] = (0.8, 1.5), perturb: float = 1.0) -> torch.Tensor:
     """DreamFusion's random point light, as threestudio samples it: the direction of the camera plus N(0, perturb²)
     noise per axis, normalised, at a distance uniform in `distance_range`. → (B, 3) float32, from torch's global RNG."""
@@ -77,12 +108,7 @@ def camera_rays(cams: Cameras, height: int, width: int) -> tuple[torch.Tensor, t
 
     The image plane spans ±tan(fovy / 2) vertically and ±tan(fovy / 2) · W / H horizontally at unit depth.
     """
-    eye = eye_positions(cams)
-    forward = -eye / eye.norm(dim=-1, keepdim=True)
-    world_up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(forward)
-    right = torch.linalg.cross(forward, world_up)
-    right = right / right.norm(dim=-1, keepdim=True).clamp_min(1e-9)  # straight up/down (±90°) is degenerate
-    up = torch.linalg.cross(right, forward)
+    eye, right, up, forward = camera_axes(cams)
     half = torch.tan(torch.deg2rad(cams.fovy.double()) / 2)[:, None, None]  # (B, 1, 1)
     rows = 1 - (torch.arange(height, dtype=torch.float64) + 0.5) / height * 2  # +1 at the top
     cols = (torch.arange(width, dtype=torch.float64) + 0.5) / width * 2 - 1

@@ -359,8 +359,9 @@ class PointsSourceModel(SourceModel):
                 self.prompt_index[p] = len(self.prompt_index)
         return torch.tensor([self.prompt_index[p] for p in prompts], device=device)
 
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """x_t (N, 2), t (N,) long, N prompts → ε_ψ (N, 2) float32, differentiable in the parameters."""
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str], cameras=None) -> torch.Tensor:
+        """x_t (N, 2), t (N,) long, N prompts → ε_ψ (N, 2) float32, differentiable in the parameters. cameras (what
+        VSD passes for rows with one) are ignored."""
         x_t = x_t.float()
         features = torch.cat(
             [x_t, self.time_embedding(t.to(x_t.device)), self.embedding(self._indices(prompts, x_t.device))], dim=1

@@ -367,8 +367,9 @@ class ShapesSourceModel(SourceModel):
         h = F.silu(self.conv_mid(h))
         return self.conv_out(h)
 
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """ε_ψ for each row (differentiable in ψ): x_t (N, 3, R, R), t (N,), N prompts → (N, 3, R, R) float32."""
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str], cameras=None) -> torch.Tensor:
+        """ε_ψ for each row (differentiable in ψ): x_t (N, 3, R, R), t (N,), N prompts → (N, 3, R, R) float32.
+        cameras (VSD passes them for NeRF renders) are ignored: the view phrase in the prompt is the condition."""
         base = self._prior[0].predict_noise(x_t, t, prompts)
         return base + self.residual(x_t.float(), t, prompts)
 
