@@ -54,20 +54,24 @@ def log_density(prior, x: torch.Tensor, prompt: str) -> torch.Tensor:
     return mixture_log_density(prior.mixture_for(prompt), x, abar=1.0) / x[0].numel()
 
 
-def view_scores(prior, x: torch.Tensor, views, default_prompt: str, suffix: str = "") -> list[float]:
+def view_scores(prior, x: torch.Tensor, views, suffix: str = "") -> list[float]:
     """log p(T_v(x) | y_v + suffix) / D for every view v of one image x (1, 3, R, R)."""
     from scoredist.renderers.transforms import apply
 
-    return [float(log_density(prior, apply(v.transform, x), (v.prompt or default_prompt) + suffix)[0]) for v in views]
+    return [float(log_density(prior, apply(v.transform, x), v.prompt + suffix)[0]) for v in views]
 
 
 def run_set(experiment: str, overrides: list[str], losses: list[str], work: Path) -> tuple[dict, list, DictConfig]:
     """Final images (untransformed, (1, 3, R, R)) of the illusion with each loss and of every view alone (the first
     loss, the view's own transform): {name: image}."""
-    from scoredist.renderers.transforms import invert, parse_views
+    from scoredist.renderers.transforms import View, invert, parse_views
 
     base = compose_config(experiment, overrides)
-    views = parse_views(OmegaConf.to_container(base.renderer.views, resolve=True))
+    # a view without a prompt is conditioned on the run's prompt: name it, for the labels and the scores
+    views = [
+        View(v.transform, v.prompt or base.prompt)
+        for v in parse_views(OmegaConf.to_container(base.renderer.views, resolve=True))
+    ]
     images = {}
     for loss in losses:
         cfg = compose_config(experiment, [*overrides, f"loss={loss}"])
@@ -75,21 +79,20 @@ def run_set(experiment: str, overrides: list[str], losses: list[str], work: Path
         images[f"illusion, {loss}"] = invert(views[0].transform, rows[:1])
     for i, view in enumerate(views):
         cfg = compose_config(experiment, [*overrides, f"loss={losses[0]}"])
-        cfg.renderer.views = [{"transform": view.transform, "prompt": view.prompt or base.prompt}]
+        cfg.renderer.views = [{"transform": view.transform, "prompt": view.prompt}]
         rows = final_rows(cfg, work / f"single-{i}")
-        images[f"only {view.prompt or base.prompt}, {losses[0]}"] = invert(view.transform, rows)
+        images[f"only {view.prompt}, {losses[0]}"] = invert(view.transform, rows)
     return images, views, base
 
 
-def illusion_check(scores: dict[str, list[float]], views, default_prompt: str, illusion: str) -> bool:
+def illusion_check(scores: dict[str, list[float]], views, illusion: str) -> bool:
     """Under every view, the illusion scores higher than the single-prompt image of every other view's prompt."""
-    singles = {v.prompt or default_prompt: f"only {v.prompt or default_prompt}" for v in views}
-    names = {prompt: next(k for k in scores if k.startswith(prefix + ",")) for prompt, prefix in singles.items()}
+    single = {v.prompt: next(k for k in scores if k.startswith(f"only {v.prompt},")) for v in views}
     return all(
-        scores[illusion][i] > scores[names[other]][i]
+        scores[illusion][i] > scores[single[other]][i]
         for i, v in enumerate(views)
-        for other in singles
-        if other != (v.prompt or default_prompt)
+        for other in single
+        if other != v.prompt
     )
 
 
@@ -117,9 +120,9 @@ def report(args) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             images, views, base = run_set(args.experiment, overrides, args.losses, Path(tmp))
         prior = instantiate(base.guidance, device="cpu", precision="fp32")
-        scores = {name: view_scores(prior, x, views, base.prompt) for name, x in images.items()}
-        clean = {name: view_scores(prior, x, views, base.prompt, TGT_SUFFIX) for name, x in images.items()}
-        holds = illusion_check(scores, views, base.prompt, f"illusion, {args.losses[0]}")
+        scores = {name: view_scores(prior, x, views) for name, x in images.items()}
+        clean = {name: view_scores(prior, x, views, TGT_SUFFIX) for name, x in images.items()}
+        holds = illusion_check(scores, views, f"illusion, {args.losses[0]}")
         results["views"] = [v.label() for v in views]
         results["seeds"][seed] = {"log_p_per_dim": scores, "clean_log_p_per_dim": clean, "check_holds": holds}
         if n == 0 and args.figure:

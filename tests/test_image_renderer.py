@@ -1,0 +1,183 @@
+"""The image renderer's views (ambiguous images): transforms, one row per (sample, view) with its prompt, directions
+mapped back through the inverse transform, every row in one guidance call, the labelled views.png."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from scoredist.guidance.base import Guidance, scaled_linear_alphas_cumprod
+from scoredist.losses.base import surrogate_loss
+from scoredist.losses.ours import Ours
+from scoredist.losses.sds import SDS
+from scoredist.prompts import Prompt
+from scoredist.renderers.base import ModelSpace
+from scoredist.renderers.image import ImageRenderer
+from scoredist.renderers.transforms import TRANSFORMS, apply, invert, parse_views
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def config(*overrides: str, run_dir: Path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["logger=none", "trainer.device=cpu", *overrides])
+    cfg.trainer.run_dir = str(run_dir)
+    return cfg
+
+
+def test_transforms_by_hand_and_their_inverses():
+    x = torch.tensor([[1, 2], [3, 4]])  # rows top to bottom
+    expected = {
+        "identity": [[1, 2], [3, 4]],
+        "rot90": [[2, 4], [1, 3]],  # counter-clockwise: the right column becomes the top row
+        "rot180": [[4, 3], [2, 1]],
+        "rot270": [[3, 1], [4, 2]],
+        "flip_h": [[2, 1], [4, 3]],
+        "flip_v": [[3, 4], [1, 2]],
+        "transpose": [[1, 3], [2, 4]],
+    }
+    assert set(expected) == set(TRANSFORMS)
+    for name, want in expected.items():
+        assert apply(name, x).tolist() == want, name
+    y = torch.randn(2, 3, 5, 5)
+    for name in TRANSFORMS:
+        assert torch.equal(invert(name, apply(name, y)), y), name
+    assert not torch.equal(apply("rot90", apply("rot90", y)), y)  # rot90 is not its own inverse: invert must know
+
+
+class ConvStub(Guidance):
+    """ε(x_t; y, t) = c_y · ᾱ_t · (k ⋆ x_t) with zero padding and c_y from the prompt's text: a model that mixes
+    neighbouring pixels, equivariant under every transform of the square exactly when the 3×3 kernel k is."""
+
+    channels, downscale = 3, 1
+
+    def __init__(self, kernel: torch.Tensor):
+        super().__init__(scaled_linear_alphas_cumprod())
+        self.kernel = kernel
+
+    def predict_noise(self, x_t, t, prompts):
+        c = torch.tensor([1 + zlib.crc32(p.encode()) % 5 for p in prompts], dtype=x_t.dtype).view(-1, 1, 1, 1)
+        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        k = self.kernel.to(x_t).expand(3, 1, 3, 3)
+        return c * abar * F.conv2d(x_t, k, padding=1, groups=3)
+
+
+SYMMETRIC = torch.tensor([[0.05, 0.2, 0.05], [0.2, -1.0, 0.2], [0.05, 0.2, 0.05]])  # invariant under the square's group
+LOPSIDED = torch.tensor([[0.0, 0.6, 0.0], [0.1, -1.0, 0.0], [0.0, 0.0, 0.3]])
+
+
+def gradient(guidance, loss, mode: str, transform: str, noise: torch.Tensor) -> torch.Tensor:
+    """∂(surrogate)/∂θ for one sample seen only under `transform` (prompt "a shape"), with noise drawn as the
+    transformed view's noise."""
+    renderer = ImageRenderer(mode=mode, height=8, width=8, views=[{"transform": transform, "prompt": "a shape"}])
+    renderer.bind(ModelSpace(3, 1, (8, 8), guidance.encode), seeds=[5])
+    render = renderer()
+    x = guidance.encode(render.x) if renderer.outputs_rgb else render.x
+    t = torch.tensor([300])
+    weighted, _ = loss(guidance, x, t, noise, [Prompt(render.captions[0])], step=0)
+    surrogate_loss(x, weighted).backward()
+    return renderer.image.grad
+
+
+@pytest.mark.parametrize("mode", ["latent", "rgb"])
+@pytest.mark.parametrize("loss", [SDS(guidance_scale=7.5), Ours(stage_one=None)], ids=["sds", "ours"])
+def test_direction_mapped_back_equals_the_direction_on_the_untransformed_image(mode, loss):
+    """With an equivariant model, the gradient a transformed view sends back (through the inverse transform, by
+    autograd) is the gradient of the untransformed image with the correspondingly transformed noise."""
+    guidance = ConvStub(SYMMETRIC)
+    noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    upright = gradient(guidance, loss, mode, "identity", noise)
+    assert upright.abs().max() > 1e-3
+    for name in TRANSFORMS:
+        seen = gradient(guidance, loss, mode, name, apply(name, noise))
+        torch.testing.assert_close(seen, upright, rtol=1e-5, atol=1e-6, msg=name)
+    # the check can fail: a model that is not equivariant gives another gradient
+    lopsided = ConvStub(LOPSIDED)
+    assert not torch.allclose(
+        gradient(lopsided, loss, mode, "rot90", apply("rot90", noise)),
+        gradient(lopsided, loss, mode, "identity", noise),
+        atol=1e-4,
+    )
+
+
+def test_views_make_one_row_per_sample_and_view_conditioned_on_its_prompt():
+    renderer = ImageRenderer(
+        height=8,
+        width=8,
+        views=[{"transform": "identity"}, ["rot90", "a blue cone"], {"transform": "flip_h", "prompt": "x"}],
+    )
+    renderer.bind(ModelSpace(3, 1, (8, 8), lambda rgb: rgb), seeds=[1, 2])
+    render = renderer()
+    assert render.x.shape == (6, 3, 8, 8)
+    assert render.samples == [0, 0, 0, 1, 1, 1]
+    assert render.captions == [None, "a blue cone", "x", None, "a blue cone", "x"]
+    image = renderer.image.detach()
+    for s in range(2):
+        assert torch.equal(render.x[3 * s], image[s])
+        assert torch.equal(render.x[3 * s + 1], torch.rot90(image[s], 1, (-2, -1)))
+        assert torch.equal(render.x[3 * s + 2], image[s].flip(-1))
+    plain = ImageRenderer(height=8, width=8)
+    plain.bind(ModelSpace(3, 1, (8, 8), lambda rgb: rgb), seeds=[1, 2])
+    assert plain().captions is None and torch.equal(plain().x, image)  # no views: one row per sample, as before
+
+
+def test_bad_views_fail_with_what_to_write_instead():
+    with pytest.raises(ValueError, match="unknown view transform 'rot45'; choose one of identity, rot90"):
+        ImageRenderer(views=[{"transform": "rot45"}])
+    with pytest.raises(ValueError, match="non-empty list"):
+        ImageRenderer(views=[])
+    with pytest.raises(ValueError, match=r"views\[0\] needs a 'transform'"):
+        ImageRenderer(views=[{"prompt": "a red cube"}])
+    renderer = ImageRenderer(height=8, width=16, views=[{"transform": "identity"}, {"transform": "transpose"}])
+    with pytest.raises(ValueError, match="transpose, which turns a 8x16 image into 16x8.*square"):
+        renderer.bind(ModelSpace(3, 1, (8, 16), lambda rgb: rgb), seeds=[0])
+    wide = ImageRenderer(height=8, width=16, views=[{"transform": "rot180"}, {"transform": "flip_v"}])
+    wide.bind(ModelSpace(3, 1, (8, 16), lambda rgb: rgb), seeds=[0])  # shape-keeping transforms: any size
+    assert wide().x.shape == (2, 3, 8, 16)
+    with pytest.raises(ValueError, match="renderer.init is not set.*input=PATH"):
+        ImageRenderer(init=None).bind(ModelSpace(3, 1, (8, 8), lambda rgb: rgb), seeds=[0])
+
+
+def test_every_view_of_every_sample_goes_through_one_guidance_call_per_step(tmp_path, monkeypatch):
+    from scoredist.guidance.exact.shapes import ShapesPrior
+    from scoredist.train import train
+
+    calls = []
+    predict = ShapesPrior.predict_noise
+
+    def counting(self, x_t, t, prompts):
+        calls.append(list(prompts))
+        return predict(self, x_t, t, prompts)
+
+    monkeypatch.setattr(ShapesPrior, "predict_noise", counting)
+    cfg = config(
+        "guidance=shapes",
+        "loss=sds",
+        "prompt=[a red cube,a green sphere]",
+        "trainer.batch_size=2",
+        "trainer.max_steps=2",
+        "renderer.views=[{transform: identity}, {transform: rot180, prompt: 'a blue cone'}]",
+        run_dir=tmp_path / "run",
+    )
+    train(cfg)
+    assert len(calls) == 2  # one call per step
+    # 2 samples × 2 views × (unconditional, conditional) rows, each view on its own prompt
+    assert sorted(calls[0]) == sorted(["", "a red cube", "", "a blue cone", "", "a green sphere", "", "a blue cone"])
+    rows = torch.load(tmp_path / "run" / "samples" / "00001.pt", weights_only=True)
+    assert rows.shape == (2, 3, 32, 32) and torch.equal(rows[1], torch.rot90(rows[0], 2, (-2, -1)))
+    figure = iio.imread(tmp_path / "run" / "views.png")
+    single = iio.imread(tmp_path / "run" / "samples" / "00000.png")
+    assert figure.shape[0] > 2 * single.shape[0]  # one labelled row per sample
+    assert figure.shape[1] >= single.shape[1]
+
+
+def test_parse_views_takes_pairs_and_mappings():
+    views = parse_views([["rot270"], ("flip_v", "a red cube"), {"transform": "transpose", "prompt": None}])
+    assert [(v.transform, v.prompt) for v in views] == [("rot270", None), ("flip_v", "a red cube"), ("transpose", None)]
+    assert views[1].label() == "flip_v: a red cube"
