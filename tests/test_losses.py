@@ -4,6 +4,8 @@ The stub's answer depends on the prompt (a_y x_t + b_y) and on the timestep (+ C
 pin which timestep each row is evaluated at.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -17,7 +19,8 @@ from scoredist.losses.ours import Ours
 from scoredist.losses.sds import SDS
 from scoredist.losses.vsd import VSD
 from scoredist.prompts import SRC_SUFFIX, TGT_SUFFIX, Prompt
-from tests.stubs import FixedSource, LinearSource, StubGuidance
+from scoredist.schedules import Ramp
+from tests.stubs import FixedSource, StubGuidance
 
 ABAR = scaled_linear_alphas_cumprod().float()
 TABLE = {
@@ -339,3 +342,110 @@ def test_conditioning_texts_list_every_string_the_model_sees(loss):
     if not isinstance(loss, (VSD,)):
         assert listed == guidance.prompts_seen, listed - guidance.prompts_seen
     assert all(what for what, _ in loss.conditioning_texts(prompts))  # each one says what it is, for the error
+
+
+def test_defaults_are_the_papers_settings():
+    assert SDS().guidance_scale == 40.0 and NFSD().guidance_scale == 40.0 and NFSD().t_threshold == 200
+    assert (CSD().w1, CSD().w2, CSD().w2_end) == (40.0, 40.0, None)
+    vsd = VSD()
+    assert (vsd.guidance_scale, vsd.lora_lr, vsd.lora_weight_decay, vsd.condition_dropout) == (7.5, 3e-4, 0.0, 0.1)
+    assert Bridge().num_steps == 4 and Bridge().start == "noise" and Ours().guidance_scale == 40.0
+    assert (DDS().source_prompt, DDS().reference, DDS().guidance_scale) == ("", None, None)
+    with pytest.raises(ValueError, match="the k-step bridge needs num_steps >= 1, got 0"):
+        Bridge(num_steps=0)
+
+
+def test_conditioning_texts_say_what_each_string_is():
+    rows = [Prompt("cat", ", side view")]
+    assert DDS(source_prompt="dog", guidance_scale=2.0).conditioning_texts(rows) == [
+        ("the prompt", "cat, side view"),
+        ("loss.source_prompt", "dog"),
+        ("the empty prompt", ""),
+    ]
+    assert DDS().conditioning_texts(rows) == [("the prompt", "cat, side view"), ("loss.source_prompt", "")]
+    negative = [("the prompt", "cat, side view"), ("the empty prompt", ""), ("loss.negative_prompt", "neg")]
+    assert NFSD(negative_prompt="neg").conditioning_texts(rows) == negative
+    assert CSD(negative_prompt="neg").conditioning_texts(rows) == negative
+    assert CSD(w2=0.0, w2_end=5.0, negative_prompt="neg").conditioning_texts(rows) == negative  # annealed up from 0
+    assert CSD(w2=0.0, negative_prompt="neg").conditioning_texts(rows) == negative[:2]
+    assert Ours(stage_one=None, src_suffix=", s", tgt_suffix=", t").conditioning_texts(rows) == [
+        ("the target prompt (prompt + loss.tgt_suffix)", "cat, t, side view"),
+        ("the source prompt (prompt + loss.src_suffix)", "cat, s, side view"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "loss, keys",
+    [
+        (SDS(guidance_scale=Ramp(1.0, 9.0, end_step=8)), {"norm/cfg", "norm/noise", "guidance_scale"}),
+        (NFSD(guidance_scale=Ramp(1.0, 9.0, end_step=8), negative_prompt="neg"), {"norm/classifier", "norm/delta_d"}),
+        (CSD(w1=Ramp(1.0, 9.0, end_step=8), negative_prompt="neg"), {"norm/classifier", "norm/negative", "csd/w2"}),
+        (DDS(source_prompt="dog", guidance_scale=Ramp(1.0, 9.0, end_step=8)), {"norm/delta"}),
+        (Ours(guidance_scale=Ramp(1.0, 9.0, end_step=8), stage_one=None), {"norm/bridge", "ours/stage"}),
+    ],
+    ids=lambda v: type(v).__name__ if not isinstance(v, set) else "",
+)
+def test_scheduled_scales_are_read_at_the_step_and_logs_have_their_names(loss, keys, setup):
+    """A Ramp scale at step 4 is 5; the same loss with the constant 5 gives the same direction."""
+    guidance, x, t, noise, x_t = setup
+    loss.attach(guidance, x.flip(0))
+    g, logs = loss.direction(guidance, x, t, noise, ["cat", "cat"], 4)
+    constant = copy.copy(loss)
+    for name in ("guidance_scale", "w1"):
+        if isinstance(getattr(loss, name, None), Ramp):
+            setattr(constant, name, 5.0)
+    torch.testing.assert_close(g, constant.direction(guidance, x, t, noise, ["cat", "cat"], 4)[0])
+    assert set(logs) == keys
+
+
+def test_csd_keeps_its_annealing_length_unless_the_checkpoint_has_one():
+    loss = CSD(w2_end=0.0, max_steps=7)
+    loss.load_state_dict({})  # an old checkpoint without the key
+    assert loss.max_steps == 7
+    loss.load_state_dict({"max_steps": 3})
+    assert loss.max_steps == 3 and loss.state_dict() == {"max_steps": 3}
+
+
+class Downscaled(StubGuidance):
+    """A stub 'latent' model: 2× downscale, encode = 2·rgb − 1 averaged over 2×2 blocks."""
+
+    downscale = 2
+
+    def encode(self, rgb):
+        return torch.nn.functional.avg_pool2d(rgb * 2 - 1, 2)
+
+
+def test_dds_encodes_its_reference_file_at_the_models_input_size(tmp_path):
+    import imageio.v3 as iio
+
+    from scoredist.images import read_image
+
+    path = tmp_path / "ref.png"
+    iio.imwrite(path, (torch.rand(20, 30, 3) * 255).byte().numpy())
+    guidance = Downscaled(TABLE)
+    loss = DDS(source_prompt="dog", reference=str(path))
+    loss.attach(guidance, torch.zeros(1, 3, 4, 6))  # latents of 3×4×6 ↔ images of 8×12
+    torch.testing.assert_close(loss.x_ref, guidance.encode(read_image(path, 8, 12)))
+    loss.attach(guidance, torch.zeros(1, 3, 4, 6, device="meta"))  # the reference lives where the run computes
+    assert loss.x_ref.device.type == "meta"
+
+
+def test_ddim_path_and_alpha_bar_stay_on_the_timesteps_device_and_index_t_exactly():
+    from scoredist.guidance.base import alpha_bar
+
+    assert ddim_path(torch.tensor([10, 20], device="meta"), 2).shape == (3, 2)
+    abar = alpha_bar(ABAR, torch.tensor([0, 1, -1, 999]), 2).flatten()
+    assert abar.tolist() == pytest.approx([ABAR[0].item(), ABAR[1].item(), 1.0, ABAR[999].item()])
+    assert alpha_bar(ABAR, torch.tensor([0, -1], device="meta"), 4).shape == (2, 1, 1, 1)
+
+
+def test_check_resolution_names_a_size_that_works():
+    guidance = Downscaled(TABLE)
+    guidance.check_resolution(8, 12)
+    for size in ((7, 12), (8, 13)):
+        with pytest.raises(
+            ValueError, match=rf"{size[0]}x{size[1]} is not divisible by 2.*choose e.g. {size[0] // 2 * 2}\."
+        ):
+            guidance.check_resolution(*size)
+    with pytest.raises(ValueError, match=r"choose e.g. 2\."):
+        guidance.check_resolution(1, 1)

@@ -209,7 +209,10 @@ def test_bad_values_get_one_line_errors_before_anything_is_written(override, mes
 def test_a_dds_reference_that_is_not_an_image_is_named(tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with pytest.raises(ValueError, match=r"loss.reference .*notes.png is not an image file"):
+    message = (
+        r"notes.png is not an image file that can be read \(Could not find a backend[^\n]*\); give a PNG or JPG \("
+    )
+    with pytest.raises(ValueError, match=message):
         short_run(tmp_path / "x", "loss=dds", f"loss.reference={text}")
 
 

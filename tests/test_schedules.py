@@ -106,10 +106,12 @@ def test_cosine_lr_state_keeps_its_length_and_stretch_changes_it():
 def test_linear_ramp_and_ramp_values():
     assert [linear_ramp(s, 10, 20, 1.0, 3.0) for s in (0, 10, 11, 15, 20, 25)] == pytest.approx([1, 1, 1.2, 2, 3, 3])
     assert [linear_ramp(s, 10, 10, 1.0, 3.0) for s in (9, 10, 11)] == [1.0, 1.0, 3.0]  # zero length: a step
-    cosine = Ramp(start=4.0, end=0.0, start_step=10, end_step=30, mode="cosine")
-    expected = [4.0, 4.0, 2 * (1 + math.cos(math.pi * 0.25)), 2.0, 0.0, 0.0]
+    cosine = Ramp(start=5.0, end=1.0, start_step=10, end_step=30, mode="cosine")
+    expected = [5.0, 5.0, 1 + 2 * (1 + math.cos(math.pi * 0.25)), 3.0, 1.0, 1.0]
     assert [cosine(s) for s in (0, 10, 15, 20, 30, 99)] == pytest.approx(expected)
-    assert value_at(cosine, 20) == pytest.approx(2.0) and value_at(7.5, 20) == 7.5
+    assert value_at(cosine, 20) == pytest.approx(3.0) and value_at(7.5, 20) == 7.5
+    linear = Ramp(start=5.0, end=1.0, start_step=10, end_step=30)  # off the midpoint, linear ≠ cosine
+    assert [linear(s) for s in (0, 15, 20, 25, 40)] == pytest.approx([5.0, 4.0, 3.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="Ramp mode"):
         Ramp(0.0, 1.0, mode="exp")
 
@@ -140,3 +142,11 @@ def test_resolve_switch_step_rounds_a_fraction_of_the_run():
     assert resolve_switch_step(10, fraction=0.3) == 3 and resolve_switch_step(999, fraction=0.5) == 500
     assert resolve_switch_step(10, fraction=None, step=0) == 0 and stage_switched(0, 0)
     assert not stage_switched(10**6, None)
+
+
+def test_default_lengths_and_the_grid_reach_every_schedule():
+    assert Ramp(0.0, 10.0)(500) == pytest.approx(5.0)  # over 1000 steps by default
+    annealed = AnnealedSchedule()  # the paper's NeRF setting: t_max 0.98 → 0.5 at step 5000
+    assert annealed.bounds(4999) == (0.02, 0.98) and annealed.bounds(5000) == (0.02, 0.5)
+    assert AnnealedSchedule(grid=500).index_range(0, 1000) == (20, 980, 2)
+    assert DecaySchedule(grid=500).index_range(0, 1000) == (20, 980, 2)

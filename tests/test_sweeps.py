@@ -57,6 +57,11 @@ def test_an_interrupted_demo_resumes_from_its_own_recipe_alone(tmp_path):
     assert proc.returncode == 130 and f"resume with trainer.resume={run}" in out, out
     assert 5 <= step_of(run) < 40
 
+    record = (run / ".hydra" / "config.yaml").read_bytes(), (run / "config.yaml").read_bytes()
+    other = cli(f"trainer.resume={run}", "loss=sds")
+    assert other.returncode == 2 and re.search(r"trained with loss Ours .* asks for SDS", other.stderr), other.stderr
+    assert ((run / ".hydra" / "config.yaml").read_bytes(), (run / "config.yaml").read_bytes()) == record
+
     resumed = cli(f"trainer.resume={run}")  # nothing else: guidance=shapes, loss=ours, cosine LR come from the run
     assert resumed.returncode == 0, resumed.stderr
     assert step_of(run) == 40 and "resuming" in resumed.stderr
@@ -74,6 +79,7 @@ def test_an_interrupted_demo_resumes_from_its_own_recipe_alone(tmp_path):
     assert [h["changes"] for h in history] == [{}, {"trainer.max_steps": [40, 44]}]
     assert "trainer.max_steps=44" in history[1]["overrides"]
     assert "resuming" in (run / "train.log").read_text()  # train.log holds the run's messages
+    assert (run / ".hydra" / "config.yaml").read_bytes() == record[0]  # how the run started stays recorded
 
 
 def test_a_sweep_runs_every_good_job_and_reports_the_bad_one(tmp_path):

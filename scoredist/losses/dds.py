@@ -52,8 +52,8 @@ class DDS(ScoreLoss):
 
     def direction(self, guidance, x, t, noise, prompts, step):
         b = len(prompts)
-        x_ref = self.x_ref.expand(b, *self.x_ref.shape[1:]) if self.x_ref.shape[0] != b else self.x_ref
-        x_t, x_ref_t = noised(guidance, x, t, noise), noised(guidance, x_ref, t, noise)
+        # one reference for the whole batch broadcasts against the batch's noise: x_ref,t has B rows either way
+        x_t, x_ref_t = noised(guidance, x, t, noise), noised(guidance, self.x_ref, t, noise)
         src = [self.source_prompt] * b
         if self.guidance_scale is None:
             eps_tgt, eps_src = predict_conditions(guidance, [x_t, x_ref_t], t, [prompts, src])
