@@ -94,9 +94,11 @@ def test_nfsd_switches_its_denoising_term_at_t_200(setup):
 
 def test_csd_direction_and_reduction_to_the_sds_guidance_term(setup):
     guidance, x, t, noise, x_t = setup
-    g, _ = CSD(w1=10, w2=3, negative_prompt="neg").direction(guidance, x, t, noise, ["cat", "cat"], 0)
+    g, logs = CSD(w1=10, w2=3, negative_prompt="neg").direction(guidance, x, t, noise, ["cat", "cat"], 0)
     expected = 10 * (eps("cat", x_t, t) - eps("", x_t, t)) + 3 * (eps("", x_t, t) - eps("neg", x_t, t))
     torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-5)
+    negative = 3 * (eps("", x_t, t) - eps("neg", x_t, t))
+    assert float(logs["norm/negative"]) == pytest.approx(negative.flatten(1).norm(dim=1).mean().item(), rel=1e-4)
     # (w1, w2) = (s, 0): exactly SDS's guidance term ε_cfg − ε_∅ = s(ε_y − ε_∅)
     s = 7.5
     g_csd, _ = CSD(w1=s, w2=0).direction(guidance, x, t, noise, ["cat", "cat"], 0)
@@ -449,3 +451,25 @@ def test_check_resolution_names_a_size_that_works():
             guidance.check_resolution(*size)
     with pytest.raises(ValueError, match=r"choose e.g. 2\."):
         guidance.check_resolution(1, 1)
+
+
+def test_dds_checkpoints_its_reference():
+    loss = DDS(source_prompt="dog")
+    loss.attach(StubGuidance(TABLE), torch.full((1, 3, 8, 8), 0.25))
+    state = loss.state_dict()
+    resumed = DDS(source_prompt="dog")
+    resumed.attach(StubGuidance(TABLE), torch.zeros(1, 3, 8, 8))  # a resumed run starts from another initial image
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.x_ref, torch.full((1, 3, 8, 8), 0.25)) and set(state) == {"x_ref"}
+
+
+def test_guidance_sampling_is_the_ddim_solve_from_seeded_noise():
+    from scoredist.guidance.base import Guidance, ddim_sample
+
+    guidance = StubGuidance(TABLE, t_coefficient=C)
+    samples = guidance.sample("cat", 2, num_steps=3, generator=torch.Generator().manual_seed(5))
+    noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(samples, ddim_sample(guidance, noise, ["cat", "cat"], 3))
+    assert guidance.calls == 6 and guidance.prompts_seen == {"cat"}  # 3 steps, for both runs
+    with pytest.raises(NotImplementedError, match="Guidance has no trainable source model, so loss=vsd cannot use it"):
+        Guidance(ABAR).make_source_model()

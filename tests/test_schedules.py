@@ -150,3 +150,11 @@ def test_default_lengths_and_the_grid_reach_every_schedule():
     assert annealed.bounds(4999) == (0.02, 0.98) and annealed.bounds(5000) == (0.02, 0.5)
     assert AnnealedSchedule(grid=500).index_range(0, 1000) == (20, 980, 2)
     assert DecaySchedule(grid=500).index_range(0, 1000) == (20, 980, 2)
+
+
+def test_decay_defaults_a_one_step_run_and_a_state_without_a_length():
+    assert DecaySchedule().bounds(500) == pytest.approx((0.02, 0.74)) and DecaySchedule().bounds(1000) == (0.02, 0.5)
+    assert DecaySchedule(0.8, 0.8, 0.2, 0.2, max_steps=1).bounds(1) == pytest.approx((0.2, 0.2))  # decayed after one
+    schedule = DecaySchedule(max_steps=9)
+    schedule.load_state_dict({})
+    assert schedule.max_steps == 9
