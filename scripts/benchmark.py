@@ -41,23 +41,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return None
-    from scoredist.errors import user_error
-    from scoredist.eval.benchmark import Benchmark
+    from scoredist.eval.benchmark import Benchmark, cli_errors
 
     preset, out, commands, overrides = parse(argv)
-    out = out or Path("benchmarks") / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{preset}"
-    try:
+    out = out or Path("outputs") / "benchmarks" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{preset}"
+    with cli_errors():
         bench = Benchmark(preset, overrides, out)
         if commands:
             print("\n".join(bench.commands()))
             return None
         return bench.run()
-    except Exception as e:
-        message = user_error(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

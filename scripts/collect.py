@@ -24,19 +24,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="where results.md / results.json / grids/ go (default: first DIR)")
     parser.add_argument("--wandb", action="store_true", help="also log the table as a wandb run")
     args = parser.parse_args(argv)
-    from scoredist.errors import user_error
-    from scoredist.eval.collect import collect_from
+    from scoredist.eval.benchmark import cli_errors, collect_from
 
     overrides = [d for d in args.dirs if "=" in d]
     dirs = [Path(d) for d in args.dirs if "=" not in d]
-    try:
+    with cli_errors():
         return collect_from(dirs, overrides, args.out or dirs[0], log=args.wandb)
-    except Exception as e:
-        message = user_error(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

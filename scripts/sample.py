@@ -25,17 +25,11 @@ register_resolvers()
 def main(cfg):
     from hydra.core.hydra_config import HydraConfig
 
-    from scoredist.errors import user_error
+    from scoredist.eval.benchmark import cli_errors
     from scoredist.eval.lower_bound import write_lower_bound
 
-    try:
+    with cli_errors():
         write_lower_bound(cfg, HydraConfig.get().runtime.output_dir)
-    except Exception as e:
-        message = user_error(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 A preset is a train.py overlay, `conf/benchmark/<preset>.yaml` (`+benchmark=<preset>`): the run settings every method
 shares (prompts, samples, optimiser, steps) and a `benchmark` node with the rows (method → the train.py overrides
-that make it; `ddim` is the lower bound, `scoredist.eval.lower_bound`), the lower-bound sampler and the metrics class.
+that make it; rows with a `+sampler.name=...` override are samples of the model itself, `scoredist.eval.lower_bound`),
+the lower-bound sampler's settings and the metrics class.
 Because each method is one ordinary run, the same table comes out of a Hydra multirun on any launcher followed by
 `scripts/collect.py` (`commands()` prints those commands).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -21,7 +23,21 @@ from scoredist.eval.collect import collect_runs, read_records
 from scoredist.eval.table import columns_of, evaluate_runs, write_results
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-LOWER_BOUND = "ddim"
+
+
+@contextmanager
+def cli_errors():
+    """In a script: a user error ends it with its one-line message and exit status 2; a bug keeps its traceback."""
+    from scoredist.errors import user_error
+    from scoredist.runs import exit_with_error
+
+    try:
+        yield
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        exit_with_error(message)
 
 
 def presets() -> list[str]:
@@ -104,7 +120,7 @@ class Benchmark:
             return
         cfg = self.config(method)
         start = time.perf_counter()
-        if method == LOWER_BOUND:
+        if cfg.get("sampler") is not None:
             from scoredist.eval.lower_bound import write_lower_bound
 
             write_lower_bound(cfg, run_dir)
@@ -113,7 +129,9 @@ class Benchmark:
 
             if (run_dir / "checkpoints").is_dir():
                 cfg.trainer.resume = str(run_dir)
-            train(cfg)
+            if train(cfg).interrupted:  # Ctrl-C / SIGTERM: the run checkpointed; stop here, a rerun continues
+                print(f"benchmark interrupted in {method}: rerun the same command to continue")
+                raise SystemExit(130)
         print(f"{method}: {time.perf_counter() - start:.0f} s")
 
     def finished(self, method: str) -> bool:
@@ -141,8 +159,8 @@ class Benchmark:
         common = [f"+benchmark={self.preset}", *self.overrides]
         lines = []
         for method in self.spec.rows:
-            if method == LOWER_BOUND:
-                lines.append(shlex.join(["python", "scripts/sample.py", *common]))
+            if any(o.startswith("+sampler.") for o in self.method_overrides(method)):
+                lines.append(shlex.join(["python", "scripts/sample.py", *common, *self.method_overrides(method)]))
             else:
                 lines.append(shlex.join(["python", "train.py", "-m", *common, *self.method_overrides(method)]))
         lines.append("python scripts/collect.py multirun/<the sweep folders> outputs/<the sample.py folder>")

@@ -16,8 +16,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 # Rows in the paper's order, then the rest; labels as the paper's table writes them.
-METHOD_ORDER = ("ddim", "sds", "nfsd", "csd", "vsd", "ours", "bridge", "dds")
+METHOD_ORDER = ("exact", "ddim", "sds", "nfsd", "csd", "vsd", "ours", "bridge", "dds")
 METHOD_LABELS = {
+    "exact": "Exact samples (floor)",
     "ddim": "DDIM (lower bound)",
     "sds": "SDS",
     "nfsd": "NFSD",
