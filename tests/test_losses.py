@@ -348,7 +348,7 @@ def test_conditioning_texts_list_every_string_the_model_sees(loss):
 
 def test_defaults_are_the_papers_settings():
     assert SDS().guidance_scale == 40.0 and NFSD().guidance_scale == 40.0 and NFSD().t_threshold == 200
-    assert (CSD().w1, CSD().w2, CSD().w2_end) == (40.0, 40.0, None)
+    assert (CSD().w1, CSD().w2, CSD().w2_end, CSD().max_steps) == (40.0, 40.0, None, 1000)
     vsd = VSD()
     assert (vsd.guidance_scale, vsd.lora_lr, vsd.lora_weight_decay, vsd.condition_dropout) == (7.5, 3e-4, 0.0, 0.1)
     assert Bridge().num_steps == 4 and Bridge().start == "noise" and Ours().guidance_scale == 40.0
@@ -461,6 +461,10 @@ def test_dds_checkpoints_its_reference():
     resumed.attach(StubGuidance(TABLE), torch.zeros(1, 3, 8, 8))  # a resumed run starts from another initial image
     resumed.load_state_dict(state)
     assert torch.equal(resumed.x_ref, torch.full((1, 3, 8, 8), 0.25)) and set(state) == {"x_ref"}
+    on_device = DDS(source_prompt="dog")
+    on_device.attach(StubGuidance(TABLE), torch.zeros(1, 3, 8, 8, device="meta"))
+    on_device.load_state_dict(state)  # checkpoints load on the CPU; the reference goes where the run computes
+    assert on_device.x_ref.device.type == "meta"
 
 
 def test_guidance_sampling_is_the_ddim_solve_from_seeded_noise():
@@ -471,5 +475,7 @@ def test_guidance_sampling_is_the_ddim_solve_from_seeded_noise():
     noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(samples, ddim_sample(guidance, noise, ["cat", "cat"], 3))
     assert guidance.calls == 6 and guidance.prompts_seen == {"cat"}  # 3 steps, for both runs
+    guidance.sample("cat", 1)
+    assert guidance.calls == 6 + 50  # the DDIM lower bound's default: 50 steps
     with pytest.raises(NotImplementedError, match="Guidance has no trainable source model, so loss=vsd cannot use it"):
         Guidance(ABAR).make_source_model()
