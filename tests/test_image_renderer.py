@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -181,3 +182,20 @@ def test_parse_views_takes_pairs_and_mappings():
     views = parse_views([["rot270"], ("flip_v", "a red cube"), {"transform": "transpose", "prompt": None}])
     assert [(v.transform, v.prompt) for v in views] == [("rot270", None), ("flip_v", "a red cube"), ("transpose", None)]
     assert views[1].label() == "flip_v: a red cube"
+
+
+def test_a_run_from_an_image_writes_the_input_and_the_result_side_by_side(tmp_path):
+    painting = tmp_path / "in.png"
+    pixels = (torch.rand(8, 8, 3) * 255).round().byte()
+    iio.imwrite(painting, pixels.numpy())
+    renderer = ImageRenderer(init=str(painting), height=8, width=8)
+    renderer.bind(ModelSpace(3, 1, (8, 8), lambda rgb: rgb * 2 - 1), seeds=[0])
+    with torch.no_grad():
+        renderer.image.add_(0.5)  # "training"
+    (path,) = renderer.write_artifacts(tmp_path, decode=lambda x: ((x + 1) / 2).clamp(0, 1))
+    figure = iio.imread(path)
+    assert path.name == "edit.png" and figure.shape[1] == 2 * (192 + 6)  # two panels of 8 px × 24, 3 px margins
+    band = figure.shape[0] - 192 - 3
+    left = figure[band : band + 192 : 24, 3 : 3 + 192 : 24]  # the input panel, one pixel per source pixel
+    assert np.array_equal(left, pixels.numpy())
+    assert ImageRenderer(height=8, width=8).write_artifacts(tmp_path, decode=None) == []  # from noise: nothing

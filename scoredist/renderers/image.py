@@ -52,6 +52,7 @@ class ImageRenderer(Renderer):
         self.views: list[View] | None = parse_views(views) if views is not None else None
         self.outputs_rgb = mode == "rgb"
         self.image = None  # nn.Parameter, created in bind() once the model's space is known
+        self.start = None  # the initial image of a run that starts from a file (an edit), set in bind()
 
     def bind(self, space: ModelSpace, seeds: Sequence[int]) -> None:
         if self.height is None or self.width is None:
@@ -72,6 +73,8 @@ class ImageRenderer(Renderer):
                 f"(renderer.height = renderer.width) or only identity, rot180, flip_h and flip_v"
             )
         self.image = nn.Parameter(self.initial_value(space, seeds))
+        # an edit's starting point, for edit.png (not state: a resumed run reads the same file again in bind)
+        self.start = self.image.detach().clone() if self.init != "randn" else None
 
     def initial_value(self, space: ModelSpace, seeds: Sequence[int]) -> torch.Tensor:
         """(S, ...) for S = len(seeds) samples: N(0, init_std²) from each sample's own generator, or the init image."""
@@ -108,18 +111,32 @@ class ImageRenderer(Renderer):
         )
 
     def write_artifacts(self, run_dir: Path, decode) -> list[Path]:
-        """With views: views.png, one row per sample, each view as the model saw it, labelled with its prompt."""
-        if self.views is None:
-            return []
+        """views.png with views: one row per sample, each view as the model saw it, labelled with its prompt.
+        edit.png when the run started from an image: per sample, the input and the result side by side."""
+        written = []
+        if self.views is not None:
+            with torch.no_grad():
+                rows = self().x.detach()
+            rgb = rows if self.outputs_rgb else decode(rows)
+            per_sample = rgb.reshape(-1, len(self.views), *rgb.shape[1:])
+            labels = [v.label() for v in self.views]
+            written.append(save_figure([labelled_row(images, labels) for images in per_sample], run_dir, "views.png"))
+        if self.start is not None:
+            start, result = self.as_rgb(self.start, decode), self.as_rgb(self.image.detach(), decode)
+            pairs = [labelled_row(torch.stack(pair), ["input", "result"]) for pair in zip(start, result)]
+            written.append(save_figure(pairs, run_dir, "edit.png"))
+        return written
+
+    def as_rgb(self, image: torch.Tensor, decode) -> torch.Tensor:
+        """Parameters (S, ...) → what they look like, RGB (S, 3, H, W) in [0, 1]."""
         with torch.no_grad():
-            x = self().x.detach()
-            rgb = x if self.outputs_rgb else decode(x)
-        per_sample = rgb.reshape(-1, len(self.views), *rgb.shape[1:])
-        labels = [v.label() for v in self.views]
-        figure = np.concatenate([labelled_row(images, labels) for images in per_sample], axis=0)
-        path = Path(run_dir) / "views.png"
-        iio.imwrite(path, figure)
-        return [path]
+            return torch.sigmoid(image) if self.mode == "rgb" else decode(image.to(self.image.device))
+
+
+def save_figure(rows: Sequence[np.ndarray], run_dir: Path, name: str) -> Path:
+    path = Path(run_dir) / name
+    iio.imwrite(path, np.concatenate(rows, axis=0))
+    return path
 
 
 def labelled_row(images: torch.Tensor, labels: Sequence[str], min_size: int = 192) -> np.ndarray:
