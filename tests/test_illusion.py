@@ -9,11 +9,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from scoredist.errors import user_error
 from scoredist.train import train
+from tests.test_train import config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,13 +23,6 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def config(*overrides: str, run_dir: Path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["logger=none", "trainer.device=cpu", *overrides])
-    cfg.trainer.run_dir = str(run_dir)
-    return cfg
 
 
 def test_the_illusion_serves_both_readings_better_than_either_single_prompt_image(tmp_path):
@@ -56,7 +49,7 @@ def test_log_density_is_the_mixture_density_by_hand():
     """At a component mean, the clean distribution of a one-view prompt is dominated by that Gaussian:
     log p / D = −½ log(2πσ²) + log π_k / D, with π_k the component's share of the prompt's mixture."""
     script = load_script("illusion_figure")
-    prior = instantiate(config("guidance=shapes", run_dir=Path("unused")).guidance)
+    prior = instantiate(config("guidance=shapes").guidance)
     means, labels = prior.components("a blue cube, sharp")  # the clean views of the caption, equal weights
     x = means[:1]
     expected = (

@@ -4,14 +4,12 @@ mapped back through the inverse transform, every row in one guidance call, the l
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from scoredist.guidance.base import Guidance, scaled_linear_alphas_cumprod
 from scoredist.losses.base import surrogate_loss
@@ -21,15 +19,7 @@ from scoredist.prompts import Prompt
 from scoredist.renderers.base import ModelSpace
 from scoredist.renderers.image import ImageRenderer
 from scoredist.renderers.transforms import TRANSFORMS, apply, invert, parse_views
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def config(*overrides: str, run_dir: Path):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["logger=none", "trainer.device=cpu", *overrides])
-    cfg.trainer.run_dir = str(run_dir)
-    return cfg
+from tests.test_train import config
 
 
 def test_transforms_by_hand_and_their_inverses():

@@ -3,35 +3,25 @@ and ours from the cartoon render), its committed input, and the Stable Diffusion
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from scoredist.guidance.base import sdedit
 from scoredist.guidance.exact.shapes import render_caption
 from scoredist.train import train
 from tests.stubs import StubGuidance
+from tests.test_illusion import load_script as load_named_script
+from tests.test_train import config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("painting2real", ROOT / "scripts" / "painting2real.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def config(*overrides: str, run_dir: Path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["logger=none", "trainer.device=cpu", *overrides])
-    cfg.trainer.run_dir = str(run_dir)
-    return cfg
+    return load_named_script("painting2real")
 
 
 def test_sdedit_noises_to_t_start_then_takes_ddim_steps_by_hand():
