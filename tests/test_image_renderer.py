@@ -19,7 +19,7 @@ from scoredist.prompts import Prompt
 from scoredist.renderers.base import ModelSpace
 from scoredist.renderers.image import ImageRenderer
 from scoredist.renderers.transforms import TRANSFORMS, apply, invert, parse_views
-from tests.test_train import config
+from tests.test_train import CONF, config
 
 
 def test_transforms_by_hand_and_their_inverses():
@@ -189,3 +189,33 @@ def test_a_run_from_an_image_writes_the_input_and_the_result_side_by_side(tmp_pa
     left = figure[band : band + 192 : 24, 3 : 3 + 192 : 24]  # the input panel, one pixel per source pixel
     assert np.array_equal(left, pixels.numpy())
     assert ImageRenderer(height=8, width=8).write_artifacts(tmp_path, decode=None) == []  # from noise: nothing
+
+
+def test_every_loss_distils_an_ambiguous_image():
+    """Each loss of conf/loss on the exact prior with two views: one finite, non-zero gradient for the image, every
+    view's row conditioned on its own prompt (ours/bridge in stage two: the suffixes attach to each view's prompt)."""
+    from hydra.utils import instantiate
+
+    from scoredist.guidance.exact.shapes import ShapesPrior
+
+    prior = ShapesPrior()
+    views = [{"transform": "identity", "prompt": "a blue cube"}, {"transform": "rot180", "prompt": "a blue cone"}]
+    seen = []
+    predict = prior.predict_noise
+    prior.predict_noise = lambda x_t, t, prompts: seen.append(list(prompts)) or predict(x_t, t, prompts)
+    for name in sorted(p.stem for p in (CONF / "loss").glob("*.yaml")):
+        loss = instantiate(config(f"loss={name}").loss)
+        renderer = ImageRenderer(views=views, init_std=0.1)
+        renderer.bind(ModelSpace(3, 1, (32, 32), prior.encode), seeds=[0])
+        render = renderer()
+        loss.attach(prior, render.x.detach())
+        prompts = [Prompt(c) for c in render.captions]
+        t, noise = torch.tensor([300, 300]), torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        seen.clear()
+        weighted, _ = loss(prior, render.x, t, noise, prompts, step=10**6)  # past any stage switch
+        surrogate_loss(render.x, weighted).backward()
+        grad = renderer.image.grad
+        assert torch.isfinite(grad).all() and grad.abs().max() > 0, name
+        texts = [p for call in seen for p in call]
+        assert any("a blue cube" in p for p in texts) and any("a blue cone" in p for p in texts), name
+        loss.after_step(prior, render.x.detach(), prompts)
