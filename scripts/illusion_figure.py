@@ -28,6 +28,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from scoredist.eval.benchmark import cli_errors
 from scoredist.prompts import TGT_SUFFIX
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -166,7 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--figure", type=Path, help="write the labelled figure of the first seed here (PNG)")
     parser.add_argument("--out", type=Path, help="write every number as JSON here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
-    return report(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    with cli_errors():  # a user error ends the script with its one-line message
+        return report(args)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from scoredist.eval.benchmark import cli_errors
 from scoredist.prompts import TGT_SUFFIX, Prompt
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -205,7 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--figure", type=Path, help="write the labelled row of the first seed here (PNG)")
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both overlays (after --)")
-    return report(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    with cli_errors():  # a user error ends the script with its one-line message
+        return report(args)
 
 
 if __name__ == "__main__":
