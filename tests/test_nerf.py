@@ -456,6 +456,18 @@ def test_nerf_resume_across_the_resolution_switch_equals_a_straight_run(straight
     assert (resumed["encoding.table"] - halfway["encoding.table"]).abs().max() > 1e-4  # the second half moved it
 
 
+def test_sampler_benchmark_reports_fewer_samples_and_the_quality_of_each_sampler(straight_run, capsys):
+    from scoredist.renderers.benchmark import SAMPLERS, main
+
+    rows = main([str(straight_run), "--rounds", "2", "--steps", "1", "--reference-samples", "96"])
+    assert [r["sampler"] for r in rows] == [name for name, _, _ in SAMPLERS]
+    dense, fine, coarse = rows
+    assert dense["samples_per_ray"] == 48.0  # every interval of every ray
+    assert coarse["samples_per_ray"] < fine["samples_per_ray"] < dense["samples_per_ray"]
+    assert all(r["seconds"] > 0 and 0 <= r["mean_abs_diff"] < 0.1 for r in rows)
+    assert "samples/ray" in capsys.readouterr().out
+
+
 def test_a_nerf_run_on_the_tiny_sd_pipeline_switches_resolution_and_goes_through_the_vae(tiny_sd_path, tmp_path):
     cfg = run_config(
         tmp_path / "sd",

@@ -1,15 +1,18 @@
 """Empty-space skipping against dense sampling on a trained NeRF, in one process (speeds as ratios, design.md §4):
 
-    python -m scoredist.renderers.benchmark RUN_DIR [--steps 20]
+    python -m scoredist.renderers.benchmark RUN_DIR [--rounds 5] [--steps 4]
 
 For each sampler: field evaluations per ray and the time of one training render + backward (the renderer's part of
 a step) at the run's render size and cameras, as a ratio to today's dense sampling (48 samples per ray), and the
-quality: mean |Δ| of the fixed eval views against a dense render with 512 samples per ray.
+quality: mean |Δ| of the fixed eval views against a dense render with 512 samples per ray. The samplers take turns,
+`steps` steps each per round on the same cameras, and each one's time is the median over rounds, so that a shared
+machine whose load drifts during the run slows all of them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -31,15 +34,33 @@ def use_sampler(renderer, kind: str, num_samples: int, grid_state: dict) -> None
         renderer.estimator.load_state_dict(grid_state)
 
 
+def timed_steps(renderer, steps: int, seed: int) -> tuple[float, float]:
+    """Seconds per training render + backward and samples per ray, over `steps` steps from torch seed `seed`."""
+    renderer.train()
+    torch.manual_seed(seed)
+    samples, start = 0.0, time.perf_counter()
+    for _ in range(steps):
+        render = renderer()
+        (render.x.sum() + (render.regularization or 0)).backward()
+        samples += render.logs["nerf/samples_per_ray"]
+    seconds = (time.perf_counter() - start) / steps
+    renderer.eval()
+    return seconds, samples / steps
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a finished renderer=nerf run folder")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per sampler (default 20)")
+    parser.add_argument("--rounds", type=int, default=5, help="turns each sampler takes (default 5)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per sampler and round (default 4)")
+    parser.add_argument(
+        "--reference-samples", type=int, default=512, help="dense samples per ray of the quality reference (512)"
+    )
     args = parser.parse_args(argv)
     renderer, _ = renderer_from_run(args.run, "cpu")
     grid_state = {k: v.clone() for k, v in renderer.estimator.state_dict().items()}
     cams = renderer.orbit(renderer.eval_views)
-    use_sampler(renderer, "dense", 512, grid_state)
+    use_sampler(renderer, "dense", args.reference_samples, grid_state)
     with torch.no_grad():
         reference = renderer.render(cams, *renderer.render_size, stratified=False).rgb
     rows = []
@@ -47,28 +68,23 @@ def main(argv=None) -> list[dict]:
         use_sampler(renderer, kind, n, grid_state)
         with torch.no_grad():
             quality = (renderer.render(cams, *renderer.render_size, stratified=False).rgb - reference).abs().mean()
-        renderer.train()
-        torch.manual_seed(0)
-        samples, start = 0.0, time.perf_counter()
-        for _ in range(args.steps):
-            render = renderer()
-            (render.x.sum() + (render.regularization or 0)).backward()
-            samples += render.logs["nerf/samples_per_ray"]
-        seconds = (time.perf_counter() - start) / args.steps
-        renderer.eval()
-        rows.append(
-            {
-                "sampler": name,
-                "samples_per_ray": samples / args.steps,
-                "seconds": seconds,
-                "mean_abs_diff": float(quality),
-            }
-        )
+        rows.append({"sampler": name, "mean_abs_diff": float(quality), "times": [], "samples": []})
+    for round_ in range(args.rounds):
+        for row, (_, kind, n) in zip(rows, SAMPLERS):
+            use_sampler(renderer, kind, n, grid_state)
+            seconds, samples = timed_steps(renderer, args.steps, seed=round_)
+            row["times"].append(seconds)
+            row["samples"].append(samples)
+    for row in rows:
+        row["seconds"] = statistics.median(row.pop("times"))
+        row["samples_per_ray"] = statistics.fmean(row.pop("samples"))
     base = rows[0]["seconds"]
-    print(f"{'sampler':<30} {'samples/ray':>11} {'step / dense':>12} {'|Δ| vs 512 dense':>17}")
+    header = f"|Δ| vs {args.reference_samples} dense"
+    print(f"{'sampler':<30} {'samples/ray':>11} {'s / step':>9} {'step / dense':>12} {header:>17}")
     for r in rows:
         print(
-            f"{r['sampler']:<30} {r['samples_per_ray']:>11.1f} {r['seconds'] / base:>12.2f} {r['mean_abs_diff']:>17.4f}"
+            f"{r['sampler']:<30} {r['samples_per_ray']:>11.1f} {r['seconds']:>9.3f} {r['seconds'] / base:>12.2f} "
+            f"{r['mean_abs_diff']:>17.4f}"
         )
     return rows
 
