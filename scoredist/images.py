@@ -16,7 +16,16 @@ def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist (give the path of a PNG or JPG file)")
-    img = torch.from_numpy(np.asarray(iio.imread(path))).float() / 255.0
+    try:
+        array = np.asarray(iio.imread(path))
+    except Exception as e:  # imageio raises OSError, ValueError or its own errors, depending on the plugin
+        raise ValueError(
+            f"{path} is not an image file that can be read ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            "give a PNG or JPG (python scripts/render_shape.py writes one of the shapes world)"
+        ) from None
+    if array.ndim not in (2, 3) or array.dtype != np.uint8:
+        raise ValueError(f"{path} is not an 8-bit still image (array {array.shape} {array.dtype}): give a PNG or JPG")
+    img = torch.from_numpy(array).float() / 255.0
     img = img[..., None].expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
     img = img.permute(2, 0, 1)[None]
     return F.interpolate(img, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,7 @@ class RowGroups:
             self.rows_of.setdefault(s, []).append(row)
         self.counts = sorted((s, len(rows)) for s, rows in self.rows_of.items())
         self._inverse = None
+        self._cache: dict[tuple[str, str], torch.Tensor] = {}
         if order != list(range(len(order))):
             inverse = [0] * len(order)
             for grouped_position, row in enumerate(order):
@@ -135,10 +137,23 @@ class RowGroups:
             self._inverse = torch.tensor(inverse)
 
     def to_row_order(self, grouped: torch.Tensor) -> torch.Tensor:
-        return grouped if self._inverse is None else grouped[self._inverse.to(grouped.device)]
+        return grouped if self._inverse is None else grouped[self._on(grouped.device, "inverse", lambda: self._inverse)]
 
     def row_weights(self, device) -> torch.Tensor:
         """(R,) 1 / (rows of the row's sample): each sample's gradient is the mean over its own rows (a NeRF's cameras,
         a cloud's particles) and never depends on how many other samples share the batch."""
         sizes = dict(self.counts)
-        return torch.tensor([1.0 / sizes[s] for s in self.samples_of_rows], device=device)
+        return self._on(device, "weights", lambda: torch.tensor([1.0 / sizes[s] for s in self.samples_of_rows]))
+
+    def _on(self, device, name: str, make) -> torch.Tensor:
+        """A small index/weight tensor, made and copied to `device` once: no host-to-device copy inside a step."""
+        key = (name, str(device))
+        if key not in self._cache:
+            self._cache[key] = make().to(device)
+        return self._cache[key]
+
+
+@lru_cache(maxsize=16)
+def row_groups(samples_of_rows: tuple[int, ...]) -> RowGroups:
+    """The RowGroups of a render's rows, built once per layout (a chunk renders the same layout every step)."""
+    return RowGroups(samples_of_rows)

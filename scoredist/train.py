@@ -54,7 +54,16 @@ from scoredist.runs import (
     set_rng_state,
     stop_requests,
 )
-from scoredist.samples import INIT, RowGroups, Sample, SampleStreams, make_samples, read_prompts, split_chunks
+from scoredist.samples import (
+    INIT,
+    RowGroups,
+    Sample,
+    SampleStreams,
+    make_samples,
+    read_prompts,
+    row_groups,
+    split_chunks,
+)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 # The groups whose numbers must be finite (a NaN guidance scale or learning rate would silently ruin every step).
@@ -314,7 +323,7 @@ class Chunk:
         self.renderer.at_step(self.step)
         render = self.renderer()
         x = self.to_model(render.x)
-        rows = RowGroups(render.samples)
+        rows = row_groups(tuple(render.samples))
         prompts = row_prompts(render, self.samples)
         t, noise = self.streams.draw(rows, run.schedule, self.step, run.guidance.num_train_timesteps, x.shape[1:])
         weighted_direction, logs = run.loss(run.guidance, x, t, noise, prompts, self.step)

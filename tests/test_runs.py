@@ -206,14 +206,13 @@ def test_bad_values_get_one_line_errors_before_anything_is_written(override, mes
     assert not (tmp_path / "x").exists()
 
 
-def test_a_dds_reference_that_is_not_an_image_is_named(tmp_path):
+@pytest.mark.parametrize("key", ["loss.reference", "renderer.init"])
+def test_an_image_path_that_is_not_an_image_is_named(key, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    message = (
-        r"notes.png is not an image file that can be read \(Could not find a backend[^\n]*\); give a PNG or JPG \("
-    )
+    message = r"notes.png is not an image file that can be read \(Could not find a backend[^\n]*\); give a PNG or JPG"
     with pytest.raises(ValueError, match=message):
-        short_run(tmp_path / "x", "loss=dds", f"loss.reference={text}")
+        short_run(tmp_path / "x", "loss=dds", f"{key}={text}")
 
 
 def test_a_render_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path, monkeypatch):

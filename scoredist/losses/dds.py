@@ -34,15 +34,7 @@ class DDS(ScoreLoss):
             self.x_ref = x_init.detach().clone()
             return
         h, w = x_init.shape[-2] * guidance.downscale, x_init.shape[-1] * guidance.downscale
-        try:
-            rgb = read_image(self.reference, h, w).to(x_init.device)
-        except (OSError, ValueError, SyntaxError) as e:  # imageio's "no backend", PIL's "cannot identify image file"
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise ValueError(
-                f"loss.reference {self.reference} is not an image file that can be read ({str(e).splitlines()[0]}); "
-                "give a PNG or JPG (python scripts/render_shape.py makes one)"
-            ) from None
+        rgb = read_image(self.reference, h, w).to(x_init.device)  # a non-image file: a ValueError naming it
         with torch.no_grad():
             self.x_ref = guidance.encode(rgb).float()
 
