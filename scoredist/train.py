@@ -187,18 +187,19 @@ def check_memory(cfg: DictConfig, guidance, rows: int, device: torch.device) -> 
     bound but not the rest stops with a ResourceError when it runs out."""
     shape = guidance.sample_shape()
     native = shape[-1] * guidance.downscale if len(shape) == 3 else None
-    height, width = cfg.renderer.get("height") or native, cfg.renderer.get("width") or native
-    if height is None or width is None:
-        return  # not an image renderer: nothing that scales with a render size
     floats_per_pixel = 4 * 3 + 4 * cfg.renderer.get("num_samples", 0)
-    needed = rows * height * width * floats_per_pixel * 4
     free = available_memory(device)
-    if needed > free:
-        raise ResourceError(
-            f"a step of this run needs at least {needed / 2**30:.1f} GiB ({rows} rows of {height}x{width} pixels), but "
-            f"{free / 2**30:.1f} GiB of {device.type} memory is available; lower trainer.batch_size or "
-            "renderer.height/width"
-        )
+    for height, width, stage_rows in get_class(cfg.renderer._target_).render_sizes(cfg.renderer):
+        height, width, stage_rows = height or native, width or native, max(rows, stage_rows or 0)
+        if height is None or width is None:
+            continue  # not an image renderer: nothing that scales with a render size
+        needed = stage_rows * height * width * floats_per_pixel * 4
+        if needed > free:
+            raise ResourceError(
+                f"a step of this run needs at least {needed / 2**30:.1f} GiB ({stage_rows} rows of {height}x{width} "
+                f"pixels), but {free / 2**30:.1f} GiB of {device.type} memory is available; lower trainer.batch_size "
+                "or the render size (renderer.height/width, or the renderer's stages)"
+            )
 
 
 def out_of_memory(error: BaseException) -> bool:

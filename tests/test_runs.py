@@ -215,6 +215,14 @@ def test_an_image_path_that_is_not_an_image_is_named(key, tmp_path):
         short_run(tmp_path / "x", "loss=dds", f"{key}={text}")
 
 
+def test_a_later_render_stage_that_cannot_fit_is_refused_before_the_run_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "available_memory", lambda device: 2**30)
+    cfg = config("+experiment=nerf_demo", "renderer.stages=[{step:5,height:4096,width:4096}]", run_dir=tmp_path / "x")
+    with pytest.raises(ResourceError, match=r"1 rows of 4096x4096 pixels"):
+        train(cfg)
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_render_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "available_memory", lambda device: 2**30)
     with pytest.raises(ResourceError, match=r"needs at least 3.0 GiB \(1 rows of 8192x8192.*1.0 GiB of cpu memory"):

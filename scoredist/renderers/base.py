@@ -62,6 +62,12 @@ class Renderer(nn.Module):
     width: int | None = None
     max_samples: int | None = None  # samples one renderer holds at once (a NeRF is one scene); None: any number
 
+    @classmethod
+    def render_sizes(cls, cfg) -> list[tuple[int | None, int | None, int | None]]:
+        """(height, width, rows or None) of every render size a run with this renderer config will make, read from
+        the config before anything is built (the trainer's memory check). Default: the one size of the config."""
+        return [(cfg.get("height"), cfg.get("width"), None)]
+
     def bind(self, space: ModelSpace, seeds: Sequence[int]) -> None:
         """Called by the trainer once per chunk, before the optimizer is built: create the parameters of
         len(seeds) samples, sample i's initial value drawn from a generator seeded with seeds[i] (so it does not

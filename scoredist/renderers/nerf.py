@@ -460,6 +460,12 @@ class NeRFRenderer(Renderer):
         bce = F.binary_cross_entropy(occupied.clamp(1e-5, 1 - 1e-5), (target > 0.5).float(), reduction="none")
         return (bce * (2 * target - 1).abs()).mean()
 
+    @classmethod
+    def render_sizes(cls, cfg) -> list[tuple[int | None, int | None, int | None]]:
+        """Every stage of the resolution schedule: (height, width, cameras per step)."""
+        table = stage_table(cfg.height, cfg.width, cfg.batch_size, cfg.get("stages") or [])
+        return [(h, w, b) for _, h, w, b in table]
+
     def bind(self, space: ModelSpace, seeds: Sequence[int] = (0,)) -> None:
         """The scene's initial field comes from torch's global RNG, which the trainer seeds with the run's seed."""
         if space.native_size is None:
