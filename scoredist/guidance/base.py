@@ -43,7 +43,11 @@ class SourceModel(nn.Module):
     what VSD should train.
     """
 
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    def predict_noise(
+        self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str], cameras: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ε_ψ per row, differentiable in ψ. cameras: (N, 4) per-row cameras (a NeRF's; see `Cameras.as_tensor`) for
+        a camera-conditioned source model (ProlificDreamer's), or None; models that do not use them ignore them."""
         raise NotImplementedError
 
 
