@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from scoredist.eval.collect import collect_runs, read_records
+from scoredist.eval.collect import collect_runs, expected_samples, read_records
 from scoredist.eval.table import columns_of, evaluate_runs, write_results
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -136,12 +136,10 @@ class Benchmark:
 
     def finished(self, method: str) -> bool:
         """Every sample of the row written (a rerun of the benchmark skips it)."""
-        from scoredist.eval.collect import expected_samples
-
         path = self.out_dir / method / "samples.jsonl"
         if not path.exists():
             return False
-        return len(read_records(path)) == expected_samples(self.base, self.out_dir / method)
+        return len(read_records(path)) == expected_samples(self.base)
 
     def table(self, metrics) -> dict:
         runs = collect_runs(self.out_dir, list(self.spec.rows))

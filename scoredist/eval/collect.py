@@ -70,7 +70,7 @@ def method_of(config: DictConfig) -> str:
     return target.rsplit(".", 2)[-2]
 
 
-def expected_samples(config: DictConfig, run_dir: Path) -> int | None:
+def expected_samples(config: DictConfig) -> int | None:
     """prompts × samples_per_prompt as the run's config asks (None if its prompt file is gone)."""
     from scoredist.samples import read_prompts
 
@@ -99,7 +99,7 @@ def read_run(run_dir: Path) -> RunFolder | None:
     config = OmegaConf.load(run_dir / "config.yaml")
     samples = run_dir / "samples.jsonl"
     records = read_records(samples) if samples.exists() else []
-    expected = expected_samples(config, run_dir)
+    expected = expected_samples(config)
     if not records or (expected is not None and len(records) < expected):
         done = f"{len(records)} of {expected}" if expected is not None else "none"
         warnings.warn(f"skipping unfinished run {run_dir}: {done} samples finished", stacklevel=2)
