@@ -1,4 +1,4 @@
-"""Reading and writing the images a person looks at: PNG files, grids, progress strips, MP4s."""
+"""Reading and writing the images a person looks at: PNG files, grids, labelled figures, progress strips, MP4s."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 
 def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
@@ -74,3 +75,40 @@ def pad_to_macro_block(frame: np.ndarray, block: int = 16) -> np.ndarray:
     """H.264 players want sides that are multiples of 16; pad (edge colour) rather than let the encoder resample."""
     h, w = frame.shape[:2]
     return np.pad(frame, ((0, -h % block), (0, -w % block), (0, 0)), mode="edge")
+
+
+GAP = 3  # white pixels around each panel of a labelled figure
+
+
+def labelled_row(images: torch.Tensor, labels: Sequence[str], min_size: int = 192) -> np.ndarray:
+    """Images (N, 3, H, W) in [0, 1] side by side, each upsampled (nearest) to at least `min_size` pixels high, with
+    its label written in a white band above it: (band + H' + GAP, N·(W' + 2·GAP), 3) uint8."""
+    scale = max(1, -(-min_size // images.shape[-2]))
+    if scale > 1:
+        images = F.interpolate(images.detach().float().cpu(), scale_factor=scale, mode="nearest")
+    panels = to_uint8(images)
+    width = panels.shape[2]
+    font = ImageFont.load_default(size=max(11, width // 14))
+    wrapped = [wrap(label, font, width - 8) for label in labels]
+    line_height = font.getbbox("Ag")[3] + 3
+    band = 6 + line_height * max(len(lines) for lines in wrapped)
+    out = []
+    for panel, lines in zip(panels, wrapped):
+        canvas = Image.new("RGB", (width + 2 * GAP, band + panel.shape[0] + GAP), "white")
+        canvas.paste(Image.fromarray(panel), (GAP, band))
+        draw = ImageDraw.Draw(canvas)
+        for i, line in enumerate(lines):
+            draw.text((GAP + 4, 3 + i * line_height), line, fill="black", font=font)
+        out.append(np.asarray(canvas))
+    return np.concatenate(out, axis=1)
+
+
+def wrap(text: str, font, max_width: float) -> list[str]:
+    """Greedy word wrap of `text` to lines no wider than max_width pixels in `font` (a long word gets its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= max_width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]

@@ -11,7 +11,7 @@ phrase — "a hamburger, <suffix>, front view" — as threestudio's prompt proce
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SRC_SUFFIX = ", oversaturated, smooth, pixelated, cartoon, foggy, hazy, blurry, bad structure, noisy, malformed"
 TGT_SUFFIX = ", detailed high resolution, high quality, sharp"
@@ -38,6 +38,11 @@ class Prompt:
 
     def __str__(self) -> str:
         return self.text()
+
+
+def with_caption(prompts: Sequence[Prompt | str], caption: str) -> list[Prompt | str]:
+    """The same rows (views, cameras) conditioned on another caption; plain strings become the caption itself."""
+    return [replace(p, caption=caption) if isinstance(p, Prompt) else caption for p in prompts]
 
 
 def texts(prompts: Sequence[Prompt | str], suffix: str = "") -> list[str]:

@@ -132,21 +132,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_texts(guidance, loss, samples: list[Sample], views: list[str]) -> None:
-    """Every string the model will be conditioned on, once, before any training: each caption with each view phrase
-    the renderer can produce, through every condition of the loss (source/target suffixes, negative prompt, source
-    prompt, the empty prompt). A model that would cut a string short (too many tokens) refuses it here, and the error
-    says which string it is and where its caption came from (the line of the prompt file)."""
+def check_texts(guidance, loss, captions: list[tuple[str, str]], views: list[str]) -> None:
+    """Every string the model will be conditioned on, once, before any training: each caption (with where it came
+    from: the prompt, a line of the prompt file, a renderer view's own prompt) with each view phrase the renderer can
+    produce, through every condition of the loss (source/target suffixes, negative prompt, source prompt, the empty
+    prompt). A model that would cut a string short (too many tokens) or does not know a word refuses it here, and the
+    error says which string it is and where its caption came from."""
     seen = set()
-    for s in samples:
-        for what, text in loss.conditioning_texts([Prompt(s.caption, view) for view in views]):
+    for caption, source in dict.fromkeys(captions):
+        for what, text in loss.conditioning_texts([Prompt(caption, view) for view in views]):
             if text in seen:
                 continue
             seen.add(text)
             try:
                 guidance.check_prompt(text)
             except ValueError as e:
-                origin = "" if s.source == "prompt" else f"{s.source}: "
+                origin = "" if source == "prompt" else f"{source}: "
                 derived = "" if what == "the prompt" else f"{what}: "  # a suffixed or negative prompt says which
                 raise ValueError(f"{origin}{derived}{e}") from None
 
@@ -435,7 +436,9 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     guidance = instantiate(cfg.guidance, device=str(device), precision=cfg.trainer.precision)
     run = Run(cfg, run_dir, device, guidance, instantiate(cfg.loss), instantiate(cfg.schedule))
     chunks = plan_chunks(cfg, samples)
-    check_texts(guidance, run.loss, samples, view_phrases(cfg.renderer))
+    renderer_class = get_class(cfg.renderer._target_)
+    captions = [(s.caption, s.source) for s in samples] + renderer_class.row_captions(cfg.renderer)
+    check_texts(guidance, run.loss, captions, view_phrases(cfg.renderer))
     check_memory(cfg, guidance, max(len(chunks[0]), cfg.renderer.get("batch_size") or 0), device)
 
     resume_chunk = resume.get("chunk", 0) if resume is not None else None

@@ -99,7 +99,7 @@ def illusion_check(scores: dict[str, list[float]], views, illusion: str) -> bool
 
 def figure(images: dict, scores: dict, clean: dict, views, prior) -> np.ndarray:
     """One row per result, one column per view (the image as that view's prompt sees it), labelled with the scores."""
-    from scoredist.renderers.image import labelled_row
+    from scoredist.images import labelled_row
     from scoredist.renderers.transforms import apply
 
     rows = []

@@ -5,9 +5,9 @@
     python scripts/painting2real.py --experiment painting2real -- input=painting.png prompt="a harbour at dusk"
 
 --experiment is the ours overlay (painting2real_shapes, or painting2real for Stable Diffusion); it defines the task:
-`input`, `prompt` (what the painting shows), `loss.src_suffix` (what makes it a painting), `loss.tgt_suffix` (what the
-photo should be). --dds-experiment is the DDS one (default: the same name + _dds); its prompt and source prompt are
-derived from the task (prompt + tgt_suffix, prompt + src_suffix), so every row solves the same task. The overrides
+`input`, `prompt` (what the photo should show), `loss.tgt_suffix` (appended to it) and `loss.source_prompt` (what the
+painting is). --dds-experiment is the DDS one (default: the same name + _dds); its prompt and source prompt are
+derived from the task (prompt + tgt_suffix, source_prompt), so every row solves the same task. The overrides
 after -- go to both overlays, except loss.* ones, which go to the ours run only. SDEdit (Meng et al.): the input
 noised to t = strength·(T − 1) and DDIM-denoised under prompt + tgt_suffix (guidance/base.py `sdedit`).
 
@@ -114,7 +114,7 @@ def dds_config(experiment: str, overrides: list[str], ours: DictConfig) -> DictC
     cfg = compose_config(experiment, [o for o in overrides if not o.lstrip("+~").startswith("loss.")])
     cfg.input = ours.input
     cfg.prompt = Prompt(ours.prompt).text(ours.loss.tgt_suffix)
-    cfg.loss.source_prompt = Prompt(ours.prompt).text(ours.loss.src_suffix)
+    cfg.loss.source_prompt = ours.loss.source_prompt or Prompt(ours.prompt).text(ours.loss.src_suffix)
     return cfg
 
 
@@ -145,7 +145,7 @@ def _scale(value: str) -> float | None:
 
 
 def figure(results: dict, metrics: dict, guidance) -> np.ndarray:
-    from scoredist.renderers.image import labelled_row
+    from scoredist.images import labelled_row
 
     labels = []
     for name in results:

@@ -88,3 +88,13 @@ def test_sd_illusion_without_weights_fails_clearly(tmp_path):
         train(cfg)
     message = user_error(err.value)
     assert message is not None and "this local folder does not exist" in message and "make_tiny_pipeline" in message
+
+
+def test_a_view_prompt_the_prior_does_not_know_is_refused_before_training(tmp_path):
+    from scoredist.train import train
+    from tests.test_train import config
+
+    cfg = config("+experiment=illusion_shapes", "renderer.views.1.prompt=a blue dragon", run_dir=tmp_path / "x")
+    with pytest.raises(ValueError, match=r"renderer.views\[1\].prompt: unknown word 'dragon'"):
+        train(cfg)
+    assert not (tmp_path / "x").exists()

@@ -479,3 +479,23 @@ def test_guidance_sampling_is_the_ddim_solve_from_seeded_noise():
     assert guidance.calls == 6 + 50  # the DDIM lower bound's default: 50 steps
     with pytest.raises(NotImplementedError, match="Guidance has no trainable source model, so loss=vsd cannot use it"):
         Guidance(ABAR).make_source_model()
+
+
+def test_ours_with_a_source_prompt_conditions_the_source_branch_on_it_before_the_view_phrase():
+    guidance = StubGuidance(
+        {"an oil painting of a cube, front view": (0.2, 0.3), "a cube, sharp, front view": (0.9, 0.0)}
+    )
+    loss = Ours(
+        guidance_scale=2.0,
+        src_suffix=", ignored",
+        tgt_suffix=", sharp",
+        source_prompt="an oil painting of a cube",
+        stage_one=None,
+    )
+    x = torch.randn(1, 3, 8, 8)
+    t, noise = torch.tensor([300]), torch.randn(1, 3, 8, 8)
+    g, _ = loss.direction(guidance, x, t, noise, [Prompt("a cube", ", front view")], step=0)
+    x_t = add_noise(x, noise, t, guidance.alphas_cumprod)
+    torch.testing.assert_close(g, 2.0 * ((0.9 * x_t) - (0.2 * x_t + 0.3)), rtol=1e-5, atol=1e-6)
+    texts = [text for _, text in loss.conditioning_texts([Prompt("a cube", ", front view")])]
+    assert texts == ["a cube, sharp, front view", "an oil painting of a cube, front view"]

@@ -297,7 +297,6 @@ def test_every_text_the_model_sees_is_checked_for_length_before_training(tiny_sd
     from scoredist.losses.ours import Ours
     from scoredist.losses.sds import SDS
     from scoredist.prompts import SRC_SUFFIX
-    from scoredist.samples import make_samples
 
     sd = StableDiffusion(pretrained=str(tiny_sd_path))
     length = lambda text: len(sd.tokenizer(text, truncation=False).input_ids)
@@ -307,16 +306,16 @@ def test_every_text_the_model_sees_is_checked_for_length_before_training(tiny_sd
         words += 1
     caption = " ".join(["red"] * (words + 1))  # fits alone, not with the source suffix
     assert length(caption) <= limit < length(caption + SRC_SUFFIX)
-    samples = make_samples([(caption, "prompt")], 1, 0)
-    trainer.check_texts(sd, SDS(), samples, [""])  # SDS never adds the suffix: accepted
+    captions = [(caption, "prompt")]
+    trainer.check_texts(sd, SDS(), captions, [""])  # SDS never adds the suffix: accepted
     with pytest.raises(ValueError, match=rf"the source prompt \(prompt \+ loss.src_suffix\): '{caption}, .* is "):
-        trainer.check_texts(sd, Ours(stage_one=SDS()), samples, [""])
+        trainer.check_texts(sd, Ours(stage_one=SDS()), captions, [""])
     with pytest.raises(ValueError, match=r"loss.negative_prompt: '.*' is \d+ tokens long"):
-        trainer.check_texts(sd, NFSD(negative_prompt=caption + SRC_SUFFIX), make_samples([("a", "prompt")], 1, 0), [""])
+        trainer.check_texts(sd, NFSD(negative_prompt=caption + SRC_SUFFIX), [("a", "prompt")], [""])
     near = " ".join(["red"] * (limit - 3))  # BOS + words + EOS one short of the limit: a view phrase tips it over
     assert length(near) < limit < length(near + ", overhead view")
     with pytest.raises(ValueError, match=r", overhead view' is \d+ tokens long"):
-        trainer.check_texts(sd, SDS(), make_samples([(near, "prompt")], 1, 0), ["", ", overhead view"])
+        trainer.check_texts(sd, SDS(), [(near, "prompt")], ["", ", overhead view"])
     with pytest.raises(ValueError, match="the source prompt"):  # and the trainer runs the check before it starts
         train(config(f"guidance.pretrained={tiny_sd_path}", "loss=ours", f"prompt={caption}", run_dir=tmp_path / "x"))
     assert not (tmp_path / "x").exists()

@@ -39,7 +39,7 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["loss", "renderer", "guidance", "schedule", "logger", "lr_scheduler"])
+@pytest.mark.parametrize("group", ["loss", "renderer", "guidance", "schedule", "logger", "lr_scheduler", "optimizer"])
 def test_every_yaml_of_every_group_composes_and_instantiates(group, tiny_sd_path):
     options = group_options(group)
     assert options, group
@@ -50,6 +50,8 @@ def test_every_yaml_of_every_group_composes_and_instantiates(group, tiny_sd_path
             obj = instantiate(node, device="cpu", precision="fp32")
         elif group == "lr_scheduler":
             obj = instantiate(node)(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.01))
+        elif group == "optimizer":  # a partial, called with the renderer's parameter groups
+            obj = instantiate(node)([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": node.lr}])
         else:
             obj = instantiate(node)
         assert type(obj).__name__ == node._target_.rsplit(".", 1)[1], option

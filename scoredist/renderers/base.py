@@ -68,6 +68,12 @@ class Renderer(nn.Module):
         the config before anything is built (the trainer's memory check). Default: the one size of the config."""
         return [(cfg.get("height"), cfg.get("width"), None)]
 
+    @classmethod
+    def row_captions(cls, cfg) -> list[tuple[str, str]]:
+        """(caption, config key) of every caption the renderer gives rows of its own (`Render.captions`), read from
+        its config so the trainer can check them before training. Default: none."""
+        return []
+
     def bind(self, space: ModelSpace, seeds: Sequence[int]) -> None:
         """Called by the trainer once per chunk, before the optimizer is built: create the parameters of
         len(seeds) samples, sample i's initial value drawn from a generator seeded with seeds[i] (so it does not

@@ -20,15 +20,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from scoredist.images import read_image, to_uint8
+from scoredist.images import labelled_row, read_image
 from scoredist.renderers.base import ModelSpace, Render, Renderer
 from scoredist.renderers.transforms import SWAPS_AXES, View, apply, parse_views
-
-GAP = 3  # white pixels around each panel of a labelled figure
 
 
 class ImageRenderer(Renderer):
@@ -53,6 +49,12 @@ class ImageRenderer(Renderer):
         self.outputs_rgb = mode == "rgb"
         self.image = None  # nn.Parameter, created in bind() once the model's space is known
         self.start = None  # the initial image of a run that starts from a file (an edit), set in bind()
+
+    @classmethod
+    def row_captions(cls, cfg) -> list[tuple[str, str]]:
+        """The views' own prompts (a view with prompt null uses its sample's caption)."""
+        views = enumerate(cfg.get("views") or [])
+        return [(v["prompt"], f"renderer.views[{i}].prompt") for i, v in views if v.get("prompt") is not None]
 
     def bind(self, space: ModelSpace, seeds: Sequence[int]) -> None:
         if self.height is None or self.width is None:
@@ -137,37 +139,3 @@ def save_figure(rows: Sequence[np.ndarray], run_dir: Path, name: str) -> Path:
     path = Path(run_dir) / name
     iio.imwrite(path, np.concatenate(rows, axis=0))
     return path
-
-
-def labelled_row(images: torch.Tensor, labels: Sequence[str], min_size: int = 192) -> np.ndarray:
-    """Images (N, 3, H, W) in [0, 1] side by side, each upsampled (nearest) to at least `min_size` pixels high, with
-    its label written in a white band above it: (band + H' + GAP, N·(W' + 2·GAP), 3) uint8."""
-    scale = max(1, -(-min_size // images.shape[-2]))
-    if scale > 1:
-        images = F.interpolate(images.detach().float().cpu(), scale_factor=scale, mode="nearest")
-    panels = to_uint8(images)
-    width = panels.shape[2]
-    font = ImageFont.load_default(size=max(11, width // 14))
-    wrapped = [wrap(label, font, width - 8) for label in labels]
-    line_height = font.getbbox("Ag")[3] + 3
-    band = 6 + line_height * max(len(lines) for lines in wrapped)
-    out = []
-    for panel, lines in zip(panels, wrapped):
-        canvas = Image.new("RGB", (width + 2 * GAP, band + panel.shape[0] + GAP), "white")
-        canvas.paste(Image.fromarray(panel), (GAP, band))
-        draw = ImageDraw.Draw(canvas)
-        for i, line in enumerate(lines):
-            draw.text((GAP + 4, 3 + i * line_height), line, fill="black", font=font)
-        out.append(np.asarray(canvas))
-    return np.concatenate(out, axis=1)
-
-
-def wrap(text: str, font, max_width: float) -> list[str]:
-    """Greedy word wrap of `text` to lines no wider than max_width pixels in `font` (a long word gets its own line)."""
-    lines: list[str] = []
-    for word in text.split():
-        if lines and font.getlength(f"{lines[-1]} {word}") <= max_width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    return lines or [""]
