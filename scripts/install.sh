@@ -13,7 +13,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   if [ -n "$wheel" ]; then
     "${PIP[@]}" "$wheel"
   else
-    "${PIP[@]}" "torch>=2.1,<2.15" --index-url https://download.pytorch.org/whl/cpu
+    "${PIP[@]}" "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
 "${PIP[@]}" -e ".[dev]"

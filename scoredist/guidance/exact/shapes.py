@@ -260,6 +260,11 @@ class ShapesPrior(Guidance):
 
         Searches the components `prompt` selects ("" = the whole world).
         """
+        return self._nearest(x, prompt)[0]
+
+    def _nearest(self, x: torch.Tensor, prompt: str) -> tuple[list[ComponentLabel], torch.Tensor]:
+        """Nearest component labels and the distances to them (N,) float64, one caption bank at a time (the whole
+        world's means are never gathered: they are 14,880 images)."""
         captions, mask = self._selection(prompt)
         flat = x.detach().reshape(x.shape[0], -1).double().cpu()
         best = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
@@ -271,16 +276,13 @@ class ShapesPrior(Guidance):
             for i in (dmin < best).nonzero().squeeze(1).tolist():
                 best[i] = dmin[i]
                 best_label[i] = self._label(c, int(kmin[i]))
-        return best_label  # type: ignore[return-value]
+        return best_label, best  # type: ignore[return-value]
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, prompt: str) -> dict:
         """What each final image became: its nearest component in the whole world, and the RMS distance to it."""
-        labels = self.nearest_component(x)
-        means, all_labels = self.components("")
-        index = {str(label): i for i, label in enumerate(all_labels)}
-        nearest = means[[index[str(label)] for label in labels]].to(x.device)
-        rms = (x.detach().float() - nearest).flatten(1).pow(2).mean(1).sqrt()
+        labels, distances = self._nearest(x, "")
+        rms = distances / math.sqrt(x[0].numel())
         return {
             "nearest_component": [str(label) for label in labels],
             "nearest_caption": [label.caption for label in labels],
