@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from scoredist.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, remove_temporaries, save_checkpoint
+from scoredist.devices import pick_device
 from scoredist.errors import NonFiniteError, ResourceError
 from scoredist.images import grid, save_png, save_strip, save_video
 from scoredist.losses.base import surrogate_loss
@@ -124,12 +125,6 @@ def numbers(node, groups):
     """(dotted key, value) of every float under the given top-level keys."""
     for key in groups:
         yield from ((k, v) for k, v in leaves(node.get(key), key) if isinstance(v, float))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def check_texts(guidance, loss, captions: list[tuple[str, str]], views: list[str]) -> None:

@@ -161,8 +161,9 @@ def timed(fn, device) -> float:
 def measure(args, folder: Path, loss_name: str, batch: int, size: int, guidance) -> Row:
     from hydra.utils import instantiate
 
+    from scoredist.devices import pick_device
     from scoredist.samples import make_samples, read_prompts
-    from scoredist.train import Chunk, Run, pick_device
+    from scoredist.train import Chunk, Run
 
     cfg = compose_config(args, folder, loss_name, batch, size)
     device = pick_device(cfg.trainer.device)
@@ -227,8 +228,8 @@ def header(args, device, size: int, guidance) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from scoredist.devices import pick_device
     from scoredist.guidance.stable_diffusion import StableDiffusion
-    from scoredist.train import pick_device
 
     folder = model_folder(args.model, Path(args.cache))
     device = pick_device(args.device)
