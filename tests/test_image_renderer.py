@@ -174,6 +174,25 @@ def test_parse_views_takes_pairs_and_mappings():
     assert views[1].label() == "flip_v: a red cube"
 
 
+def test_captions_and_rows_per_sample_of_views_read_from_a_config_in_either_form():
+    pairs = config("renderer.views=[[identity],[rot180,a blue cone]]").renderer  # a ListConfig of ListConfigs
+    mappings = config("renderer.views=[{transform: identity}, {transform: rot180, prompt: a blue cone}]").renderer
+    assert ImageRenderer.row_captions(pairs) == [("a blue cone", "renderer.views[1][1]")]
+    assert ImageRenderer.row_captions(mappings) == [("a blue cone", "renderer.views[1].prompt")]
+    three = config("renderer.views=[[identity,a red cube],[rot90],[flip_h,a green sphere]]", "renderer.height=64")
+    assert [c for c, _ in ImageRenderer.row_captions(three.renderer)] == ["a red cube", "a green sphere"]
+    # rows per sample: the trainer's memory check multiplies them by the samples of a chunk
+    assert ImageRenderer.render_sizes(pairs) == [(None, None, 2)]
+    assert ImageRenderer.render_sizes(three.renderer) == [(64, None, 3)]
+    plain = config("renderer.height=64", "renderer.width=32").renderer
+    assert ImageRenderer.row_captions(plain) == [] and ImageRenderer.render_sizes(plain) == [(64, 32, None)]
+    assert ImageRenderer.row_captions({"views": [{"transform": "rot90", "prompt": "x"}]}) == [
+        ("x", "renderer.views[0].prompt")
+    ]
+    with pytest.raises(ValueError, match="unknown view transform 'rot45'"):
+        ImageRenderer.row_captions(config("renderer.views=[[rot45,a red cube]]").renderer)
+
+
 def test_a_run_from_an_image_writes_the_input_and_the_result_side_by_side(tmp_path):
     painting = tmp_path / "in.png"
     pixels = (torch.rand(8, 8, 3) * 255).round().byte()

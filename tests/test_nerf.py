@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 
 from scoredist.checkpoint import load_checkpoint
 from scoredist.renderers.cameras import (
@@ -367,6 +369,51 @@ def test_resolution_schedule_renders_each_stage_at_its_size_and_resizes_to_the_m
         small_renderer(stages=[{"step": 5, "size": 8}])
 
 
+def test_the_step_and_its_stage_travel_with_the_state_dict():
+    stages = [{"step": 5, "height": 16, "width": 16}]
+    trained = small_renderer(height=8, width=8, stages=stages, eval_views=2)
+    trained.at_step(5)  # the first step of the 16² stage
+    state = trained.state_dict()
+    assert state["_extra_state"] == {"step": 5, "stage": 1}
+    fresh = small_renderer(height=8, width=8, stages=stages, eval_views=2)
+    assert fresh.render_size == (8, 8)
+    fresh.load_state_dict(state)
+    fresh.eval()  # no at_step: the size comes from the checkpoint
+    assert (fresh.step, fresh.stage, fresh.render_size) == (5, 1, (16, 16))
+    with torch.no_grad():
+        assert fresh().x.shape == (2, 3, 16, 16) and fresh.turntable(views=1).shape == (1, 3, 16, 16)
+    # the stage is derived from the step with the loading config's stages
+    later = small_renderer(height=8, width=8, stages=[{"step": 6, "height": 12, "width": 12}])
+    later.load_state_dict(state)
+    assert (later.step, later.render_size) == (5, (8, 8))
+    # a checkpoint written before the step was part of the state still loads (and keeps the renderer's own step)
+    old = small_renderer(height=8, width=8, stages=stages)
+    old.load_state_dict({k: v for k, v in state.items() if k != "_extra_state"})
+    assert (old.step, old.render_size) == (0, (8, 8))
+    torch.testing.assert_close(old.encoding.table, trained.encoding.table)
+
+
+def test_view_phrases_of_a_config_are_what_its_cameras_get():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        demo = compose("train", overrides=["+experiment=nerf_demo"]).renderer
+        high = compose("train", overrides=["+experiment=nerf_demo", "renderer.elevation_range=[10.0,70.0]"]).renderer
+        plain = compose("train", overrides=["+experiment=nerf_demo", "renderer.view_dependent_prompt=false"]).renderer
+        image = compose("train", overrides=["renderer=image"]).renderer
+    phrases = NeRFRenderer.view_phrases(demo)
+    assert phrases == [", back view", ", front view", ", side view"]  # elevations 10–45°: never overhead
+    torch.manual_seed(0)
+    cams = sample_cameras(4000, azimuth_range=demo.azimuth_range, elevation_range=demo.elevation_range)
+    assert sorted(set(small_renderer().suffixes(cams))) == phrases  # the renderer's own phrases, all reached
+    assert NeRFRenderer.view_phrases(high) == [", back view", ", front view", ", overhead view", ", side view"]
+    assert NeRFRenderer.view_phrases(plain) == [""]
+    assert get_class(image._target_).view_phrases(image) == [""]  # the base class: no view phrases
+    # keys a config leaves out take the renderer's defaults: overhead above 60° (strict), azimuths all round
+    assert NeRFRenderer.view_phrases({}) == [", back view", ", front view", ", side view"]
+    assert NeRFRenderer.view_phrases({"elevation_range": [0.0, 60.0]}) == [", back view", ", front view", ", side view"]
+    assert ", overhead view" in NeRFRenderer.view_phrases({"elevation_range": [0.0, 60.5]})
+    assert NeRFRenderer.view_phrases({"azimuth_range": [-30.0, 30.0], "front_threshold": 40.0}) == [", front view"]
+
+
 def test_resize_to_model_is_bilinear_up_and_antialiased_down():
     r = small_renderer()
     image = torch.rand(1, 3, 8, 8)
@@ -454,6 +501,37 @@ def test_nerf_resume_across_the_resolution_switch_equals_a_straight_run(straight
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
     assert (resumed["encoding.table"] - halfway["encoding.table"]).abs().max() > 1e-4  # the second half moved it
+
+
+def test_a_run_that_ends_at_a_stage_boundary_renders_and_exports_at_its_last_trained_stage(tmp_path, monkeypatch):
+    from scoredist.renderers.loading import renderer_from_run
+
+    # the switch is at step 6 (16² → 48²): a 6-step run trains steps 0–5, all of them at 16²
+    six = train(run_config(tmp_path / "six", "trainer.max_steps=6", "renderer.export_mesh=null")).run_dir
+    assert iio.imread(six / "views.png").shape[0] == 128  # 16² turntable frames, upsampled ×8
+    renderer, step = renderer_from_run(six, "cpu")
+    assert step == 6 and renderer.render_size == (16, 16) and not renderer.training
+
+    # a stop signal during the last step of a 7-step run (step 6, the first at 48²): a checkpoint at 7 of 7 and no
+    # final outputs; resumed, the run has no step left to train and renders at 48² all the same
+    at_step = NeRFRenderer.at_step
+
+    def stop_during_step_6(self, step):
+        if step == 6:
+            signal.raise_signal(signal.SIGINT)
+        at_step(self, step)
+
+    monkeypatch.setattr(NeRFRenderer, "at_step", stop_during_step_6)
+    stopped = train(run_config(tmp_path / "seven", "trainer.max_steps=7", "renderer.export_mesh=null"))
+    monkeypatch.undo()
+    assert stopped.interrupted and stopped.step == 7 and not (stopped.run_dir / "views.png").exists()
+    calls = []
+    monkeypatch.setattr(NeRFRenderer, "at_step", lambda self, step: calls.append(step) or at_step(self, step))
+    resumed = train(run_config(tmp_path / "seven", "trainer.max_steps=7", f"trainer.resume={stopped.run_dir}"))
+    assert not resumed.interrupted and calls == []  # nothing trained
+    assert iio.imread(stopped.run_dir / "views.png").shape[0] == 144  # 48² frames, upsampled ×3
+    renderer, step = renderer_from_run(stopped.run_dir, "cpu")
+    assert step == 7 and renderer.render_size == (48, 48)
 
 
 def test_sampler_benchmark_reports_fewer_samples_and_the_quality_of_each_sampler(straight_run, capsys):

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from scoredist.prompts import Prompt
-from scoredist.renderers.cameras import Cameras
+from scoredist.renderers.cameras import Cameras, sample_cameras
 from tests.stubs import StubGuidance
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -71,6 +71,14 @@ def conditioned_strings(loss, renderer, step: int) -> list[list[str]]:
 def test_view_phrases_use_the_papers_30_degree_strict_thresholds(paper):
     _, _, renderer, _ = paper
     assert renderer.suffixes(cameras(*[c for c, _ in VIEWS])) == [v for _, v in VIEWS]
+
+
+def test_the_view_phrases_checked_before_training_are_those_the_papers_cameras_reach(paper):
+    cfg, _, renderer, _ = paper
+    phrases = type(renderer).view_phrases(cfg.renderer)
+    assert phrases == [", back view", ", front view", ", side view"]  # elevations −10…45°: never above 60°
+    torch.manual_seed(0)
+    assert sorted(set(renderer.suffixes(sample_cameras(4000, **renderer.camera_ranges)))) == phrases
 
 
 def test_stage_one_is_sds_on_caption_and_view_against_the_empty_prompt(paper):

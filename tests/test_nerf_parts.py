@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoredist.renderers.cameras import orbit_cameras
+from scoredist.renderers.cameras import eye_positions, orbit_cameras, sample_lights
 from scoredist.renderers.mesh import extract_mesh
 from scoredist.renderers.nerf import NeRFRenderer
 from scoredist.renderers.occupancy import OccupancyGrid
@@ -123,6 +123,17 @@ def test_lambertian_and_textureless_shading_by_hand():
     torch.testing.assert_close(shade(albedo, normal, light, "textureless"), torch.full((1, 3), diffuse))
     torch.testing.assert_close(shade(albedo, normal, -light, "lambertian"), albedo * 0.1)  # lit from behind
     torch.testing.assert_close(shade(albedo, None, None, "albedo"), albedo)
+
+
+def test_random_lights_are_drawn_on_the_device_of_the_eyes_and_on_the_cpu_as_before():
+    eyes = eye_positions(orbit_cameras(3, 20.0, 2.6, 40.0)).float()
+    torch.manual_seed(5)
+    lights = sample_lights(eyes, (0.8, 1.5), perturb=0.5)
+    torch.manual_seed(5)
+    noise, distance = torch.randn(3, 3), 0.8 + 0.7 * torch.rand(3)  # the CPU stream's draws, in this order
+    torch.testing.assert_close(lights, torch.nn.functional.normalize(eyes + 0.5 * noise, dim=-1) * distance[:, None])
+    meta = sample_lights(torch.ones(2, 3, device="meta"))  # drawn where the eyes are: no tensor from the host
+    assert meta.device.type == "meta" and meta.shape == (2, 3)
 
 
 def test_a_shaded_render_has_an_orientation_term_and_a_lit_side():
@@ -282,6 +293,15 @@ def test_the_density_after_a_sketch_init_is_high_inside_the_sketch_and_low_outsi
         assert (r.density(inside) > 9.0).all() and (r.density(outside) < 0.01).all()
     render = r()
     assert "nerf/sketch" in render.logs and torch.isfinite(render.regularization)
+    # the sketch term's points: uniform in the box, from the global RNG of the renderer's device (here the CPU's)
+    torch.manual_seed(3)
+    term = r.sketch_term()
+    torch.manual_seed(3)
+    points = torch.rand(r.sketch_points, 3) * 2 - 1
+    target = sample_grid(r.sketch, points, 1.0)
+    occupied = (1 - torch.exp(-r.density(points) * r.render_step_size)).clamp(1e-5, 1 - 1e-5)
+    bce = torch.nn.functional.binary_cross_entropy(occupied, (target > 0.5).float(), reduction="none")
+    torch.testing.assert_close(term, (bce * (2 * target - 1).abs()).mean())
 
 
 def test_the_shipped_sketches_are_what_the_code_builds():

@@ -64,8 +64,10 @@ class Renderer(nn.Module):
 
     @classmethod
     def render_sizes(cls, cfg) -> list[tuple[int | None, int | None, int | None]]:
-        """(height, width, rows or None) of every render size a run with this renderer config will make, read from
-        the config before anything is built (the trainer's memory check). Default: the one size of the config."""
+        """(height, width, rows per sample or None) of every render size a run with this renderer config will make,
+        read from the config before anything is built (the trainer's memory check: a step of a chunk of S samples
+        renders S × rows per sample images of height × width; None: one row per sample). Height or width None: the
+        model's native size. Default: the one size of the config, one row per sample."""
         return [(cfg.get("height"), cfg.get("width"), None)]
 
     @classmethod
@@ -73,6 +75,13 @@ class Renderer(nn.Module):
         """(caption, config key) of every caption the renderer gives rows of its own (`Render.captions`), read from
         its config so the trainer can check them before training. Default: none."""
         return []
+
+    @classmethod
+    def view_phrases(cls, cfg) -> list[str]:
+        """Every view phrase (`Render.views`) the rows of a run with this renderer config can end their prompts with,
+        "" standing for none, read from the config so the trainer can check each suffixed prompt before training.
+        Default: [""] (no view phrases)."""
+        return [""]
 
     def bind(self, space: ModelSpace, seeds: Sequence[int]) -> None:
         """Called by the trainer once per chunk, before the optimizer is built: create the parameters of

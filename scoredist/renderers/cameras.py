@@ -94,13 +94,17 @@ def camera_to_world(cams: Cameras) -> torch.Tensor:
     return c2w.float()
 
 
-def sample_lights(cams: Cameras, distance_range: Sequence[float] = (0.8, 1.5), perturb: float = 1.0) -> torch.Tensor:
+def sample_lights(
+    eyes: torch.Tensor, distance_range: Sequence[float] = (0.8, 1.5), perturb: float = 1.0
+) -> torch.Tensor:
     """DreamFusion's random point light, as threestudio samples it: the direction of the camera plus N(0, perturb²)
-    noise per axis, normalised, at a distance uniform in `distance_range`. → (B, 3) float32, from torch's global RNG."""
-    eye = eye_positions(cams).float()
-    direction = eye + torch.randn_like(eye) * perturb
+    noise per axis, normalised, at a distance uniform in `distance_range`. eyes: camera centres (B, 3) float32
+    (`eye_positions`, or a render's ray origins) → (B, 3) float32 on their device, drawn there from torch's global
+    RNG of that device (no host-to-device copy in a step; on the CPU the same draws as before)."""
+    direction = eyes + torch.randn_like(eyes) * perturb
     direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    return direction * _uniform(len(cams), distance_range)[:, None]
+    lo, hi = float(distance_range[0]), float(distance_range[1])
+    return direction * (lo + (hi - lo) * torch.rand(eyes.shape[0], device=eyes.device, dtype=eyes.dtype))[:, None]
 
 
 def camera_rays(cams: Cameras, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,12 +14,13 @@ views (the trainer weighs a sample's rows by 1 / its number of rows).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from scoredist.images import labelled_row, read_image
@@ -52,9 +53,19 @@ class ImageRenderer(Renderer):
 
     @classmethod
     def row_captions(cls, cfg) -> list[tuple[str, str]]:
-        """The views' own prompts (a view with prompt null uses its sample's caption)."""
-        views = enumerate(cfg.get("views") or [])
-        return [(v["prompt"], f"renderer.views[{i}].prompt") for i, v in views if v.get("prompt") is not None]
+        """The views' own prompts (a view with prompt null uses its sample's caption), in either form of
+        `parse_views`: {transform, prompt} mappings or [transform, prompt] pairs."""
+        entries = config_views(cfg)
+        if entries is None:
+            return []
+        keys = [f"renderer.views[{i}]{'.prompt' if isinstance(e, Mapping) else '[1]'}" for i, e in enumerate(entries)]
+        return [(v.prompt, key) for v, key in zip(parse_views(entries), keys) if v.prompt is not None]
+
+    @classmethod
+    def render_sizes(cls, cfg) -> list[tuple[int | None, int | None, int | None]]:
+        """The one size of the config (None: the model's native size); with views, one row per view of a sample."""
+        entries = config_views(cfg)
+        return [(cfg.get("height"), cfg.get("width"), len(parse_views(entries)) if entries is not None else None)]
 
     def bind(self, space: ModelSpace, seeds: Sequence[int]) -> None:
         if self.height is None or self.width is None:
@@ -133,6 +144,13 @@ class ImageRenderer(Renderer):
         """Parameters (S, ...) → what they look like, RGB (S, 3, H, W) in [0, 1]."""
         with torch.no_grad():
             return torch.sigmoid(image) if self.mode == "rgb" else decode(image.to(self.image.device))
+
+
+def config_views(cfg) -> list | None:
+    """renderer.views of a config as plain lists and dicts (a ListConfig's entries would be ListConfig/DictConfig,
+    which index and `.get` differently), or None."""
+    views = cfg.get("views")
+    return OmegaConf.to_container(views, resolve=True) if OmegaConf.is_config(views) else views
 
 
 def save_figure(rows: Sequence[np.ndarray], run_dir: Path, name: str) -> Path:

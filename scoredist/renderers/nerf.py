@@ -21,6 +21,7 @@ then each entry of `stages` from its own step on (the paper: 64² for steps 0–
 from __future__ import annotations
 
 import bisect
+import inspect
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,9 +36,9 @@ from scoredist.renderers.base import ModelSpace, Render, Renderer
 from scoredist.renderers.cameras import (
     Cameras,
     camera_rays,
-    eye_positions,
     orbit_cameras,
     ray_box,
+    reachable_view_suffixes,
     sample_cameras,
     sample_lights,
     view_suffix,
@@ -109,7 +110,8 @@ class NeRFRenderer(Renderer):
         num_samples: dense: field evaluations per ray; occupancy: the marching step is 2√3·bound / num_samples.
         estimator: occupancy (empty-space skipping) | dense (every interval, no grid).
         grid_resolution, grid_update_every, grid_warmup_steps, grid_ema_decay, grid_occ_threshold: the occupancy
-            grid and its update (nerfacc's defaults: 32 as threestudio, 16, 256, 0.95, 0.01).
+            grid and its update (nerfacc's defaults: 32 as threestudio, 16, 256, 0.95, 0.01); the grid keeps an
+            exponential moving maximum, occs ← max(grid_ema_decay · occs, occ) (nerfacc's name: ema_decay).
         alpha_threshold, early_stop_eps: samples with α below min(alpha_threshold, mean occupancy) or transmittance
             below early_stop_eps are skipped (threestudio: 0.01, nerfacc: 1e-4); 0 and 0 keep every grid sample.
         azimuth_range, elevation_range, distance_range, fovy_range: uniform camera ranges (degrees, scene units).
@@ -310,6 +312,22 @@ class NeRFRenderer(Renderer):
         if self.training:
             self.estimator.update_every_n_steps(step=step, occ_eval_fn=self.occupancy_value, **self.grid_update)
 
+    def get_extra_state(self) -> dict:
+        """The step of the last `at_step` (the last step trained) and its stage travel with the checkpoint: a run
+        resumed with no step left to train (stopped during its last step, or killed while writing its turntable and
+        mesh), and a renderer rebuilt from a run folder, render at the size of the stage the run ended in."""
+        return {"step": int(self.step), "stage": int(self.stage)}
+
+    def set_extra_state(self, state: dict) -> None:
+        # the stage is derived again from the step, with this config's stages (as `at_step` does)
+        self.step = int(state["step"])
+        self.stage = self.stage_at(self.step)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint written before the step was part of the state loads too, keeping this renderer's step
+        state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ----------------------------------------------------------------------------------------------------------------
     # The field
     # ----------------------------------------------------------------------------------------------------------------
@@ -371,12 +389,15 @@ class NeRFRenderer(Renderer):
     ) -> Frame:
         """Cameras (B) → a Frame: RGB (B, 3, H, W) in [0, 1], opacity (B, 1, H, W), samples per ray.
 
-        stratified: jitter the samples along each ray (training). lights: (B, 3) point-light positions, needed by
-        every shading but albedo.
+        stratified: jitter the samples along each ray (training). lights: (B, 3) point-light positions for every
+        shading but albedo; None: `lights_at` the cameras (a random light while training, the eye otherwise).
         """
         origins, dirs = camera_rays(cams, height, width)
         b, p = dirs.shape[:2]
-        rays_o = origins.to(self.device)[:, None].expand(b, p, 3).reshape(-1, 3)
+        origins = origins.to(self.device)
+        if shading != "albedo":
+            lights = self.lights_at(origins) if lights is None else lights.to(self.device)
+        rays_o = origins[:, None].expand(b, p, 3).reshape(-1, 3)
         rays_d = dirs.to(self.device).reshape(-1, 3)
         n_rays = rays_o.shape[0]
         near, far = ray_box(rays_o, rays_d, self.bound)  # (R,) each; rays missing the box get empty intervals
@@ -407,7 +428,7 @@ class NeRFRenderer(Renderer):
             colour = albedo
         else:
             normals = self.in_chunks(lambda x: density_normals(self.density, x, self.normal_eps), positions)
-            light_dirs = F.normalize(lights.to(self.device).repeat_interleave(p, 0)[ray_indices] - positions, dim=-1)
+            light_dirs = F.normalize(lights.repeat_interleave(p, 0)[ray_indices] - positions, dim=-1)
             colour = shade(albedo, normals, light_dirs, shading, **self.light)
             if torch.is_grad_enabled():
                 orientation = orientation_loss(weights, normals, sample_dirs, opacity)
@@ -454,7 +475,7 @@ class NeRFRenderer(Renderer):
 
     def sketch_term(self) -> torch.Tensor:
         """Binary cross-entropy between the field's occupancy and the sketch's at random points of the box."""
-        points = (torch.rand(self.sketch_points, 3) * 2 - 1).to(self.device) * self.bound
+        points = (torch.rand(self.sketch_points, 3, device=self.device) * 2 - 1) * self.bound
         target = sample_grid(self.sketch, points, self.bound)
         occupied = 1.0 - torch.exp(-self.density(points) * self.render_step_size)
         bce = F.binary_cross_entropy(occupied.clamp(1e-5, 1 - 1e-5), (target > 0.5).float(), reduction="none")
@@ -462,9 +483,22 @@ class NeRFRenderer(Renderer):
 
     @classmethod
     def render_sizes(cls, cfg) -> list[tuple[int | None, int | None, int | None]]:
-        """Every stage of the resolution schedule: (height, width, cameras per step)."""
+        """Every stage of the resolution schedule: (height, width, cameras per step), the cameras being the rows of
+        the one sample (scene) a NeRF holds."""
         table = stage_table(cfg.height, cfg.width, cfg.batch_size, cfg.get("stages") or [])
         return [(h, w, b) for _, h, w, b in table]
+
+    @classmethod
+    def view_phrases(cls, cfg) -> list[str]:
+        """The view phrases the cameras of this config can get (cameras.reachable_view_suffixes, decided as
+        `suffixes` decides them), or [""] without view-dependent prompts. Keys the config leaves out take this
+        class's defaults."""
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
+        get = lambda key: cfg.get(key, defaults[key])
+        if not get("view_dependent_prompt"):
+            return [""]
+        keys = ("azimuth_range", "elevation_range", "front_threshold", "back_threshold", "overhead_threshold")
+        return reachable_view_suffixes(*(get(key) for key in keys))
 
     def bind(self, space: ModelSpace, seeds: Sequence[int] = (0,)) -> None:
         """The scene's initial field comes from torch's global RNG, which the trainer seeds with the run's seed."""
@@ -489,8 +523,7 @@ class NeRFRenderer(Renderer):
         (front) at turntable_elevation, mid-range distance and fovy, without jitter, so final images are repeatable."""
         cams = sample_cameras(self.batch_size, **self.camera_ranges) if self.training else self.orbit(self.eval_views)
         shading = choose_shading(self.shading, self.training, self.step, **self.shading_odds)
-        lights = self.lights_for(cams) if shading != "albedo" else None
-        frame = self.render(cams, *self.render_size, stratified=self.training, shading=shading, lights=lights)
+        frame = self.render(cams, *self.render_size, stratified=self.training, shading=shading)
         regularization, logs = self.regularizers(frame)
         return Render(
             x=self.to_model_size(frame.rgb),
@@ -501,11 +534,12 @@ class NeRFRenderer(Renderer):
             logs=logs,
         )
 
-    def lights_for(self, cams: Cameras) -> torch.Tensor:
-        """A random point light per camera while training (DreamFusion), the camera's own position otherwise."""
+    def lights_at(self, eyes: torch.Tensor) -> torch.Tensor:
+        """Camera centres (B, 3) on the render's device → a point light per camera there: random while training
+        (DreamFusion), the camera's own position otherwise."""
         if self.training:
-            return sample_lights(cams, self.light_distance_range, self.light_perturb)
-        return eye_positions(cams).float()
+            return sample_lights(eyes, self.light_distance_range, self.light_perturb)
+        return eyes
 
     def param_groups(self, lr: float) -> list[dict]:
         """The hash grid at encoding_lr and the MLPs at network_lr (the paper's two rates); `lr` is not used."""
@@ -532,8 +566,7 @@ class NeRFRenderer(Renderer):
         frames = []
         with torch.no_grad():
             for one in _split(cams):
-                lights = self.lights_for(one) if shading != "albedo" else None
-                frames.append(self.render(one, size, size, stratified=False, shading=shading, lights=lights).rgb)
+                frames.append(self.render(one, size, size, stratified=False, shading=shading).rgb)
         return torch.cat(frames).cpu()
 
     def mesh(self, resolution: int | None = None, threshold: float | None = None):

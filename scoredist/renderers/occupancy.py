@@ -27,7 +27,8 @@ from scoredist.renderers.volume import march, nerfacc_available, pack, visible
 
 
 class DenseSampler(nn.Module):
-    """Today's sampling, no skipping: `num_samples` equal intervals between each ray's entry and exit of the box."""
+    """No skipping (estimator=dense; the reference the grid is measured against): `num_samples` equal intervals
+    between each ray's entry and exit of the box."""
 
     def __init__(self, num_samples: int):
         super().__init__()
@@ -74,7 +75,8 @@ class OccupancyGrid(nn.Module):
         warmup_steps: int = 256,
         n: int = 16,
     ) -> None:
-        """The EMA update of the module docstring, on steps that are multiples of n."""
+        """The update of the module docstring (an exponential moving maximum, which nerfacc calls an EMA, hence
+        `ema_decay`), on steps that are multiples of n."""
         if step % n:
             return
         cells = self.cells_to_update(step < warmup_steps)
