@@ -309,8 +309,9 @@ class SamplesFile:
         self.records.update({int(r["index"]): r for r in records})
 
 
-# What a checkpoint can only be resumed with: its state dicts belong to these classes.
-RECIPE_KEYS = ("loss", "renderer", "guidance")
+# What a checkpoint can only be resumed with: its state dicts belong to these classes. (An LR schedule added or
+# dropped on resume is refused where its state is loaded.)
+RECIPE_KEYS = ("loss", "renderer", "guidance", "optimizer")
 
 
 def recipe(cfg: DictConfig) -> dict[str, str | None]:
@@ -321,12 +322,13 @@ def recipe(cfg: DictConfig) -> dict[str, str | None]:
 def check_resume_recipe(checkpoint: dict, cfg: DictConfig, path: Path) -> None:
     """Refuse to load a checkpoint into other classes than the ones that wrote it, naming both."""
     saved, now = checkpoint.get("recipe") or {}, recipe(cfg)
+    name = lambda target: target.rsplit(".", 1)[-1] if target else "none"
     for key in RECIPE_KEYS:
-        if saved.get(key) and saved[key] != now[key]:
+        if key in saved and saved[key] != now[key]:  # checkpoints older than a key do not name it: not checked
             raise ValueError(
-                f"{path} was trained with {key} {saved[key].rsplit('.', 1)[-1]} ({saved[key]}), but this resume asks "
-                f"for {now[key].rsplit('.', 1)[-1] if now[key] else None} ({now[key]}): a run keeps its {key}. Resume "
-                f"without changing {key}, or start a new run."
+                f"{path} was trained with {key} {name(saved[key])} ({saved[key]}), but this resume asks for "
+                f"{name(now[key])} ({now[key]}): a run keeps its {key}. Resume without changing {key}, or start a new "
+                "run."
             )
 
 

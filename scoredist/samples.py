@@ -2,9 +2,10 @@
 trainer.batch_size.
 
 Batch invariance: sample i draws its initial value, its timesteps and its noise from generators seeded by
-(run seed, i) alone, so its result does not depend on the batch size or on the chunk it runs in (for every loss whose
-state is not shared across the samples of a chunk; VSD's source model is shared, as ProlificDreamer's particles share
-theirs).
+(run seed, i) alone, so its result does not depend on the batch size or on the chunk it runs in. Two exceptions:
+VSD's source model is shared by the samples of a chunk (as ProlificDreamer's particles share theirs), and a step in
+which one sample's direction or gradient is not finite is skipped for the whole chunk (a chunk's parameters are one
+tensor under one optimizer).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def derive_seed(*keys: int) -> int:
     """A 63-bit seed that depends on every key (numpy's SeedSequence hashing: nearby keys give unrelated streams)."""
     state = np.random.SeedSequence([int(k) % 2**64 for k in keys]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed the global RNG starts a chunk with (a key no sample seed uses: two keys, not one)."""
+    return derive_seed(seed, 2**63, chunk)
 
 
 def read_prompts(prompt, prompt_file: str | None) -> list[tuple[str, str]]:

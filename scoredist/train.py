@@ -60,6 +60,7 @@ from scoredist.samples import (
     RowGroups,
     Sample,
     SampleStreams,
+    chunk_seed,
     make_samples,
     read_prompts,
     row_groups,
@@ -69,7 +70,6 @@ from scoredist.samples import (
 PRECISIONS = ("fp32", "fp16", "bf16")
 # The groups whose numbers must be finite (a NaN guidance scale or learning rate would silently ruin every step).
 NUMERIC_GROUPS = ("loss", "optimizer", "renderer", "schedule", "lr_scheduler", "guidance", "trainer")
-VIEW_THRESHOLDS = ("front_threshold", "back_threshold", "overhead_threshold")  # view_suffix's arguments, in order
 log = logging.getLogger(__name__)
 
 
@@ -145,23 +145,6 @@ def check_texts(guidance, loss, captions: list[tuple[str, str]], views: list[str
                 origin = "" if source == "prompt" else f"{source}: "
                 derived = "" if what == "the prompt" else f"{what}: "  # a suffixed or negative prompt says which
                 raise ValueError(f"{origin}{derived}{e}") from None
-
-
-def view_phrases(renderer_cfg: DictConfig) -> list[str]:
-    """The view phrases a renderer may end its rows' prompts with ("" for none): the class's `view_phrases` if it
-    lists them, else, for view-dependent prompts of random orbit cameras (a NeRF), the phrases of the cameras its
-    azimuth and elevation ranges allow, decided as the renderer decides them (cameras.view_suffix)."""
-    listed = getattr(get_class(renderer_cfg._target_), "view_phrases", None)
-    if listed is not None:
-        return list(listed)
-    if not renderer_cfg.get("view_dependent_prompt", False):
-        return [""]
-    from scoredist.renderers.cameras import view_suffix
-
-    thresholds = [renderer_cfg.get(k, 45.0 if k != "overhead_threshold" else 60.0) for k in VIEW_THRESHOLDS]
-    azimuths = torch.linspace(*renderer_cfg.get("azimuth_range", (-180.0, 180.0)), 721).tolist()
-    elevations = torch.linspace(*renderer_cfg.get("elevation_range", (-10.0, 45.0)), 181).tolist()
-    return sorted({view_suffix(az, el, *thresholds) for az in azimuths for el in elevations})
 
 
 def available_memory(device: torch.device) -> int:
@@ -251,6 +234,10 @@ class Chunk:
     def __init__(self, run: Run, index: int, samples: list[Sample]):
         self.run, self.index, self.samples = run, index, samples
         cfg = run.cfg
+        # The global RNG (a NeRF's initial field and cameras, VSD's source fits) starts every chunk from a seed of its
+        # own: a chunk's result does not depend on the chunks run before it in the same process, and a run resumed
+        # at a chunk boundary continues exactly (a resume inside a chunk restores the checkpointed state instead).
+        torch.manual_seed(chunk_seed(cfg.seed, index))
         self.renderer = run.new_renderer(samples)
         self.optimizer = instantiate(cfg.optimizer)(self.renderer.param_groups(cfg.optimizer.lr))
         self.lr_scheduler = instantiate(cfg.lr_scheduler)(self.optimizer) if cfg.get("lr_scheduler") else None
@@ -373,7 +360,7 @@ class NonFiniteCounter:
         Returns whether the most recent step was skipped."""
         flags = [bool(f) for f in self.pending]
         self.pending = []
-        first = chunk.step - len(flags)
+        first = chunk.step - len(flags) + 1  # steps are counted as in metrics.jsonl: the n-th step is step n
         for i, skipped in enumerate(flags):
             if not skipped:
                 self.in_a_row = 0
@@ -433,7 +420,7 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     chunks = plan_chunks(cfg, samples)
     renderer_class = get_class(cfg.renderer._target_)
     captions = [(s.caption, s.source) for s in samples] + renderer_class.row_captions(cfg.renderer)
-    check_texts(guidance, run.loss, captions, view_phrases(cfg.renderer))
+    check_texts(guidance, run.loss, captions, renderer_class.view_phrases(cfg.renderer))
     check_memory(cfg, guidance, max(len(chunks[0]), cfg.renderer.get("batch_size") or 0), device)
 
     resume_chunk = resume.get("chunk", 0) if resume is not None else None
@@ -561,6 +548,7 @@ def train_chunk(run: Run, chunk: Chunk, bar, stop) -> bool:
     (run.run_dir / "progress").mkdir(exist_ok=True)
     start = time.perf_counter()
     while chunk.step < run.max_steps:
+        before = chunk.step  # the render of this step shows the parameters after `before` updates
         render, objective, t, logs, found = chunk.train_step()
         counter.add(found)
         bar.update(1)
@@ -570,8 +558,8 @@ def train_chunk(run: Run, chunk: Chunk, bar, stop) -> bool:
             skipped = counter.read(chunk)
             if logging_step and not skipped:
                 log_step(run, chunk, objective, t, logs, bar)
-        if step % tr.image_every == 0:
-            preview(run, chunk, render.x)
+        if before % tr.image_every == 0:
+            preview(run, chunk, render.x, before)
         if step % tr.ckpt_every == 0 or stop["signal"]:
             counter.read(chunk)
             chunk.seconds += time.perf_counter() - start
@@ -597,12 +585,13 @@ def log_step(run: Run, chunk: Chunk, objective, t, logs, bar) -> None:
     bar.set_postfix(chunk=chunk.index, loss="nan" if loss is None else f"{loss:.4g}", t=f"{record['t']:.0f}")
 
 
-def preview(run: Run, chunk: Chunk, render_x: torch.Tensor) -> None:
-    """progress/step_*.png for the first chunk (the run's strip and video); every chunk's preview goes to the logger."""
+def preview(run: Run, chunk: Chunk, render_x: torch.Tensor, updates: int) -> None:
+    """progress/step_N.png (the parameters after N updates, from the initial state on) for the first chunk: the run's
+    strip and video. Every chunk's preview goes to the logger."""
     frame = grid(chunk.to_rgb(render_x))
     if chunk.index == 0:
-        iio.imwrite(run.run_dir / "progress" / f"step_{chunk.step:06d}.png", frame)
-    run.logger.log_image("preview", frame, run.global_step(chunk.index, chunk.step))
+        iio.imwrite(run.run_dir / "progress" / f"step_{updates:06d}.png", frame)
+    run.logger.log_image("preview", frame, run.global_step(chunk.index, updates))
 
 
 def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool) -> None:

@@ -150,6 +150,8 @@ def test_a_refused_resume_rewrites_nothing(tmp_path):
         train(config(*SHAPES, "loss=ours", "trainer.max_steps=6", f"trainer.resume={run}"))
     with pytest.raises(CheckpointError, match="does not fit .*the run was trained without one"):
         train(config(*SHAPES, "loss=sds", "lr_scheduler=cosine", f"trainer.resume={run}"))
+    with pytest.raises(ValueError, match=r"optimizer AdamW \(torch.optim.AdamW\).*asks for SGD"):
+        train(config(*SHAPES, "loss=sds", "optimizer=sgd", f"trainer.resume={run}"))
     assert record() == before
     assert not (run / "resumes.jsonl").exists()
 
@@ -284,6 +286,7 @@ def test_checkpoints_name_the_classes_they_belong_to(tmp_path):
         "loss": "scoredist.losses.sds.SDS",
         "renderer": "scoredist.renderers.image.ImageRenderer",
         "guidance": "scoredist.guidance.exact.shapes.ShapesPrior",
+        "optimizer": "torch.optim.AdamW",
     }
     save_checkpoint({"step": 1, "recipe": {"loss": "scoredist.losses.vsd.VSD"}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="loss VSD"):
@@ -319,13 +322,3 @@ def test_every_text_the_model_sees_is_checked_for_length_before_training(tiny_sd
     with pytest.raises(ValueError, match="the source prompt"):  # and the trainer runs the check before it starts
         train(config(f"guidance.pretrained={tiny_sd_path}", "loss=ours", f"prompt={caption}", run_dir=tmp_path / "x"))
     assert not (tmp_path / "x").exists()
-
-
-def test_view_phrases_are_the_ones_the_cameras_can_produce():
-    assert trainer.view_phrases(config("renderer=image").renderer) == [""]
-    assert trainer.view_phrases(config("renderer=nerf").renderer) == [", back view", ", front view", ", side view"]
-    high = config("renderer=nerf", "renderer.elevation_range=[-10,80]").renderer
-    assert ", overhead view" in trainer.view_phrases(high)
-    front_only = config("renderer=nerf", "renderer.azimuth_range=[-20,20]").renderer
-    assert trainer.view_phrases(front_only) == [", front view"]
-    assert trainer.view_phrases(config("renderer=nerf", "renderer.view_dependent_prompt=false").renderer) == [""]

@@ -88,7 +88,8 @@ def test_tiny_pipeline_run_writes_the_run_folder(tiny_sd_path, tmp_path, monkeyp
 
     final = iio.imread(run / "final.png")
     assert final.ndim == 3 and final.shape[2] == 3 and final.std() > 0
-    assert sorted(p.name for p in (run / "progress").glob("*.png")) == ["step_000002.png", "step_000004.png"]
+    # the parameters after 0, 2 and 4 updates (the initial state first)
+    assert sorted(p.name for p in (run / "progress").glob("*.png")) == [f"step_{n:06d}.png" for n in (0, 2, 4)]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5
     assert list((run / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
 
@@ -317,7 +318,7 @@ def test_a_finite_loss_with_nonfinite_gradients_skips_the_step(tmp_path, monkeyp
 
     monkeypatch.setattr(trainer.Chunk, "to_model", poisoned_on_step_two)
     cfg = config(*SHAPES, "loss=sds", "trainer.max_steps=3", "trainer.log_every=1", run_dir=tmp_path / "r")
-    with pytest.warns(UserWarning, match="step 1: non-finite"):
+    with pytest.warns(UserWarning, match="step 2: non-finite"):  # numbered as in metrics.jsonl
         train(cfg)
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
     assert [r["step"] for r in records] == [1, 3] and records[-1]["nonfinite_total"] == 1  # step 2 was not logged
