@@ -159,7 +159,7 @@ def available_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_memory(cfg: DictConfig, guidance, rows: int, device: torch.device) -> None:
+def check_memory(cfg: DictConfig, guidance, samples: int, device: torch.device) -> None:
     """Refuse a render size or batch that cannot fit before allocating it. A lower bound only (what one step must hold
     for the renders themselves: each float as the render or parameter, its gradient and Adam's two moments, plus a
     colour and density per field sample of a NeRF); the model's activations come on top, and a run that fits this
@@ -168,8 +168,8 @@ def check_memory(cfg: DictConfig, guidance, rows: int, device: torch.device) -> 
     native = shape[-1] * guidance.downscale if len(shape) == 3 else None
     floats_per_pixel = 4 * 3 + 4 * cfg.renderer.get("num_samples", 0)
     free = available_memory(device)
-    for height, width, stage_rows in get_class(cfg.renderer._target_).render_sizes(cfg.renderer):
-        height, width, stage_rows = height or native, width or native, max(rows, stage_rows or 0)
+    for height, width, rows_per_sample in get_class(cfg.renderer._target_).render_sizes(cfg.renderer):
+        height, width, stage_rows = height or native, width or native, samples * (rows_per_sample or 1)
         if height is None or width is None:
             continue  # not an image renderer: nothing that scales with a render size
         needed = stage_rows * height * width * floats_per_pixel * 4
@@ -318,7 +318,7 @@ class Chunk:
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         # the direction can be finite while the gradient is not (an fp16/bf16 VAE encoder overflowing)
-        found = grads_nonfinite(self.optimizer) | ~torch.isfinite(objective.detach())
+        found = nonfinite(objective, self.optimizer)
         if self.device_skips:
             self.optimizer.found_inf = found.float()
             self.optimizer.step()
@@ -335,12 +335,16 @@ class Chunk:
         return render, objective, t, logs, found if found_now is None else found_now
 
 
-def grads_nonfinite(optimizer) -> torch.Tensor:
-    """A 0-d bool tensor on the parameters' device: does any gradient hold a NaN or an infinity? (no host sync)"""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not grads:
-        return torch.zeros((), dtype=torch.bool)
-    return torch.stack([g.isfinite().all() for g in grads]).logical_not().any()
+def nonfinite(objective: torch.Tensor, optimizer) -> torch.Tensor:
+    """A 0-d bool tensor on the parameters' device, without a host sync: is there a NaN or an infinity in the objective
+    or in any gradient? One reduction per gradient: a NaN or an infinity anywhere makes the sum non-finite (a finite sum
+    overflowing float32, ~3e38, would count too: no real gradient is near that)."""
+    total = objective.detach().float()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                total = total + p.grad.sum()
+    return ~torch.isfinite(total)
 
 
 class NonFiniteCounter:
@@ -421,7 +425,7 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     renderer_class = get_class(cfg.renderer._target_)
     captions = [(s.caption, s.source) for s in samples] + renderer_class.row_captions(cfg.renderer)
     check_texts(guidance, run.loss, captions, renderer_class.view_phrases(cfg.renderer))
-    check_memory(cfg, guidance, max(len(chunks[0]), cfg.renderer.get("batch_size") or 0), device)
+    check_memory(cfg, guidance, len(chunks[0]), device)
 
     resume_chunk = resume.get("chunk", 0) if resume is not None else None
     # a chunk resumed short of max_steps is run on: its finished samples (if any) are written again, once
@@ -575,7 +579,9 @@ def train_chunk(run: Run, chunk: Chunk, bar, stop) -> bool:
 def log_step(run: Run, chunk: Chunk, objective, t, logs, bar) -> None:
     record = {"chunk": chunk.index, "step": chunk.step, "loss": objective, "t": t.float().mean(), **logs}
     nulled = [0]
-    record = {k: finite_or_none(float(v.detach()) if torch.is_tensor(v) else v, nulled) for k, v in record.items()}
+    # tensors, lazy norms and numbers are read as floats here, the step's one host sync
+    read = lambda v: float(v) if hasattr(v, "__float__") and not isinstance(v, int) else v
+    record = {k: finite_or_none(read(v), nulled) for k, v in record.items()}
     if nulled[0]:
         record["nonfinite_values"] = nulled[0]  # how many of this line's values were NaN/inf, written as null
     record["nonfinite_total"] = run.nonfinite_total

@@ -53,9 +53,20 @@ def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-def norm(x: torch.Tensor) -> torch.Tensor:
-    """Mean per-sample L2 norm of a term, for logging: a 0-d tensor, read (a host sync) only on logging steps."""
-    return x.detach().flatten(1).norm(dim=1).mean()
+class LazyNorm:
+    """The mean per-sample L2 norm of a term, computed only when read with float() — on a logging step. Most steps are
+    not logged, and computing a norm there would be wasted kernels."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x.detach()
+
+    def __float__(self) -> float:
+        return float(self.x.flatten(1).norm(dim=1).mean())
+
+
+def norm(x: torch.Tensor) -> LazyNorm:
+    """A term's size for the logs (see LazyNorm)."""
+    return LazyNorm(x)
 
 
 def surrogate_loss(
