@@ -3,7 +3,10 @@
 Set HYDRA_FULL_ERROR=1 to see the traceback anyway.
 """
 
+import os
+import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from scoredist.checkpoint import CheckpointError
@@ -52,3 +55,18 @@ def user_error(error: BaseException) -> str | None:
             return f"{error}{where}"
         error = error.__cause__
     return None
+
+
+@contextmanager
+def cli_errors():
+    """In a script's entry point: a user error (also one wrapped by Hydra's instantiate) ends the command with its
+    one-line message on stderr and exit status 2; a bug keeps its traceback, and so does every error with
+    HYDRA_FULL_ERROR=1."""
+    try:
+        yield
+    except Exception as e:
+        message = user_error(e)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

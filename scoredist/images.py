@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 
-def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
-    """An image file as (1, 3, height, width) in [0, 1]: alpha dropped, grey expanded, resized with antialiasing."""
+def decode_image(path: str | Path) -> torch.Tensor:
+    """An image file as (3, H, W) float in [0, 1] at its own size: alpha dropped, grey expanded. The one decoder of
+    image files: a missing file is a FileNotFoundError, anything but an 8-bit still image (a 16-bit PNG, a video, a
+    non-image) a ValueError naming the file, never values silently on another scale."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist (give the path of a PNG or JPG file)")
@@ -25,11 +27,25 @@ def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
             "give a PNG or JPG (python scripts/render_shape.py writes one of the shapes world)"
         ) from None
     if array.ndim not in (2, 3) or array.dtype != np.uint8:
-        raise ValueError(f"{path} is not an 8-bit still image (array {array.shape} {array.dtype}): give a PNG or JPG")
+        raise ValueError(
+            f"{path} is not an 8-bit still image (array {array.shape} {array.dtype}): give an 8-bit PNG or JPG"
+        )
     img = torch.from_numpy(array).float() / 255.0
     img = img[..., None].expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
-    img = img.permute(2, 0, 1)[None]
-    return F.interpolate(img, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return img.permute(2, 0, 1).contiguous()
+
+
+def resize_image(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] → (N, 3, height, width), bilinear with antialiasing, clamped to [0, 1]."""
+    if images.shape[-2:] == (height, width):
+        return images
+    out = F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return out.clamp(0, 1)
+
+
+def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """An image file as (1, 3, height, width) in [0, 1]: alpha dropped, grey expanded, resized with antialiasing."""
+    return resize_image(decode_image(path)[None], height, width)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

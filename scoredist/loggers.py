@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scoredist.eval.collect import component_name, method_of
+
 
 def has_wandb_credentials() -> bool:
     """True if wandb could log in without asking: an API key in the environment or in ~/.netrc (or $NETRC)."""
@@ -62,14 +64,10 @@ class NoLogger:
         pass
 
 
-def component_name(target: str | None) -> str | None:
-    """The config file a component comes from, by its class's module: scoredist.losses.ours.Ours → "ours"."""
-    return target.rsplit(".", 2)[-2] if target and target.count(".") >= 2 else target
-
-
 def run_name(config: dict, fallback: str) -> str:
-    """ "<method> | <first prompt> [+N more]": what a row of a comparison is (the folder name keeps the time)."""
-    method = "ddim" if config.get("sampler") else component_name((config.get("loss") or {}).get("_target_"))
+    """ "<method> | <first prompt> [+N more]": what a row of a comparison is (the folder name keeps the time); the
+    method as the benchmark table names it (`scoredist.eval.collect.method_of`)."""
+    method = method_of(config)
     prompt = config.get("prompt")
     if config.get("prompt_file"):
         prompt = Path(str(config["prompt_file"])).name
@@ -80,7 +78,7 @@ def run_name(config: dict, fallback: str) -> str:
 
 def run_tags(config: dict) -> list[str]:
     """loss:<name>, renderer:<name>, guidance:<name> (and benchmark:<preset>), for filtering runs."""
-    tags = [f"loss:{'ddim' if config.get('sampler') else component_name((config.get('loss') or {}).get('_target_'))}"]
+    tags = [f"loss:{method_of(config)}"]
     for group in ("renderer", "guidance"):
         name = component_name((config.get(group) or {}).get("_target_"))
         if name:

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return None
-    from scoredist.eval.benchmark import Benchmark, cli_errors
+    from scoredist.errors import cli_errors
+    from scoredist.eval.benchmark import Benchmark
 
     preset, out, commands, overrides = parse(argv)
     out = out or Path("outputs") / "benchmarks" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{preset}"

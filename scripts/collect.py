@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="where results.md / results.json / grids/ go (default: first DIR)")
     parser.add_argument("--wandb", action="store_true", help="also log the table as a wandb run")
     args = parser.parse_args(argv)
-    from scoredist.eval.benchmark import cli_errors, collect_from
+    from scoredist.errors import cli_errors
+    from scoredist.eval.benchmark import collect_from
 
     overrides = [d for d in args.dirs if "=" in d]
     dirs = [Path(d) for d in args.dirs if "=" not in d]

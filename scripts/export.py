@@ -11,11 +11,10 @@ that gives the density range and a threshold to try.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from scoredist.checkpoint import run_folder_of
-from scoredist.errors import USER_ERRORS
+from scoredist.errors import cli_errors
 from scoredist.renderers.loading import renderer_from_run
 from scoredist.renderers.mesh import FORMATS, write_mesh
 
@@ -29,13 +28,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--output", type=Path, default=None, help="file to write (default RUN_DIR/model.<format>)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     args = parser.parse_args(argv)
-    try:
+    with cli_errors():  # a user error (also one Hydra's instantiate wraps) ends the script with its one-line message
         renderer, step = renderer_from_run(args.run, args.device)
         mesh = renderer.mesh(args.resolution, args.threshold)
         path = write_mesh(mesh, args.output or run_folder_of(args.run) / f"model.{args.format}")
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     lo, hi = mesh.bounds
     print(
         f"{path}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, step {step}, bounds {lo.round(3)} to "

@@ -17,35 +17,17 @@ serves both readings better than either single-prompt image serves the other's.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from scoredist.eval.benchmark import cli_errors
+from scoredist.errors import cli_errors
 from scoredist.prompts import TGT_SUFFIX
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_config(experiment: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"+experiment={experiment}", "logger=none", *overrides])
-
-
-def final_rows(cfg: DictConfig, run_dir: Path) -> torch.Tensor:
-    """Train `cfg` into run_dir; its final rows in model space, one per view, (V, 3, R, R)."""
-    from scoredist.train import train
-
-    cfg.trainer.run_dir = str(run_dir)
-    train(cfg)
-    return torch.load(run_dir / "samples" / "00000.pt", weights_only=True)
+from scoredist.scripting import compose_experiment, train_and_load, write_figure, write_json
 
 
 def log_density(prior, x: torch.Tensor, prompt: str) -> torch.Tensor:
@@ -67,7 +49,7 @@ def run_set(experiment: str, overrides: list[str], losses: list[str], work: Path
     loss, the view's own transform): {name: image}."""
     from scoredist.renderers.transforms import View, invert, parse_views
 
-    base = compose_config(experiment, overrides)
+    base = compose_experiment(experiment, overrides)
     # a view without a prompt is conditioned on the run's prompt: name it, for the labels and the scores
     views = [
         View(v.transform, v.prompt or base.prompt)
@@ -75,13 +57,13 @@ def run_set(experiment: str, overrides: list[str], losses: list[str], work: Path
     ]
     images = {}
     for loss in losses:
-        cfg = compose_config(experiment, [*overrides, f"loss={loss}"])
-        rows = final_rows(cfg, work / f"illusion-{loss}")
+        cfg = compose_experiment(experiment, [*overrides, f"loss={loss}"])
+        rows = train_and_load(cfg, work / f"illusion-{loss}")
         images[f"illusion, {loss}"] = invert(views[0].transform, rows[:1])
     for i, view in enumerate(views):
-        cfg = compose_config(experiment, [*overrides, f"loss={losses[0]}"])
+        cfg = compose_experiment(experiment, [*overrides, f"loss={losses[0]}"])
         cfg.renderer.views = [{"transform": view.transform, "prompt": view.prompt}]
-        rows = final_rows(cfg, work / f"single-{i}")
+        rows = train_and_load(cfg, work / f"single-{i}")
         images[f"only {view.prompt}, {losses[0]}"] = invert(view.transform, rows)
     return images, views, base
 
@@ -127,12 +109,10 @@ def report(args) -> dict:
         results["views"] = [v.label() for v in views]
         results["seeds"][seed] = {"log_p_per_dim": scores, "clean_log_p_per_dim": clean, "check_holds": holds}
         if n == 0 and args.figure:
-            args.figure.parent.mkdir(parents=True, exist_ok=True)
-            iio.imwrite(args.figure, figure(images, scores, clean, views, prior))
-            print(f"wrote {args.figure}")
+            write_figure(args.figure, figure(images, scores, clean, views, prior))
     print_table(results)
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.out, results)
     return results
 
 

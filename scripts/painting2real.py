@@ -19,36 +19,20 @@ it (their nearest component in the whole world is that caption's clean variant),
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from scoredist.eval.benchmark import cli_errors
+from scoredist.devices import pick_device
+from scoredist.errors import cli_errors
 from scoredist.prompts import TGT_SUFFIX, Prompt
+from scoredist.scripting import compose_experiment, train_and_load, write_figure, write_json
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 DISTILLED = ("DDS", "ours")  # the rows the check is about
-
-
-def compose_config(experiment: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"+experiment={experiment}", "logger=none", *overrides])
-
-
-def distilled(cfg: DictConfig, run_dir: Path) -> torch.Tensor:
-    """Train `cfg` into run_dir; its final image in model space, (1, ...)."""
-    from scoredist.train import train
-
-    cfg.trainer.run_dir = str(run_dir)
-    train(cfg)
-    return torch.load(run_dir / "samples" / "00000.pt", weights_only=True)
 
 
 def input_image(cfg: DictConfig, guidance) -> torch.Tensor:
@@ -111,7 +95,7 @@ def painting2real_check(metrics: dict) -> bool:
 
 def dds_config(experiment: str, overrides: list[str], ours: DictConfig) -> DictConfig:
     """The DDS run of the task the ours config defines: the same input, target and source texts."""
-    cfg = compose_config(experiment, [o for o in overrides if not o.lstrip("+~").startswith("loss.")])
+    cfg = compose_experiment(experiment, [o for o in overrides if not o.lstrip("+~").startswith("loss.")])
     cfg.input = ours.input
     cfg.prompt = Prompt(ours.prompt).text(ours.loss.tgt_suffix)
     cfg.loss.source_prompt = ours.loss.source_prompt or Prompt(ours.prompt).text(ours.loss.src_suffix)
@@ -120,10 +104,8 @@ def dds_config(experiment: str, overrides: list[str], ours: DictConfig) -> DictC
 
 def run_seed(args, seed: int, work: Path) -> tuple[dict, dict, object]:
     overrides = [f"seed={seed}", *args.overrides]
-    ours_cfg = compose_config(args.experiment, overrides)
+    ours_cfg = compose_experiment(args.experiment, overrides)
     dds_cfg = dds_config(args.dds_experiment or f"{args.experiment}_dds", overrides, ours_cfg)
-    from scoredist.train import pick_device
-
     guidance = instantiate(
         ours_cfg.guidance, device=str(pick_device(ours_cfg.trainer.device)), precision=ours_cfg.trainer.precision
     )
@@ -133,8 +115,8 @@ def run_seed(args, seed: int, work: Path) -> tuple[dict, dict, object]:
     results = {
         "input": x_in.cpu(),
         "SDEdit": sdedit_row(ours_cfg, guidance, x_in, seed, args.sdedit_strength, args.sdedit_steps, scale),
-        "DDS": distilled(dds_cfg, work / "dds"),
-        "ours": distilled(ours_cfg, work / "ours"),
+        "DDS": train_and_load(dds_cfg, work / "dds"),
+        "ours": train_and_load(ours_cfg, work / "ours"),
     }
     metrics = exact_metrics(guidance, ours_cfg.prompt, results) if exact else {}
     return results, metrics, guidance
@@ -168,13 +150,11 @@ def report(args) -> dict:
         if metrics:
             out["seeds"][seed] = {"metrics": metrics, "check_holds": painting2real_check(metrics)}
         if n == 0 and args.figure:
-            args.figure.parent.mkdir(parents=True, exist_ok=True)
-            iio.imwrite(args.figure, figure(results, metrics, guidance))
-            print(f"wrote {args.figure}")
+            write_figure(args.figure, figure(results, metrics, guidance))
     if out["seeds"]:
         print_table(out)
     if args.out:
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.out, out)
     return out
 
 

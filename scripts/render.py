@@ -9,11 +9,10 @@ Writes NNN.png per view (azimuth 0° = front first), views.png (8 of them side b
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from scoredist.checkpoint import run_folder_of
-from scoredist.errors import USER_ERRORS
+from scoredist.errors import cli_errors
 from scoredist.images import grid, save_png, save_strip, save_video
 from scoredist.renderers.loading import renderer_from_run
 
@@ -27,16 +26,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=None, help="folder to write into (default RUN_DIR/render)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     args = parser.parse_args(argv)
-    try:
+    with cli_errors():  # a user error (also one Hydra's instantiate wraps) ends the script with its one-line message
         if args.views is not None and args.views < 1 or args.size is not None and args.size < 1:
             raise ValueError("--views and --size must be positive")
         renderer, step = renderer_from_run(args.run, args.device)
         if args.elevation is not None:
             renderer.turntable_elevation = args.elevation
         frames = renderer.turntable(args.views, args.size)  # (V, 3, S, S)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     out = args.out or run_folder_of(args.run) / "render"
     for i, frame in enumerate(frames):
         save_png(frame[None], out / f"{i:03d}.png", min_size=0)

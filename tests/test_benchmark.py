@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from scoredist.eval.benchmark import Benchmark, collect_from, compose_run, presets
+from scoredist.eval.collect import collect_runs
 from scoredist.images import save_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +170,126 @@ def test_the_same_table_through_a_hydra_multirun_and_sample_py(tmp_path):
     )  # fmt: skip
     rows = table_rows((tmp_path / "table" / "results.md").read_text().split("\n", 2)[2])
     assert [r[0] for r in rows] == ["DDIM (lower bound)", "SDS", "Ours"], done.stdout
+
+
+def sample_py(*args: str, cwd: Path = ROOT, multirun: bool = False) -> subprocess.CompletedProcess:
+    """scripts/sample.py at the tiny setting (one sample per prompt), as a user runs it."""
+    command = [sys.executable, str(ROOT / "scripts" / "sample.py"), *(["-m"] if multirun else [])]
+    tiny = ["+benchmark=shapes", *TINY, "samples_per_prompt=1", "trainer.batch_size=2"]
+    return subprocess.run([*command, *tiny, *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_a_sample_py_sweep_finishes_every_job_and_a_bad_job_fails_alone(tmp_path):
+    """`python scripts/sample.py -m` (README, conf/benchmark/shapes.yaml): both jobs finish, exit 0, and each writes
+    its run folder; a job with a user error is reported and recorded, the other one still runs, the sweep exits 1."""
+    sweep = tmp_path / "sweep"
+    done = sample_py("+sampler.name=exact,ddim", f"hydra.sweep.dir={sweep}", multirun=True)
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 jobs finished" in done.stderr
+    jobs = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
+    assert [j["status"] for j in jobs] == ["finished", "finished"]
+    for job, method in zip(jobs, ("exact", "ddim")):
+        run = Path(job["run_dir"])
+        assert len((run / "samples.jsonl").read_text().splitlines()) == 2
+        assert sorted(p.name for p in (run / "samples").iterdir()) == ["00000.png", "00001.png"]
+        assert collect_runs(run)[0].method == method
+
+    bad = tmp_path / "bad"
+    failed = sample_py("prompt=a red cube,a pink blob", f"hydra.sweep.dir={bad}", multirun=True)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "1 of 2 jobs finished" in failed.stderr and "unknown word 'pink'" in failed.stderr
+    jobs = [json.loads(line) for line in (bad / "jobs.jsonl").read_text().splitlines()]
+    assert [j["status"] for j in jobs] == ["finished", "failed"] and "pink" in jobs[1]["error"]
+    assert [p.name.split("-")[0] for p in bad.iterdir() if p.is_dir()] == ["0"]  # the failed job left no folder
+
+
+@pytest.mark.slow
+def test_a_single_sample_py_run_is_named_after_its_method_and_a_user_error_is_one_line(tmp_path):
+    for method in ("exact", "ddim"):
+        done = sample_py(*([f"+sampler.name={method}"] if method == "exact" else []), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    folders = sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "outputs").glob("*/*"))
+    assert folders == ["ddim", "exact"]
+    failed = sample_py("prompt=a pink blob", cwd=tmp_path)
+    assert failed.returncode == 2 and failed.stderr.startswith("error: unknown word 'pink'"), failed.stderr
+    assert len(list((tmp_path / "outputs").glob("*/*"))) == 2  # the failed run's folder was removed
+
+
+def test_lower_bound_samples_jsonl_is_strict_json(tmp_path, monkeypatch):
+    """A non-finite metric becomes null (as in every JSON file scoredist writes), never the NaN token."""
+    from scoredist.eval.lower_bound import write_lower_bound
+    from scoredist.guidance.exact.shapes import ShapesPrior
+
+    def evaluate(self, x, prompt):
+        return {"nearest_rms": [float("nan")] * x.shape[0], "log_p": float("-inf"), "fidelity": 1.0}
+
+    monkeypatch.setattr(ShapesPrior, "evaluate", evaluate)
+    run = write_lower_bound(compose_run("shapes", [*TINY, "+sampler.name=exact"]), tmp_path / "exact")
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    strict = lambda token: pytest.fail(f"{token} in samples.jsonl")  # noqa: E731
+    records = [json.loads(line, parse_constant=strict) for line in lines]
+    assert [r["eval"] for r in records] == [{"nearest_rms": None, "log_p": None, "fidelity": 1.0}] * 4
+
+
+def test_cli_errors_print_a_wrapped_user_error_as_one_line_and_keep_bugs(capsys, monkeypatch):
+    from hydra.errors import InstantiationException
+
+    from scoredist.errors import cli_errors
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def wrapped():
+        try:
+            raise FileNotFoundError("mesh sketch.obj does not exist")
+        except FileNotFoundError as e:
+            raise InstantiationException("Error in call to target 'NeRFRenderer'") from e
+
+    with pytest.raises(SystemExit) as exit_info, cli_errors():
+        wrapped()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: mesh sketch.obj does not exist [test_benchmark.py:") and err.count("\n") == 1
+    with pytest.raises(KeyError), cli_errors():  # a bug keeps its traceback
+        raise KeyError("bug")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(InstantiationException), cli_errors():  # the traceback on request
+        wrapped()
+
+
+def fake_nerf_run(folder: Path, init_shape: Path) -> Path:
+    """A NeRF run folder whose config names a sketch mesh (since deleted) and a checkpoint that loads."""
+    from scoredist.checkpoint import FORMAT, VERSION
+
+    (folder / "checkpoints").mkdir(parents=True)
+    OmegaConf.save(
+        {"renderer": {"_target_": "scoredist.renderers.nerf.NeRFRenderer", "init_shape": str(init_shape)}},
+        folder / "config.yaml",
+    )
+    torch.save({"format": FORMAT, "version": VERSION, "renderer": {}, "step": 0}, folder / "checkpoints" / "last.pt")
+    return folder
+
+
+@pytest.mark.parametrize("script", ["export", "render", "nerf_benchmark"])
+def test_nerf_scripts_turn_a_deleted_sketch_into_one_line(script, tmp_path, capsys, monkeypatch):
+    """export.py, render.py and `python -m scoredist.renderers.benchmark` on a run whose init_shape mesh is gone:
+    Hydra wraps the FileNotFoundError in an InstantiationException; the scripts still print one line, exit 2."""
+    import importlib.util
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    run = fake_nerf_run(tmp_path / "run", tmp_path / "deleted.obj")
+    if script == "nerf_benchmark":
+        from scoredist.renderers.benchmark import main
+    else:
+        spec = importlib.util.spec_from_file_location(script, ROOT / "scripts" / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        main = module.main
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run), "--device", "cpu"] if script != "nerf_benchmark" else [str(run)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "deleted.obj" in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2 and "is not a run folder" in capsys.readouterr().err

@@ -231,3 +231,43 @@ def test_wandb_names_and_tags_say_what_a_run_is():
     assert run_name(config, "fallback") == "ours | a red cube +2"
     assert run_tags(config) == ["loss:ours", "renderer:image", "guidance:shapes", "benchmark:shapes"]
     assert run_name({**config, "prompt": "a red cube", "sampler": {"name": "ddim"}}, "x") == "ddim | a red cube"
+
+
+def test_a_16_bit_png_is_refused_by_name_not_read_on_the_wrong_scale(tmp_path):
+    """An image of 16-bit values read as if 8-bit would be 257× too bright (the FID silently wrong): every reader
+    (metrics, renderer init, DDS reference) goes through the one decoder, which refuses it."""
+    import imageio.v3 as iio
+
+    from scoredist.images import read_image
+
+    path = tmp_path / "deep.png"
+    iio.imwrite(path, np.full((8, 8), 40000, dtype=np.uint16))  # a 16-bit grey PNG
+    assert np.asarray(iio.imread(path)).dtype == np.uint16  # the file really is 16-bit
+    for read in (lambda: read_rgb(path), lambda: read_rgb(path, (4, 4)), lambda: read_images([path])):
+        with pytest.raises(ValueError, match=r"deep.png is not an 8-bit still image .*uint16"):
+            read()
+    with pytest.raises(ValueError, match="not an 8-bit still image"):
+        read_image(path, 8, 8)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_rgb(tmp_path / "missing.png")
+    grey = tmp_path / "grey.png"
+    iio.imwrite(grey, np.full((8, 8), 51, dtype=np.uint8))  # an 8-bit grey image: expanded to RGB, value 51/255
+    torch.testing.assert_close(read_rgb(grey), torch.full((3, 8, 8), 0.2))
+
+
+def test_one_method_name_for_the_table_wandb_and_the_folders():
+    """method_of names a run the same from config.yaml (DictConfig) and from wandb's plain dict: the exact-samples
+    floor is "exact" in both, not "ddim"."""
+    from scoredist.eval.collect import method_of
+
+    base = {"prompt": "a red cube", "loss": {"_target_": "scoredist.losses.ours.Ours"}}
+    for config, method in (
+        (base, "ours"),
+        ({**base, "sampler": {"name": "exact", "num_steps": 50}}, "exact"),
+        ({**base, "sampler": {"name": "ddim"}}, "ddim"),
+        ({**base, "sampler": {"num_steps": 50}}, "ddim"),
+    ):
+        assert method_of(config) == method_of(OmegaConf.create(config)) == method
+        assert run_name(config, "x") == f"{method} | a red cube"
+        assert run_tags(config)[0] == f"loss:{method}"
+    assert method_of({"prompt": "a red cube"}) is None and run_name({"prompt": "a red cube"}, "x") == "x"

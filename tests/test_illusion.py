@@ -98,3 +98,36 @@ def test_a_view_prompt_the_prior_does_not_know_is_refused_before_training(tmp_pa
     with pytest.raises(ValueError, match=r"renderer.views\[1\].prompt: unknown word 'dragon'"):
         train(cfg)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_scripts_helpers_compose_refuse_mistakes_and_stop_on_an_interrupted_run(tmp_path, monkeypatch, capsys):
+    """scoredist.scripting (illusion_figure.py, painting2real.py): a typo is a one-line ValueError; a run stopped by
+    Ctrl-C ends the script with 130 instead of "samples/00000.pt not found"; a finished run gives its final rows."""
+    from types import SimpleNamespace
+
+    import scoredist.train
+    from scoredist.scripting import compose_experiment, train_and_load
+
+    cfg = compose_experiment("illusion_shapes", ["seed=3"])
+    assert cfg.seed == 3 and cfg.logger._target_.endswith("NoLogger")
+    with pytest.raises(ValueError, match="unknown experiment 'illusion_shape'; experiments: .*illusion_shapes"):
+        compose_experiment("illusion_shape", [])
+    with pytest.raises(ValueError, match=r"cannot compose the config with .*trainer.max_step"):
+        compose_experiment("illusion_shapes", ["trainer.max_step=3"])
+
+    def stopped(cfg):
+        return SimpleNamespace(interrupted=True, run_dir=Path(cfg.trainer.run_dir))
+
+    monkeypatch.setattr(scoredist.train, "train", stopped)
+    with pytest.raises(SystemExit) as exit_info:
+        train_and_load(cfg, tmp_path / "run")
+    assert exit_info.value.code == 130 and "interrupted while training run" in capsys.readouterr().err
+
+    def finished(cfg):
+        (Path(cfg.trainer.run_dir) / "samples").mkdir(parents=True)
+        torch.save(torch.ones(2, 3, 4, 4), Path(cfg.trainer.run_dir) / "samples" / "00000.pt")
+        return SimpleNamespace(interrupted=False, run_dir=Path(cfg.trainer.run_dir))
+
+    monkeypatch.setattr(scoredist.train, "train", finished)
+    assert torch.equal(train_and_load(cfg, tmp_path / "done"), torch.ones(2, 3, 4, 4))
+    assert cfg.trainer.run_dir == str(tmp_path / "done")

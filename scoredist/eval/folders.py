@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import imageio.v3 as iio
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scoredist.images import read_image
+from scoredist.images import decode_image, resize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -33,20 +31,17 @@ def image_files(folder: str | Path) -> list[Path]:
 
 
 def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """One image as (3, H, W) float in [0, 1]. With `size`, a saved image that is an integer multiple of it is
-    block-averaged back (exact for the trainer's nearest-neighbour upscaling); any other size is resized with
-    antialiasing."""
+    """One image as (3, H, W) float in [0, 1] (8-bit files only: `scoredist.images.decode_image`). With `size`, a saved
+    image that is an integer multiple of it is block-averaged back (exact for the trainer's nearest-neighbour
+    upscaling); any other size is resized with antialiasing."""
+    img = decode_image(path)
     if size is None:
-        img = torch.from_numpy(np.asarray(iio.imread(path))).float() / 255.0
-        img = img[..., None].expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
-        return img.permute(2, 0, 1).contiguous()
+        return img
     height, width = size
-    raw = np.asarray(iio.imread(path))
-    h, w = raw.shape[:2]
+    h, w = img.shape[-2:]
     if h % height == 0 and w % width == 0 and h // height == w // width:
-        img = read_rgb(path)
         return F.avg_pool2d(img[None], h // height)[0] if h != height else img
-    return read_image(path, height, width)[0]
+    return resize_image(img[None], height, width)[0]
 
 
 def read_images(paths: Sequence[str | Path], size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -17,7 +17,6 @@ components — the same flaw that keeps Stable Diffusion from very bright or dar
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -26,32 +25,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
-from scoredist.guidance.base import alpha_bar, ddim_move, ddim_timesteps
+from scoredist.devices import pick_device
+from scoredist.guidance.base import ddim_sample
 from scoredist.images import save_png
-from scoredist.losses.base import cfg as classifier_free
-from scoredist.losses.base import predict_conditions
+from scoredist.runs import finite_or_none, json_text
 from scoredist.samples import INIT, make_samples, read_prompts, split_chunks
-from scoredist.train import pick_device
 
 DEFAULT_SAMPLER = {"name": "ddim", "num_steps": 50, "guidance_scale": 1.0}
-
-
-@torch.no_grad()
-def ddim_sample(guidance, x_T: torch.Tensor, prompts: list[str], num_steps: int, guidance_scale: float):
-    """Deterministic DDIM from noise x_T (B, ...) to x_0 under CFG ε(∅) + s·(ε(y) − ε(∅)) (s = 1: ε(y) alone, one
-    row per sample)."""
-    steps = ddim_timesteps(guidance.num_train_timesteps, num_steps).tolist() + [-1]
-    x = x_T
-    for t, t_next in zip(steps[:-1], steps[1:]):
-        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        if guidance_scale == 1.0:
-            (eps,) = predict_conditions(guidance, x, tt, [prompts])
-        else:
-            uncond, cond = predict_conditions(guidance, x, tt, [[""] * len(prompts), prompts])
-            eps = classifier_free(uncond, cond, guidance_scale)
-        a_t = alpha_bar(guidance.alphas_cumprod, tt, x.dim())
-        x = ddim_move(x, eps, a_t, alpha_bar(guidance.alphas_cumprod, torch.full_like(tt, t_next), x.dim()))
-    return x
 
 
 def sampler_config(cfg: DictConfig) -> DictConfig:
@@ -88,7 +68,7 @@ def write_lower_bound(cfg: DictConfig, run_dir: str | Path) -> Path:
             chunks = split_chunks(samples, cfg.trainer.batch_size)
             for index, chunk in enumerate(tqdm(chunks, desc=f"{run_dir.name} ({sampler.name})")):
                 for record in _sample_chunk(guidance, index, chunk, sampler, run_dir, device):
-                    out.write(json.dumps(record) + "\n")
+                    out.write(json_text(finite_or_none(record)) + "\n")
                     records[record["index"]] = record
         logger.log_samples(run_dir, records)
         exit_code = 0
@@ -116,6 +96,7 @@ def _sample_chunk(guidance, index: int, chunk, sampler, run_dir: Path, device) -
         x = exact_samples(guidance, chunk)
     elif sampler.name == "ddim":
         x_T = torch.stack([initial_noise(s, guidance.sample_shape()) for s in chunk]).to(device)
+        # guidance_scale 1: ε(y) alone, one row per sample; else CFG ε(∅) + s·(ε(y) − ε(∅)) in one call per step
         x = ddim_sample(guidance, x_T, prompts, int(sampler.num_steps), float(sampler.guidance_scale))
     else:
         raise ValueError(f"sampler.name must be ddim or exact, got {sampler.name!r}")

@@ -7,7 +7,6 @@ to SDS's measured in the same table (absolute seconds on a shared machine say li
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 from scoredist.eval.collect import RunFolder
 from scoredist.eval.folders import read_images
 from scoredist.images import save_png
-from scoredist.train import finite_or_none
+from scoredist.runs import finite_or_none, json_text
 
 TIME_COLUMNS = (
     ("seconds_per_sample", "s / sample", "{:.2f}", ""),
@@ -98,7 +97,7 @@ def write_results(out_dir: Path, rows: list[dict], runs: list[RunFolder], column
     for row, run in zip(rows, runs):  # named by run folder: unique even for two runs of one method
         grids[row["label"]] = method_grid(run, out_dir / "grids" / f"{run.path.name}.png")
         row["grid"] = str(grids[row["label"]].relative_to(out_dir))
-    (out_dir / "results.json").write_text(json.dumps(finite_or_none(rows), indent=2) + "\n")
+    (out_dir / "results.json").write_text(json_text(finite_or_none(rows), indent=2) + "\n")
     table = markdown(rows, columns)
     (out_dir / "results.md").write_text((f"# {title}\n\n" if title else "") + table)
     return {"json": out_dir / "results.json", "md": out_dir / "results.md", "grids": grids, "table": table}

@@ -44,10 +44,16 @@ class SourceModel(nn.Module):
     """
 
     def predict_noise(
-        self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str], cameras: torch.Tensor | None = None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        prompts: Sequence[str],
+        cameras: Sequence[Sequence[float] | None] | None = None,
     ) -> torch.Tensor:
-        """ε_ψ per row, differentiable in ψ. cameras: (N, 4) per-row cameras (a NeRF's; see `Cameras.as_tensor`) for
-        a camera-conditioned source model (ProlificDreamer's), or None; models that do not use them ignore them."""
+        """ε_ψ per row, differentiable in ψ. cameras: for a camera-conditioned source model (ProlificDreamer's), a list
+        of N per-row cameras, each an (azimuth, elevation, distance, fovy) tuple (`Prompt.camera`) or None for a row
+        without one; VSD passes them only when some row has a camera (a NeRF render), else leaves cameras=None.
+        Models that do not use cameras ignore them."""
         raise NotImplementedError
 
 
@@ -109,12 +115,21 @@ class Guidance(nn.Module):
         """A fresh trainable ε_ψ initialised to agree with (or near) this model, for VSD."""
         raise NotImplementedError(f"{type(self).__name__} has no trainable source model, so loss=vsd cannot use it")
 
-    def sample(self, prompt: str, num_samples: int, num_steps: int = 50, generator=None) -> torch.Tensor:
-        """Deterministic DDIM samples from the model under `prompt` (in model space): the "DDIM lower bound" row."""
+    def sample(
+        self,
+        prompt: str,
+        num_samples: int,
+        num_steps: int = 50,
+        generator=None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Deterministic DDIM samples of the model under `prompt` (model space, (num_samples, *sample_shape)), from
+        noise drawn with `generator`; guidance_scale as in `ddim_sample`. (scripts/sample.py's lower-bound row draws
+        each sample's noise from that sample's own seed instead, and calls `ddim_sample` itself.)"""
         shape = self.sample_shape()
         # drawn on the CPU (where a seeded generator lives), then moved: the same samples on every device
         x = torch.randn((num_samples, *shape), generator=generator).to(self.alphas_cumprod.device)
-        return ddim_sample(self, x, [prompt] * num_samples, num_steps)
+        return ddim_sample(self, x, [prompt] * num_samples, num_steps, guidance_scale)
 
     def sample_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
@@ -139,23 +154,53 @@ def ddim_move(z: torch.Tensor, eps: torch.Tensor, abar_cur: torch.Tensor, abar_n
 
 
 @torch.no_grad()
-def ddim_step(guidance: Guidance, x_t: torch.Tensor, t: int, t_next: int, prompts: Sequence[str]) -> torch.Tensor:
-    """One deterministic DDIM move from t to t_next (t_next < t generates, t_next > t inverts).
+def ddim_step(
+    guidance: Guidance,
+    x_t: torch.Tensor,
+    t: int,
+    t_next: int,
+    prompts: Sequence[str],
+    guidance_scale: float | None = None,
+) -> torch.Tensor:
+    """One deterministic DDIM move of x_t (B, ...) from t to t_next (t_next < t generates, t_next > t inverts);
+    t_next = −1 means ᾱ = 1, the clean end.
 
-    t_next = −1 means ᾱ = 1, the clean end."""
-    tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    eps = guidance.predict_noise(x_t, tt, prompts)
+    guidance_scale: None (or 1): ε̂ = ε(x_t; y), one row per sample; s: CFG ε(∅) + s·(ε(y) − ε(∅)), both conditions in
+    ONE predict_noise call (2B rows)."""
+    b = x_t.shape[0]
+    tt = torch.full((b,), t, dtype=torch.long, device=x_t.device)
+    if guidance_scale is None or guidance_scale == 1:
+        eps = guidance.predict_noise(x_t, tt, prompts)
+    else:
+        eps_cond, eps_uncond = guidance.predict_noise(torch.cat([x_t, x_t]), tt.repeat(2), [*prompts, *[""] * b]).chunk(
+            2
+        )
+        eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
     a_t = alpha_bar(guidance.alphas_cumprod, tt, x_t.dim())
     return ddim_move(x_t, eps, a_t, alpha_bar(guidance.alphas_cumprod, torch.full_like(tt, t_next), x_t.dim()))
 
 
 @torch.no_grad()
-def ddim_sample(guidance: Guidance, x_T: torch.Tensor, prompts: Sequence[str], num_steps: int) -> torch.Tensor:
-    """Integrate the probability-flow ODE from pure noise x_T (at t = T−1) down to x_0 with `num_steps` DDIM steps."""
-    steps = ddim_timesteps(guidance.num_train_timesteps, num_steps).tolist() + [-1]
+def ddim_sample(
+    guidance: Guidance,
+    x_T: torch.Tensor,
+    prompts: Sequence[str],
+    num_steps: int,
+    guidance_scale: float | None = None,
+    t_start: int | None = None,
+) -> torch.Tensor:
+    """Integrate the probability-flow ODE from x_T (B, ...) at t_start (default T−1: pure noise) down to x_0 with
+    `num_steps` DDIM steps on an even grid t_start … 0, then the move to the clean end (one step per timestep at most,
+    when num_steps > t_start + 1). guidance_scale as in `ddim_step`."""
+    t_start = guidance.num_train_timesteps - 1 if t_start is None else t_start
+    if not 0 <= t_start < guidance.num_train_timesteps:
+        raise ValueError(f"DDIM t_start must be in [0, {guidance.num_train_timesteps - 1}], got {t_start}")
+    if num_steps < 1:
+        raise ValueError(f"DDIM needs at least one step, got num_steps={num_steps}")
+    steps = ddim_timesteps(t_start + 1, min(num_steps, t_start + 1)).tolist() + [-1]
     x = x_T
     for t, t_next in zip(steps[:-1], steps[1:]):
-        x = ddim_step(guidance, x, t, t_next, prompts)
+        x = ddim_step(guidance, x, t, t_next, prompts, guidance_scale)
     return x
 
 
@@ -178,17 +223,6 @@ def sdedit(
         raise ValueError(f"SDEdit t_start must be in [0, {guidance.num_train_timesteps - 1}], got {t_start}")
     if num_steps < 1:
         raise ValueError(f"SDEdit needs at least one DDIM step, got num_steps={num_steps}")
-    b = x.shape[0]
-    t0 = torch.full((b,), t_start, dtype=torch.long, device=x.device)
+    t0 = torch.full((x.shape[0],), t_start, dtype=torch.long, device=x.device)
     z = add_noise(x, noise.to(x), t0, guidance.alphas_cumprod)
-    steps = ddim_timesteps(t_start + 1, min(num_steps, t_start + 1)).tolist() + [-1]
-    for t, t_next in zip(steps[:-1], steps[1:]):
-        if guidance_scale is None:
-            z = ddim_step(guidance, z, t, t_next, prompts)
-            continue
-        tt = torch.full((b,), t, dtype=torch.long, device=x.device)
-        eps_cond, eps_uncond = guidance.predict_noise(torch.cat([z, z]), tt.repeat(2), [*prompts, *[""] * b]).chunk(2)
-        eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-        a_next = alpha_bar(guidance.alphas_cumprod, torch.full_like(tt, t_next), z.dim())
-        z = ddim_move(z, eps, alpha_bar(guidance.alphas_cumprod, tt, z.dim()), a_next)
-    return z
+    return ddim_sample(guidance, z, prompts, num_steps, guidance_scale, t_start)

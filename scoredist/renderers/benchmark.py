@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from scoredist.errors import cli_errors
 from scoredist.renderers.loading import renderer_from_run
 from scoredist.renderers.occupancy import make_estimator
 
@@ -57,6 +58,13 @@ def main(argv=None) -> list[dict]:
         "--reference-samples", type=int, default=512, help="dense samples per ray of the quality reference (512)"
     )
     args = parser.parse_args(argv)
+    with cli_errors():  # a user error (no run folder, not a NeRF run, ...) ends with its one-line message
+        if min(args.rounds, args.steps, args.reference_samples) < 1:
+            raise ValueError("--rounds, --steps and --reference-samples must be positive")
+        return compare_samplers(args)
+
+
+def compare_samplers(args) -> list[dict]:
     renderer, _ = renderer_from_run(args.run, "cpu")
     grid_state = {k: v.clone() for k, v in renderer.estimator.state_dict().items()}
     cams = renderer.orbit(renderer.eval_views)

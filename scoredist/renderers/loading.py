@@ -7,20 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from scoredist.checkpoint import checkpoint_path, load_checkpoint, run_folder_of
+from scoredist.devices import pick_device
 from scoredist.renderers.nerf import NeRFRenderer
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} but CUDA is not available here; use --device cpu")
-    return torch.device(name)
 
 
 def renderer_from_run(run: str | Path, device: str = "auto") -> tuple[NeRFRenderer, int]:
