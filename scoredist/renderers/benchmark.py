@@ -3,10 +3,10 @@
     python -m scoredist.renderers.benchmark RUN_DIR [--rounds 5] [--steps 4]
 
 For each sampler: field evaluations per ray and the time of one training render + backward (the renderer's part of
-a step) at the run's render size and cameras, as a ratio to today's dense sampling (48 samples per ray), and the
-quality: mean |Δ| of the fixed eval views against a dense render with 512 samples per ray. The samplers take turns,
-`steps` steps each per round on the same cameras, and each one's time is the median over rounds, so that a shared
-machine whose load drifts during the run slows all of them alike.
+a step) at the run's render size and cameras, as a ratio to dense sampling (48 samples per ray: estimator=dense, the
+sampler before the occupancy grid), and the quality: mean |Δ| of the fixed eval views against a dense render with 512
+samples per ray. The samplers take turns, `steps` steps each per round on the same cameras, and each one's time is the
+median over rounds, so that a shared machine whose load drifts during the run slows all of them alike.
 """
 
 from __future__ import annotations

@@ -35,5 +35,6 @@ def renderer_from_run(run: str | Path, device: str = "auto") -> tuple[NeRFRender
         raise ValueError(f"{folder} was trained with tiny-cuda-nn's hash grid: export or render it with --device cuda")
     renderer.load_state_dict(state["renderer"])
     renderer.to(where).eval()
-    renderer.at_step(int(state["step"]))  # the render size of the stage it ended in
+    if "_extra_state" not in state["renderer"]:  # saved before the renderer kept its step: the last step trained
+        renderer.at_step(max(int(state["step"]) - 1, 0))
     return renderer, int(state["step"])

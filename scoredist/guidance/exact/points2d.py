@@ -250,7 +250,7 @@ class Points2DPrior(Guidance):
         return self.log_prob(grid, prompt).exp()
 
     def sample_prior(self, prompt: str, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Exact samples x_0 ~ p(· | prompt), (num_samples, 2) float32 (no ODE; compare `sample`, the DDIM bound)."""
+        """Exact samples x_0 ~ p(· | prompt), (num_samples, 2) float32 (no ODE; `sample` runs DDIM)."""
         return self.mixture_for(prompt).sample(num_samples, generator).float()
 
     def sample_shape(self) -> tuple[int, ...]:
