@@ -6,7 +6,7 @@ import torch
 
 
 def pick_device(name: str) -> torch.device:
-    """"auto" is CUDA when it is available, else the CPU; asking for CUDA where there is none is a user error."""
+    """ "auto" is CUDA when it is available, else the CPU; asking for CUDA where there is none is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(name).startswith("cuda") and not torch.cuda.is_available():
