@@ -580,8 +580,7 @@ def log_step(run: Run, chunk: Chunk, objective, t, logs, bar) -> None:
     record = {"chunk": chunk.index, "step": chunk.step, "loss": objective, "t": t.float().mean(), **logs}
     nulled = [0]
     # tensors, lazy norms and numbers are read as floats here, the step's one host sync
-    read = lambda v: float(v) if hasattr(v, "__float__") and not isinstance(v, int) else v
-    record = {k: finite_or_none(read(v), nulled) for k, v in record.items()}
+    record = {k: finite_or_none(as_float(v), nulled) for k, v in record.items()}
     if nulled[0]:
         record["nonfinite_values"] = nulled[0]  # how many of this line's values were NaN/inf, written as null
     record["nonfinite_total"] = run.nonfinite_total
@@ -589,6 +588,13 @@ def log_step(run: Run, chunk: Chunk, objective, t, logs, bar) -> None:
     run.logger.log(record, run.global_step(chunk.index, chunk.step))
     loss = record["loss"]
     bar.set_postfix(chunk=chunk.index, loss="nan" if loss is None else f"{loss:.4g}", t=f"{record['t']:.0f}")
+
+
+def as_float(value):
+    """A logged value as a plain float: tensors (detached) and lazy norms are read here; ints, bools, text unchanged."""
+    if torch.is_tensor(value):
+        return float(value.detach())
+    return float(value) if hasattr(value, "__float__") and not isinstance(value, int) else value
 
 
 def preview(run: Run, chunk: Chunk, render_x: torch.Tensor, updates: int) -> None:
