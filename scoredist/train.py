@@ -587,7 +587,8 @@ def log_step(run: Run, chunk: Chunk, objective, t, logs, bar) -> None:
     run.metrics.write(record)
     run.logger.log(record, run.global_step(chunk.index, chunk.step))
     loss = record["loss"]
-    bar.set_postfix(chunk=chunk.index, loss="nan" if loss is None else f"{loss:.4g}", t=f"{record['t']:.0f}")
+    postfix = {"chunk": chunk.index, "loss": "nan" if loss is None else f"{loss:.4g}", "t": f"{record['t']:.0f}"}
+    bar.set_postfix(postfix, refresh=False)  # the bar redraws at its own pace (every 30 s in a log file)
 
 
 def as_float(value):
