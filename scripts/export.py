@@ -25,12 +25,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--format", choices=FORMATS, default="obj", help="mesh file format (default obj)")
     parser.add_argument("--resolution", type=int, default=None, help="marching-cubes grid per side (run's default)")
     parser.add_argument("--threshold", type=float, default=None, help="density of the surface (run's default)")
+    parser.add_argument(
+        "--min-part", type=float, default=None, help="drop pieces under this fraction of the faces (run's default)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="file to write (default RUN_DIR/model.<format>)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     args = parser.parse_args(argv)
     with cli_errors():  # a user error (also one Hydra's instantiate wraps) ends the script with its one-line message
         renderer, step = renderer_from_run(args.run, args.device)
-        mesh = renderer.mesh(args.resolution, args.threshold)
+        mesh = renderer.mesh(args.resolution, args.threshold, args.min_part)
         path = write_mesh(mesh, args.output or run_folder_of(args.run) / f"model.{args.format}")
     lo, hi = mesh.bounds
     print(

@@ -180,6 +180,17 @@ def test_the_mesh_of_a_ball_has_its_radius_and_is_watertight():
     assert (mesh.visual.vertex_colors[:, :3] == 128).all()
 
 
+def test_floaters_smaller_than_min_part_are_dropped_and_the_body_kept():
+    floater = torch.tensor([0.8, 0.8, 0.8])
+    density = lambda p: torch.maximum(ball_density(p), 30.0 * ((p - floater).norm(dim=-1) < 0.1).float())
+    everything = extract_mesh(density, None, bound=1.0, resolution=48, threshold=15.0)
+    body = extract_mesh(density, None, bound=1.0, resolution=48, threshold=15.0, min_part=0.05)
+    assert len(everything.split(only_watertight=False)) == 2 and len(body.split(only_watertight=False)) == 1
+    assert everything.bounds[1].min() > 0.85  # the floater stretches the box to ~0.9
+    np.testing.assert_allclose(body.bounds, [[-0.5] * 3, [0.5] * 3], atol=0.03)  # the ball alone
+    assert body.is_watertight and body.volume > 0
+
+
 def test_an_empty_or_nan_field_is_an_error_with_the_range_and_a_threshold_to_try():
     with pytest.raises(ValueError, match=r"densities range from 0 to 30.*Try --threshold 15"):
         extract_mesh(lambda p: ball_density(p).clamp(max=30.0) * (p.norm(dim=-1) < 0.5), None, 1.0, 16, 40.0)

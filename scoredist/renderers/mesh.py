@@ -56,9 +56,11 @@ def extract_mesh(
     resolution: int = 128,
     threshold: float = 25.0,
     device="cpu",
+    min_part: float = 0.0,
 ):
     """The surface σ = threshold as a trimesh.Trimesh in scene units, outward-facing, with vertex colours from
-    `colour_fn` ((M, 3) → (M, 3) in [0, 1]) when given."""
+    `colour_fn` ((M, 3) → (M, 3) in [0, 1]) when given. Connected pieces with fewer than `min_part` of all faces are
+    dropped: the floaters a NeRF leaves in empty space (threestudio drops pieces under 1 % the same way)."""
     import mcubes  # imported here: only exports need them
     import trimesh
 
@@ -82,6 +84,10 @@ def extract_mesh(
         alpha = np.full((len(vertices), 1), 255, dtype=np.uint8)
         colours = np.concatenate([(rgb.cpu().numpy() * 255).round().astype(np.uint8), alpha], axis=1)
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colours, process=True)
+    if min_part > 0:
+        pieces = mesh.split(only_watertight=False)
+        kept = [piece for piece in pieces if len(piece.faces) >= min_part * len(mesh.faces)]
+        mesh = trimesh.util.concatenate(kept) if len(kept) > 1 else kept[0]
     if mesh.volume < 0:  # marching cubes' winding depends on which side is "inside"; make normals point outward
         mesh.invert()
     return mesh

@@ -133,7 +133,8 @@ class NeRFRenderer(Renderer):
         eval_distance, eval_fovy: the camera of those views and of the turntable (None: the middle of the range).
         turntable_views, turntable_elevation, turntable_size: the end-of-run turntable (size None: render height).
         export_mesh: obj | glb | ply | None: write model.<format> at the end of a run (marching cubes at
-            mesh_resolution³ on σ = mesh_threshold; threestudio's threshold is 25).
+            mesh_resolution³ on σ = mesh_threshold; threestudio's threshold is 25), without the pieces smaller than
+            mesh_min_part of all faces (floaters; threestudio drops pieces under 1 % too).
         chunk: field evaluations per batch when rendering without gradient (bounds the turntable's memory).
     """
 
@@ -204,6 +205,7 @@ class NeRFRenderer(Renderer):
         export_mesh: str | None = "obj",
         mesh_resolution: int = 128,
         mesh_threshold: float = 25.0,
+        mesh_min_part: float = 0.01,
         chunk: int = 2**18,
     ):
         super().__init__()
@@ -279,6 +281,7 @@ class NeRFRenderer(Renderer):
         self.turntable_views, self.turntable_elevation = int(turntable_views), float(turntable_elevation)
         self.turntable_size = int(turntable_size) if turntable_size else None
         self.export_mesh, self.mesh_resolution, self.mesh_threshold = export_mesh, int(mesh_resolution), mesh_threshold
+        self.mesh_min_part = float(mesh_min_part)
         self.chunk = int(chunk)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -569,7 +572,7 @@ class NeRFRenderer(Renderer):
                 frames.append(self.render(one, size, size, stratified=False, shading=shading).rgb)
         return torch.cat(frames).cpu()
 
-    def mesh(self, resolution: int | None = None, threshold: float | None = None):
+    def mesh(self, resolution: int | None = None, threshold: float | None = None, min_part: float | None = None):
         """The density's surface as a coloured trimesh.Trimesh (scoredist.renderers.mesh)."""
         return extract_mesh(
             self.density,
@@ -578,6 +581,7 @@ class NeRFRenderer(Renderer):
             resolution or self.mesh_resolution,
             self.mesh_threshold if threshold is None else threshold,
             self.device,
+            self.mesh_min_part if min_part is None else min_part,
         )
 
     def write_artifacts(self, run_dir: Path, decode=None) -> list[Path]:
