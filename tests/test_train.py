@@ -375,3 +375,18 @@ def test_decode_inverts_encode_with_the_vae_scale(tiny_sd_path):
     assert scale not in (0, 1) and latents.shape == (2, 4, 2, 2)
     torch.testing.assert_close(latents, (flat[:, :1, :2, :2].repeat(1, 4, 1, 1) * 2 - 1 - shift) * scale)
     torch.testing.assert_close(sd.decode(latents), flat)
+
+
+def test_logged_values_are_read_as_floats_without_autograd_warnings():
+    import warnings
+
+    from scoredist.losses.base import norm
+    from scoredist.train import as_float
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float() of a tensor that requires grad warns: the trainer must detach first
+        assert as_float(torch.tensor(2.5, requires_grad=True) * 2) == 5.0
+    assert as_float(norm(torch.tensor([[3.0, 4.0], [6.0, 8.0]]))) == pytest.approx(7.5)  # mean of |row| = 5 and 10
+    assert as_float(7) == 7 and type(as_float(7)) is int  # steps, chunk indices and stages stay integers
+    assert as_float(True) is True and as_float("text") == "text" and as_float(None) is None
+    assert as_float(0.25) == 0.25
