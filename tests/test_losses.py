@@ -499,3 +499,78 @@ def test_ours_with_a_source_prompt_conditions_the_source_branch_on_it_before_the
     torch.testing.assert_close(g, 2.0 * ((0.9 * x_t) - (0.2 * x_t + 0.3)), rtol=1e-5, atol=1e-6)
     texts = [text for _, text in loss.conditioning_texts([Prompt("a cube", ", front view")])]
     assert texts == ["a cube, sharp, front view", "an oil painting of a cube, front view"]
+
+
+def test_vsd_source_optimizer_uses_the_lora_learning_rate_and_weight_decay():
+    loss = VSD(lora_lr=0.123, lora_weight_decay=0.0)
+    loss.attach(StubGuidance(TABLE), torch.zeros(1, 3, 8, 8))
+    (group,) = loss.optimizer.param_groups
+    assert isinstance(loss.optimizer, torch.optim.AdamW) and (group["lr"], group["weight_decay"]) == (0.123, 0.0)
+
+
+def test_vsd_attached_again_starts_from_the_initial_source_model():
+    guidance, x = StubGuidance(TABLE), torch.randn(2, 3, 8, 8)
+    loss = VSD(lora_lr=0.1)
+    loss.attach(guidance, x)
+    loss.after_step(guidance, x, ["cat", "cat"])
+    assert loss.source.w.item() != pytest.approx(0.3)
+    loss.attach(guidance, x)  # the next chunk of samples
+    assert (loss.source.w.item(), loss.source.v.item()) == (pytest.approx(0.3), pytest.approx(-0.2))
+
+
+def test_vsd_logs_the_mean_source_loss_over_its_fitting_steps():
+    guidance, x = StubGuidance(TABLE), torch.randn(2, 3, 8, 8)
+    loss = VSD(lora_lr=0.0, source_steps=3)  # lr 0: every step sees ε_ψ = 0.3 x_t − 0.2
+    loss.attach(guidance, x)
+    torch.manual_seed(3)
+    logs = loss.after_step(guidance, x, ["cat", "cat"])
+    torch.manual_seed(3)
+    losses = []
+    for _ in range(3):  # the fit's draws, in its order: t, ε, the dropout coins
+        t, noise, _ = torch.randint(0, 1000, (2,)), torch.randn_like(x), torch.rand(2)
+        losses.append(((0.3 * add_noise(x, noise, t, ABAR) - 0.2 - noise) ** 2).mean().item())
+    assert float(logs["vsd/source_loss"]) == pytest.approx(sum(losses) / 3, rel=1e-5)
+
+
+def test_vsd_reads_a_scheduled_guidance_scale_at_the_step_and_logs_both_norms(setup):
+    guidance, x, t, noise, x_t = setup
+    scheduled, constant = VSD(guidance_scale=Ramp(1.0, 9.0, end_step=8)), VSD(guidance_scale=5.0)
+    for loss in (scheduled, constant):
+        loss.attach(guidance, x)
+    g, logs = scheduled.direction(guidance, x, t, noise, ["cat", "cat"], 4)
+    torch.testing.assert_close(g, constant.direction(guidance, x, t, noise, ["cat", "cat"], 4)[0])
+    assert set(logs) == {"norm/cfg", "norm/source"}
+
+
+def test_ours_stage_one_reads_its_own_schedules_at_the_step(setup):
+    guidance, x, t, noise, x_t = setup
+    ours = Ours(stage_one=SDS(guidance_scale=Ramp(1.0, 9.0, end_step=8)), switch_step=10)
+    g, logs = ours.direction(guidance, x, t, noise, ["cat", "cat"], 4)
+    torch.testing.assert_close(g, SDS(guidance_scale=5.0).direction(guidance, x, t, noise, ["cat", "cat"], 4)[0])
+    assert logs["ours/stage"] == 1
+    nested = Ours(stage_one=Ours(stage_one=SDS(weighting="uniform"), switch_step=2), switch_step=5)
+    assert [nested.weighting_at(step) for step in (1, 3, 5)] == ["uniform", "1-abar", "1-abar"]
+
+
+def test_ours_checkpoints_its_switch_and_its_stage_one_state():
+    ours = Ours(stage_one=CSD(w2_end=0.0, max_steps=100), switch_fraction=0.5, max_steps=100)
+    state = ours.state_dict()
+    assert state == {"switch": 50, "stage_one": {"max_steps": 100}}
+    resumed = Ours(stage_one=CSD(w2_end=0.0, max_steps=400), switch_fraction=0.5, max_steps=400)
+    resumed.load_state_dict(state)
+    assert (resumed.switch, resumed.stage_one.max_steps) == (50, 100)
+    old = Ours(stage_one=CSD(w2_end=0.0, max_steps=400), switch_fraction=0.5, max_steps=400)
+    old.load_state_dict({})  # a checkpoint from before either was saved: keep what the run was built with
+    assert (old.switch, old.stage_one.max_steps) == (200, 400)
+    assert Ours(stage_one=None).state_dict() == {"switch": 0, "stage_one": {}}
+    Ours(stage_one=None).load_state_dict(state)
+
+
+def test_guidance_sampling_passes_its_guidance_scale_to_the_ddim_solve():
+    from scoredist.guidance.base import ddim_sample
+
+    guidance = StubGuidance(TABLE, t_coefficient=C)
+    samples = guidance.sample("cat", 2, num_steps=3, generator=torch.Generator().manual_seed(5), guidance_scale=3.0)
+    noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(samples, ddim_sample(guidance, noise, ["cat", "cat"], 3, guidance_scale=3.0))
+    assert not torch.allclose(samples, ddim_sample(guidance, noise, ["cat", "cat"], 3))

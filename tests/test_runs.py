@@ -165,9 +165,9 @@ def test_extending_a_run_whose_learning_rate_reached_zero_says_so(tmp_path, capl
     assert [r["lr"] for r in metrics(run)][6:] == [0.0, 0.0]
     # the suggested fix: an explicit length re-stretches the decay from the current step
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="scoredist"):
+    with caplog.at_level(logging.INFO, logger="scoredist"):
         train(config(*common, "trainer.max_steps=12", "lr_scheduler.total_steps=12", f"trainer.resume={run}"))
-    assert "decayed to 0" not in caplog.text
+    assert "decayed to 0" not in caplog.text and "lr_scheduler.total_steps 6 -> 12" in caplog.text
     lrs = [r["lr"] for r in metrics(run)]
     from tests.test_schedules import cosine_factor
 
@@ -241,6 +241,13 @@ def test_running_out_of_memory_mid_run_says_what_to_lower(tmp_path, monkeypatch)
     monkeypatch.setattr(ShapesPrior, "predict_noise", exhausted)
     with pytest.raises(ResourceError, match=r"out of memory .*lower trainer.batch_size \(now 1\)"):
         short_run(tmp_path / "x")
+
+
+def test_each_allocators_out_of_memory_message_is_recognised():
+    assert trainer.out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert trainer.out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"))
+    assert trainer.out_of_memory(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 GB"))
+    assert not trainer.out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
