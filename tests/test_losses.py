@@ -352,6 +352,7 @@ def test_defaults_are_the_papers_settings():
     vsd = VSD()
     assert (vsd.guidance_scale, vsd.lora_lr, vsd.lora_weight_decay, vsd.condition_dropout) == (7.5, 3e-4, 0.0, 0.1)
     assert Bridge().num_steps == 4 and Bridge().start == "noise" and Ours().guidance_scale == 40.0
+    assert Ours(stage_one=SDS()).switch == 500 and Ours(stage_one=None).switch == 0  # SDS for the first half
     assert (DDS().source_prompt, DDS().reference, DDS().guidance_scale) == ("", None, None)
     with pytest.raises(ValueError, match="the k-step bridge needs num_steps >= 1, got 0"):
         Bridge(num_steps=0)
@@ -574,3 +575,8 @@ def test_guidance_sampling_passes_its_guidance_scale_to_the_ddim_solve():
     noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(samples, ddim_sample(guidance, noise, ["cat", "cat"], 3, guidance_scale=3.0))
     assert not torch.allclose(samples, ddim_sample(guidance, noise, ["cat", "cat"], 3))
+
+
+def test_the_pixel_space_decode_maps_minus_one_to_one_onto_zero_to_one_and_clips():
+    decoded = StubGuidance(TABLE).decode(torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0]))
+    assert decoded.tolist() == [0.0, 0.0, 0.5, 0.75, 1.0, 1.0]

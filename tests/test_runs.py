@@ -156,12 +156,31 @@ def test_a_refused_resume_rewrites_nothing(tmp_path):
     assert not (run / "resumes.jsonl").exists()
 
 
+def test_a_run_trained_with_a_learning_rate_schedule_refuses_a_resume_without_one(tmp_path):
+    run = short_run(tmp_path / "r", "lr_scheduler=cosine", steps=2).run_dir
+    with pytest.raises(CheckpointError, match=r"\(ValueError: the run was trained with one\); resume with the run"):
+        train(config(*SHAPES, "loss=sds", "~lr_scheduler", f"trainer.resume={run}"))
+
+
+def test_a_checkpoint_from_before_timestep_schedules_had_state_resumes(tmp_path):
+    run = short_run(tmp_path / "r", steps=2).run_dir
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    del state["schedule"]
+    save_checkpoint(state, run / "checkpoints" / "last.pt")
+    assert train(config(*SHAPES, "loss=sds", "trainer.max_steps=3", f"trainer.resume={run}")).step == 3
+
+
 def test_extending_a_run_whose_learning_rate_reached_zero_says_so(tmp_path, caplog):
     common = (*SHAPES, "loss=sds", "lr_scheduler=cosine", "trainer.log_every=1")
     run = train(config(*common, "trainer.max_steps=6", run_dir=tmp_path / "r")).run_dir
     with caplog.at_level(logging.WARNING, logger="scoredist"):
+        train(config(*common, "trainer.max_steps=6", f"trainer.resume={run}"))  # nothing more asked: nothing to say
+    assert "decayed to 0" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="scoredist"):
         train(config(*common, "trainer.max_steps=8", f"trainer.resume={run}"))
-    assert "decayed to 0 by step 6" in caplog.text and "lr_scheduler.total_steps=8" in caplog.text
+    assert "decayed to 0 by step 6, so the 2 more steps to trainer.max_steps=8 will not change" in caplog.text
+    assert "lr_scheduler.total_steps=8 too (the rate decays again" in caplog.text
+    assert caplog.text.rstrip().endswith("or start a new run.")
     assert [r["lr"] for r in metrics(run)][6:] == [0.0, 0.0]
     # the suggested fix: an explicit length re-stretches the decay from the current step
     caplog.clear()

@@ -83,6 +83,11 @@ def test_cosine_lr_follows_its_closed_form_and_stays_at_the_end():
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.002, rel=1e-12)  # f · lr from step 8 on, never rising
+    one_step = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = CosineDecay(one_step, total_steps=1, final_fraction=0.25)
+    one_step.step()
+    scheduler.step()
+    assert one_step.param_groups[0]["lr"] == pytest.approx(0.25, rel=1e-12)  # a one-step decay ends after one step
 
 
 def test_cosine_lr_state_keeps_its_length_and_stretch_changes_it():

@@ -78,9 +78,17 @@ def test_tiny_pipeline_run_writes_the_run_folder(tiny_sd_path, tmp_path, monkeyp
         "prompt=a photo of a hamburger",
         run_dir=tmp_path / "run",
     )
+    from scoredist.loggers import WandbLogger
+
+    images_logged = []
+    log_image = WandbLogger.log_image
+    monkeypatch.setattr(
+        WandbLogger, "log_image", lambda self, key, *a: images_logged.append(key) or log_image(self, key, *a)
+    )
     result = train(cfg)
     run = result.run_dir
     assert result.step == 5 and not result.interrupted
+    assert "final" in images_logged
     assert OmegaConf.load(run / "config.yaml").prompt == "a photo of a hamburger"
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5] and all(r["nonfinite_total"] == 0 for r in lines)
@@ -90,6 +98,9 @@ def test_tiny_pipeline_run_writes_the_run_folder(tiny_sd_path, tmp_path, monkeyp
     assert final.ndim == 3 and final.shape[2] == 3 and final.std() > 0
     # the parameters after 0, 2 and 4 updates (the initial state first)
     assert sorted(p.name for p in (run / "progress").glob("*.png")) == [f"step_{n:06d}.png" for n in (0, 2, 4)]
+    frame = iio.imread(run / "progress" / "step_000000.png")
+    assert iio.imread(run / "progress.png").shape == (frame.shape[0], 3 * frame.shape[1], 3)  # the strip: all three
+    assert (run / "progress.mp4").stat().st_size > 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5
     assert list((run / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
 
