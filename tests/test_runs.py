@@ -285,7 +285,7 @@ def test_too_little_space_for_one_checkpoint_is_refused_at_the_start(tmp_path, m
         short_run(tmp_path / "x")
 
 
-def test_eval_and_metrics_files_are_strict_json_with_nonfinite_values_counted(tmp_path, monkeypatch):
+def test_eval_and_metrics_files_are_strict_json_with_nonfinite_values_counted(tmp_path, monkeypatch, caplog):
     from scoredist.guidance.exact.shapes import ShapesPrior
     from scoredist.losses.sds import SDS
 
@@ -296,12 +296,20 @@ def test_eval_and_metrics_files_are_strict_json_with_nonfinite_values_counted(tm
         return g, {**logs, "odd": float("nan")}
 
     monkeypatch.setattr(SDS, "direction", with_a_nan_log)
+    evaluated = []
     monkeypatch.setattr(
-        ShapesPrior, "evaluate", lambda self, x, prompt: {"rms": float("inf"), "lp": [1.0, float("nan")]}
+        ShapesPrior,
+        "evaluate",
+        lambda self, x, prompt: evaluated.append(prompt) or {"rms": float("inf"), "lp": [1.0, float("nan")]},
     )
-    run = short_run(tmp_path / "r").run_dir
+    with caplog.at_level(logging.INFO, logger="scoredist"):
+        run = short_run(tmp_path / "r").run_dir
     assert all(r["odd"] is None and r["nonfinite_values"] == 1 for r in metrics(run))
-    assert strict_json((run / "eval.json").read_text()) == {"rms": None, "lp": [1.0, None], "nonfinite_values": 2}
+    assert set(evaluated) == {"a red cube"}  # the run's caption, for the sample and for eval.json
+    text = (run / "eval.json").read_text()
+    assert strict_json(text) == {"rms": None, "lp": [1.0, None], "nonfinite_values": 2}
+    assert text.startswith('{\n  "rms": null,\n')  # indented for a person to read
+    assert 'eval: {"rms": null, "lp": [1.0, null], "nonfinite_values": 2}' in caplog.text
     (sample,) = [strict_json(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert sample["eval"] == {"rms": None, "lp": [1.0, None]}
 

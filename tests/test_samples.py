@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -149,3 +150,35 @@ def test_a_prompt_list_with_a_nerf_is_refused_with_the_sweep_alternative(tmp_pat
     cfg = config("+experiment=nerf_demo", prompt_list(CAPTIONS[:2]), run_dir=tmp_path / "run")
     with pytest.raises(ValueError, match="1 scene per run.*python train.py -m"):
         train(cfg)
+
+
+def test_a_resumed_chunk_keeps_counting_its_training_time(tmp_path, monkeypatch):
+    from scoredist.checkpoint import load_checkpoint
+
+    common = (*SHAPES, "loss=sds", "prompt=a red cube", "trainer.max_steps=4", "trainer.ckpt_every=2")
+    clock = itertools.count(0.0, 100.0)  # 100 s between any two readings: the first process's steps look long
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: next(clock))
+    original = trainer.Chunk.train_step
+
+    def dies_at_step_three(self):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(trainer.Chunk, "train_step", dies_at_step_three)
+    run = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(*common, run_dir=run))
+    before = load_checkpoint(run / "checkpoints" / "last.pt")["seconds"]
+    assert before >= 200  # two steps of the first process
+    monkeypatch.undo()
+    train(config(*common, f"trainer.resume={run}"))
+    (record,) = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert before <= record["seconds"] < before + 60  # both processes' time, counted once
+
+
+def test_a_run_of_several_chunks_keeps_its_max_steps_on_resume(tmp_path):
+    common = (*SHAPES, "loss=sds", prompt_list(CAPTIONS[:2]), "trainer.batch_size=1")
+    run = train(config(*common, "trainer.max_steps=2", run_dir=tmp_path / "r")).run_dir
+    with pytest.raises(ValueError, match="trainer.max_steps changed from 2 to 3, but this run has 2 chunks"):
+        train(config(*common, "trainer.max_steps=3", f"trainer.resume={run}"))
