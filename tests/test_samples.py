@@ -128,6 +128,7 @@ def test_prompt_file_run_writes_every_sample_once_and_resumes_at_the_chunk_in_fl
     assert resumed.samples_done == 6
     lines = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in lines) == list(range(6))  # none twice, none lost
+    assert all(r["steps"] == 4 and r["chunk"] == r["index"] // 4 for r in lines)
     assert [r["prompt"] for r in sorted(lines, key=lambda r: r["index"])][:3] == [
         "a red cube",
         "a blue sphere",
