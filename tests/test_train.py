@@ -401,3 +401,50 @@ def test_logged_values_are_read_as_floats_without_autograd_warnings():
     assert as_float(7) == 7 and type(as_float(7)) is int  # steps, chunk indices and stages stay integers
     assert as_float(True) is True and as_float("text") == "text" and as_float(None) is None
     assert as_float(0.25) == 0.25
+
+
+def test_every_skipped_step_of_a_logging_window_is_counted_and_named():
+    from types import SimpleNamespace
+
+    from scoredist.train import NonFiniteCounter
+
+    run = SimpleNamespace(nonfinite_total=0)
+    counter = NonFiniteCounter(run, max_in_a_row=3)
+    for skipped in (True, False, True, True):  # steps 3..6 of a window read at step 6
+        counter.add(skipped)
+    with pytest.warns(UserWarning) as warned:
+        assert counter.read(SimpleNamespace(step=6)) is True
+    assert [str(w.message) for w in warned] == [
+        "step 3: non-finite direction, skipped (1 total)",
+        "step 5: non-finite direction, skipped (2 total)",
+        "step 6: non-finite direction, skipped (3 total)",
+    ]
+    assert run.nonfinite_total == 3 and counter.in_a_row == 2
+
+
+def test_a_logging_step_writes_one_record_of_floats_and_a_short_progress_bar_postfix():
+    from types import SimpleNamespace
+
+    from scoredist.train import log_step
+
+    records, postfixes = [], []
+    run = SimpleNamespace(
+        nonfinite_total=1,
+        metrics=SimpleNamespace(write=records.append),
+        logger=SimpleNamespace(log=lambda record, step: None),
+        global_step=lambda chunk, step: step,
+    )
+    bar = SimpleNamespace(set_postfix=lambda postfix, refresh: postfixes.append(postfix))
+    chunk = SimpleNamespace(index=2, step=5)
+    log_step(run, chunk, torch.tensor(1.23456), torch.tensor([100, 301]), {"norm/x": torch.tensor(2.0)}, bar)
+    log_step(run, chunk, torch.tensor(float("nan")), torch.tensor([10]), {}, bar)
+    assert records[0] == {
+        "chunk": 2,
+        "step": 5,
+        "loss": pytest.approx(1.23456),
+        "t": 200.5,
+        "norm/x": 2.0,
+        "nonfinite_total": 1,
+    }
+    assert records[1] == {"chunk": 2, "step": 5, "loss": None, "t": 10.0, "nonfinite_values": 1, "nonfinite_total": 1}
+    assert postfixes == [{"chunk": 2, "loss": "1.235", "t": "200"}, {"chunk": 2, "loss": "nan", "t": "10"}]
