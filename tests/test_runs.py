@@ -163,11 +163,13 @@ def test_a_run_trained_with_a_learning_rate_schedule_refuses_a_resume_without_on
 
 
 def test_a_checkpoint_from_before_timestep_schedules_had_state_resumes(tmp_path):
-    run = short_run(tmp_path / "r", steps=2).run_dir
+    run = short_run(tmp_path / "r", "schedule=decay", steps=2).run_dir
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    del state["schedule"]
+    assert state.pop("schedule") == {"max_steps": 2}  # the decay length it started with
     save_checkpoint(state, run / "checkpoints" / "last.pt")
-    assert train(config(*SHAPES, "loss=sds", "trainer.max_steps=3", f"trainer.resume={run}")).step == 3
+    assert (
+        train(config(*SHAPES, "loss=sds", "schedule=decay", "trainer.max_steps=3", f"trainer.resume={run}")).step == 3
+    )
 
 
 def test_extending_a_run_whose_learning_rate_reached_zero_says_so(tmp_path, caplog):
