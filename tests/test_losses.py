@@ -70,7 +70,9 @@ def test_weighting_multiplies_direction(setup):
     torch.testing.assert_close(wg, (1 - ABAR[t]).view(-1, 1, 1, 1) * g)
     torch.testing.assert_close(weight("sqrt(abar)(1-abar)", ABAR, t), ABAR[t].sqrt() * (1 - ABAR[t]))
     torch.testing.assert_close(weight("uniform", ABAR, t), torch.ones(2))
-    with pytest.raises(ValueError, match="unknown weighting"):
+    with pytest.raises(
+        ValueError, match=r"unknown weighting 'snr'; choose one of \['1-abar', 'sqrt\(abar\)\(1-abar\)', 'uniform'\]"
+    ):
         SDS(weighting="snr")
 
 
@@ -81,6 +83,14 @@ def test_surrogate_gradient_is_exactly_weighted_direction(batch):
     surrogate_loss(x, wg).backward()
     # the gradient of 0.5‖x − sg(x − wg)‖²/B is wg/B, up to the float rounding of x − (x − wg)
     torch.testing.assert_close(x.grad, wg / batch, rtol=0, atol=1e-6)
+
+
+def test_surrogate_gradient_of_each_row_is_its_row_weight_times_its_direction():
+    x = torch.randn(3, 4, 8, 8, requires_grad=True)
+    wg = torch.randn(3, 4, 8, 8)
+    row_weights = torch.tensor([1.0, 0.5, 0.5])  # a sample of one row, and one of two (a NeRF's two cameras)
+    surrogate_loss(x, wg, row_weights).backward()
+    torch.testing.assert_close(x.grad, row_weights.view(-1, 1, 1, 1) * wg, rtol=0, atol=1e-6)
 
 
 def test_nfsd_switches_its_denoising_term_at_t_200(setup):

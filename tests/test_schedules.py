@@ -64,8 +64,19 @@ def test_bounds_at_the_top_and_between_grid_points():
     torch.manual_seed(0)
     assert TimestepSchedule(1.0, 1.0).sample(0, 10, 1000, "cpu").tolist() == [999] * 10
     assert TimestepSchedule(0.998, 1.0, grid=500).sample(0, 10, 1000, "cpu").max().item() == 998
-    with pytest.raises(ValueError, match="no timestep of the DDIM grid"):
+    with pytest.raises(
+        ValueError, match=r"no timestep of the DDIM grid \(stride 2\) lies in \[0.291, 0.2915\] at step 0"
+    ):
         TimestepSchedule(0.291, 0.2915, grid=500).sample(0, 1, 1000, "cpu")
+    with pytest.raises(ValueError, match=r"no timestep of the schedule lies in \[0.2905, 0.2909\] at step 0; widen"):
+        TimestepSchedule(0.2905, 0.2909).sample(0, 1, 1000, "cpu")
+
+
+def test_timesteps_come_from_the_generator_given_not_the_global_rng():
+    torch.manual_seed(0)
+    drawn = TimestepSchedule(0.02, 0.98, grid=500).sample(0, 6, 1000, "cpu", torch.Generator().manual_seed(7))
+    k = torch.randint(0, 481, (6,), generator=torch.Generator().manual_seed(7))  # grid points 20, 22, ..., 980
+    assert drawn.tolist() == (20 + 2 * k).tolist()
 
 
 def cosine_factor(k: int, total: int, final: float) -> float:
