@@ -590,3 +590,21 @@ def test_guidance_sampling_passes_its_guidance_scale_to_the_ddim_solve():
 def test_the_pixel_space_decode_maps_minus_one_to_one_onto_zero_to_one_and_clips():
     decoded = StubGuidance(TABLE).decode(torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0]))
     assert decoded.tolist() == [0.0, 0.0, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_the_noise_schedule_is_stable_diffusions_scaled_linear_in_float64():
+    import math
+
+    root_start, root_end = math.sqrt(0.00085), math.sqrt(0.012)
+    betas = [(root_start + (root_end - root_start) * i / 999) ** 2 for i in range(1000)]
+    abar = scaled_linear_alphas_cumprod()
+    assert abar.dtype == torch.float64
+    for t in (0, 199, 999):
+        assert abar[t].item() == pytest.approx(math.prod(1 - b for b in betas[: t + 1]), rel=1e-12)
+
+
+def test_noising_keeps_the_renders_dtype():
+    x, noise = torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    x_t = add_noise(x, noise, torch.tensor([0, 999]), scaled_linear_alphas_cumprod())  # a float64 schedule
+    assert x_t.dtype == torch.float32
+    torch.testing.assert_close(x_t[:, 0, 0, 0], ABAR[[0, 999]].sqrt())

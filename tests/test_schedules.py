@@ -174,3 +174,9 @@ def test_decay_defaults_a_one_step_run_and_a_state_without_a_length():
     schedule = DecaySchedule(max_steps=9)
     schedule.load_state_dict({})
     assert schedule.max_steps == 9
+
+
+@pytest.mark.parametrize("t_min, t_max", [(-0.1, 0.5), (0.6, 0.5), (0.1, 1.5)])
+def test_timestep_bounds_outside_zero_to_one_are_refused(t_min, t_max):
+    with pytest.raises(ValueError, match=f"schedule needs 0 <= t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}"):
+        TimestepSchedule(t_min, t_max)
