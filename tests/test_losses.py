@@ -608,3 +608,9 @@ def test_noising_keeps_the_renders_dtype():
     x_t = add_noise(x, noise, torch.tensor([0, 999]), scaled_linear_alphas_cumprod())  # a float64 schedule
     assert x_t.dtype == torch.float32
     torch.testing.assert_close(x_t[:, 0, 0, 0], ABAR[[0, 999]].sqrt())
+
+
+def test_the_noise_schedule_is_a_buffer_that_moves_with_the_model_but_is_not_saved():
+    guidance = StubGuidance(TABLE)
+    assert "alphas_cumprod" in dict(guidance.named_buffers()) and "alphas_cumprod" not in guidance.state_dict()
+    assert guidance.to(torch.float64).alphas_cumprod.dtype == torch.float64

@@ -69,8 +69,8 @@ class Guidance(nn.Module):
 
     def __init__(self, alphas_cumprod: torch.Tensor):
         super().__init__()
+        # not a weight: a checkpoint of a module holding a guidance model does not carry the schedule
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
-        self.requires_grad_(False)
 
     @property
     def num_train_timesteps(self) -> int:
