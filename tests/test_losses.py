@@ -363,6 +363,9 @@ def test_defaults_are_the_papers_settings():
     assert (vsd.guidance_scale, vsd.lora_lr, vsd.lora_weight_decay, vsd.condition_dropout) == (7.5, 3e-4, 0.0, 0.1)
     assert Bridge().num_steps == 4 and Bridge().start == "noise" and Ours().guidance_scale == 40.0
     assert Ours(stage_one=SDS()).switch == 500 and Ours(stage_one=None).switch == 0  # SDS for the first half
+    from scoredist.losses.base import ScoreLoss
+
+    assert ScoreLoss().weighting == "1-abar" and SDS().weighting == "1-abar"  # w(t) = 1 − ᾱ_t unless told otherwise
     assert (DDS().source_prompt, DDS().reference, DDS().guidance_scale) == ("", None, None)
     with pytest.raises(ValueError, match="the k-step bridge needs num_steps >= 1, got 0"):
         Bridge(num_steps=0)
