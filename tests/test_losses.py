@@ -74,6 +74,8 @@ def test_weighting_multiplies_direction(setup):
         ValueError, match=r"unknown weighting 'snr'; choose one of \['1-abar', 'sqrt\(abar\)\(1-abar\)', 'uniform'\]"
     ):
         SDS(weighting="snr")
+    with pytest.raises(ValueError, match=r"unknown weighting 'snr'; choose one of \['1-abar', "):
+        weight("snr", ABAR, t)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
