@@ -102,6 +102,15 @@ def test_batch_invariance_four_prompts_at_batch_four_equal_batch_one(loss, model
     assert not torch.allclose(a[0], a[1]) and (a[0] - start).abs().max() > 1e-3  # distinct samples that moved
 
 
+def test_batch_invariance_holds_for_plain_gradient_descent_too(tmp_path):
+    """Adam would hide a gradient scaled by the batch size; SGD moves by the gradient itself."""
+    common = (*SHAPES, "loss=sds", prompt_list(CAPTIONS[:2]), "trainer.max_steps=3", "optimizer=sgd")
+    together = sample_tensors(train(config(*common, "trainer.batch_size=2", run_dir=tmp_path / "b2")).run_dir)
+    apart = sample_tensors(train(config(*common, "trainer.batch_size=1", run_dir=tmp_path / "b1")).run_dir)
+    for i in (0, 1):
+        torch.testing.assert_close(together[i], apart[i], rtol=1e-5, atol=1e-6)
+
+
 def test_prompt_file_run_writes_every_sample_once_and_resumes_at_the_chunk_in_flight(tmp_path, monkeypatch):
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(["a red cube", "a blue sphere", "# skipped", "a green cone"] + CAPTIONS[:3]) + "\n")
