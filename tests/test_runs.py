@@ -358,3 +358,28 @@ def test_every_text_the_model_sees_is_checked_for_length_before_training(tiny_sd
     with pytest.raises(ValueError, match="the source prompt"):  # and the trainer runs the check before it starts
         train(config(f"guidance.pretrained={tiny_sd_path}", "loss=ours", f"prompt={caption}", run_dir=tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_available_host_memory_is_meminfos_memavailable(monkeypatch):
+    import builtins
+    import io
+
+    real_open = builtins.open
+    meminfo = "MemTotal:       25165824 kB\nMemFree:          100000 kB\nMemAvailable:   12345678 kB\n"
+    monkeypatch.setattr(
+        builtins,
+        "open",
+        lambda path, *a, **k: io.StringIO(meminfo) if path == "/proc/meminfo" else real_open(path, *a, **k),
+    )
+    assert (
+        trainer.available_memory(torch.device("cpu")) == 12345678 * 1024
+    )  # not MemFree: the page cache is reclaimable
+
+
+def test_a_checkpoint_is_estimated_as_three_copies_of_the_parameters_and_the_losss_state():
+    from types import SimpleNamespace
+
+    renderer = SimpleNamespace(state_dict=lambda: {"image": torch.zeros(2, 4, 8, 8), "step": 3})
+    loss = SimpleNamespace(state_dict=lambda: {"source": {"w": torch.zeros(10, dtype=torch.float64)}})
+    chunk = SimpleNamespace(renderer=renderer, run=SimpleNamespace(loss=loss))
+    assert trainer.checkpoint_bytes(chunk) == 3 * (2 * 4 * 8 * 8 * 4 + 10 * 8)  # parameters, Adam's two moments
