@@ -383,3 +383,19 @@ def test_a_checkpoint_is_estimated_as_three_copies_of_the_parameters_and_the_los
     loss = SimpleNamespace(state_dict=lambda: {"source": {"w": torch.zeros(10, dtype=torch.float64)}})
     chunk = SimpleNamespace(renderer=renderer, run=SimpleNamespace(loss=loss))
     assert trainer.checkpoint_bytes(chunk) == 3 * (2 * 4 * 8 * 8 * 4 + 10 * 8)  # parameters, Adam's two moments
+
+
+def test_without_proc_meminfo_host_memory_is_the_free_pages(monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+
+    def no_proc(path, *a, **k):
+        if path == "/proc/meminfo":
+            raise FileNotFoundError(path)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    pages = {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(trainer.os, "sysconf", lambda name: pages[name])
+    assert trainer.available_memory(torch.device("cpu")) == 1000 * 4096
