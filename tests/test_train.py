@@ -201,6 +201,9 @@ def test_latent_size_not_divisible_by_8_is_refused(tiny_sd_path, tmp_path):
     cfg = config(f"guidance.pretrained={tiny_sd_path}", "renderer.height=60", "renderer.width=64", run_dir=tmp_path)
     with pytest.raises(ValueError, match="60x64 is not divisible by 8"):
         train(cfg)
+    rgb = config(f"guidance.pretrained={tiny_sd_path}", "renderer.mode=rgb", "renderer.height=60", run_dir=tmp_path)
+    with pytest.raises(ValueError, match="60x64 is not divisible by 8, the model's downscale factor"):
+        train(rgb)  # RGB renders go through the VAE: the model itself refuses them
 
 
 def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
