@@ -253,6 +253,18 @@ def test_a_render_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_pat
     assert not (tmp_path / "x").exists()
 
 
+def test_the_memory_estimate_covers_native_sizes_and_a_nerfs_field_samples(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "available_memory", lambda device: 1000)
+    with pytest.raises(ResourceError, match=r"needs at least 0.0 GiB \(1 rows of 32x32 pixels\)"):  # the prior's size
+        short_run(tmp_path / "x")
+    monkeypatch.setattr(trainer, "available_memory", lambda device: 2**30)
+    nerf = ("renderer=nerf", "renderer.height=2048", "renderer.width=2048", "renderer.num_samples=64")
+    # 2048² pixels × (4 copies of 3 colour floats + 64 samples × 4 floats of colour and density) × 4 bytes = 4.19 GiB
+    with pytest.raises(ResourceError, match=r"needs at least 4.2 GiB \(1 rows of 2048x2048 pixels\)"):
+        short_run(tmp_path / "x", *nerf)
+    assert not (tmp_path / "x").exists()
+
+
 def test_running_out_of_memory_mid_run_says_what_to_lower(tmp_path, monkeypatch):
     from scoredist.guidance.exact.shapes import ShapesPrior
 
@@ -353,7 +365,7 @@ def test_every_text_the_model_sees_is_checked_for_length_before_training(tiny_sd
         trainer.check_texts(sd, NFSD(negative_prompt=caption + SRC_SUFFIX), [("a", "prompt")], [""])
     near = " ".join(["red"] * (limit - 3))  # BOS + words + EOS one short of the limit: a view phrase tips it over
     assert length(near) < limit < length(near + ", overhead view")
-    with pytest.raises(ValueError, match=r", overhead view' is \d+ tokens long"):
+    with pytest.raises(ValueError, match=r"^'red red .*, overhead view' is \d+ tokens long"):  # the prompt: no prefix
         trainer.check_texts(sd, SDS(), [(near, "prompt")], ["", ", overhead view"])
     with pytest.raises(ValueError, match="the source prompt"):  # and the trainer runs the check before it starts
         train(config(f"guidance.pretrained={tiny_sd_path}", "loss=ours", f"prompt={caption}", run_dir=tmp_path / "x"))
