@@ -175,9 +175,11 @@ def test_a_checkpoint_from_before_timestep_schedules_had_state_resumes(tmp_path)
 def test_extending_a_run_whose_learning_rate_reached_zero_says_so(tmp_path, caplog):
     common = (*SHAPES, "loss=sds", "lr_scheduler=cosine", "trainer.log_every=1")
     run = train(config(*common, "trainer.max_steps=6", run_dir=tmp_path / "r")).run_dir
+    written = (run / "samples" / "00000.png").stat().st_mtime_ns, (run / "samples.jsonl").read_text()
     with caplog.at_level(logging.WARNING, logger="scoredist"):
         train(config(*common, "trainer.max_steps=6", f"trainer.resume={run}"))  # nothing more asked: nothing to say
     assert "decayed to 0" not in caplog.text
+    assert ((run / "samples" / "00000.png").stat().st_mtime_ns, (run / "samples.jsonl").read_text()) == written
     with caplog.at_level(logging.WARNING, logger="scoredist"):
         train(config(*common, "trainer.max_steps=8", f"trainer.resume={run}"))
     assert "decayed to 0 by step 6, so the 2 more steps to trainer.max_steps=8 will not change" in caplog.text
