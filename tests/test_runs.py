@@ -177,7 +177,7 @@ def test_extending_a_run_whose_learning_rate_reached_zero_says_so(tmp_path, capl
     run = train(config(*common, "trainer.max_steps=6", run_dir=tmp_path / "r")).run_dir
     written = (run / "samples" / "00000.png").stat().st_mtime_ns, (run / "samples.jsonl").read_text()
     with caplog.at_level(logging.WARNING, logger="scoredist"):
-        train(config(*common, "trainer.max_steps=6", f"trainer.resume={run}"))  # nothing more asked: nothing to say
+        assert train(config(*common, "trainer.max_steps=6", f"trainer.resume={run}")).step == 6  # nothing more asked
     assert "decayed to 0" not in caplog.text
     assert ((run / "samples" / "00000.png").stat().st_mtime_ns, (run / "samples.jsonl").read_text()) == written
     with caplog.at_level(logging.WARNING, logger="scoredist"):
@@ -413,3 +413,53 @@ def test_without_proc_meminfo_host_memory_is_the_free_pages(monkeypatch):
     pages = {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}
     monkeypatch.setattr(trainer.os, "sysconf", lambda name: pages[name])
     assert trainer.available_memory(torch.device("cpu")) == 1000 * 4096
+
+
+@pytest.fixture
+def logger_calls(monkeypatch):
+    """What the run tells its logger (logger=none's class, recorded)."""
+    from scoredist.loggers import NoLogger
+
+    calls = []
+    monkeypatch.setattr(
+        NoLogger,
+        "start",
+        lambda self, config, run_dir, name, resume_id=None: calls.append(("start", config, name, resume_id)),
+    )
+    monkeypatch.setattr(NoLogger, "finish", lambda self, exit_code=0: calls.append(("finish", exit_code)))
+    return calls
+
+
+def test_a_run_starts_its_logger_with_its_resolved_config_and_its_bar_with_every_step(
+    tmp_path, monkeypatch, logger_calls
+):
+    bars = []
+    real_tqdm = trainer.tqdm
+    monkeypatch.setattr(trainer, "tqdm", lambda **kw: bars.append(kw) or real_tqdm(**kw))
+    monkeypatch.setattr(trainer.sys.stderr, "isatty", lambda: False)  # a log file, as under a scheduler
+    short_run(tmp_path / "r", "prompt=[a red cube,a blue sphere]", "trainer.batch_size=1", "schedule=decay")
+    (_, config, name, resume_id), finish = logger_calls
+    assert name == "r" and resume_id is None and config["schedule"]["max_steps"] == 4  # resolved, not "${...}"
+    assert finish == ("finish", 0)
+    assert bars[0]["total"] == 8 and bars[0]["initial"] == 0 and bars[0]["mininterval"] == 30.0  # 2 chunks × 4 steps
+
+
+def test_an_interrupted_run_says_how_to_resume_and_finishes_its_logger_cleanly(
+    tmp_path, monkeypatch, caplog, logger_calls
+):
+    import os
+    import signal
+
+    original = trainer.Chunk.train_step
+
+    def ctrl_c_during_step_two(self):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler lets the step finish, then checkpoints
+        return original(self)
+
+    monkeypatch.setattr(trainer.Chunk, "train_step", ctrl_c_during_step_two)
+    with caplog.at_level(logging.INFO, logger="scoredist"):
+        result = short_run(tmp_path / "r")
+    assert result.interrupted and result.step == 2
+    assert f"interrupted at chunk 0 step 2: resume with trainer.resume={result.run_dir}" in caplog.text
+    assert logger_calls[-1] == ("finish", 0)

@@ -192,3 +192,22 @@ def test_a_run_of_several_chunks_keeps_its_max_steps_on_resume(tmp_path):
     run = train(config(*common, "trainer.max_steps=2", run_dir=tmp_path / "r")).run_dir
     with pytest.raises(ValueError, match="trainer.max_steps changed from 2 to 3, but this run has 2 chunks"):
         train(config(*common, "trainer.max_steps=3", f"trainer.resume={run}"))
+
+
+def test_a_run_killed_between_chunks_starts_the_next_chunk_fresh(tmp_path, monkeypatch):
+    common = (*SHAPES, "loss=sds", prompt_list(CAPTIONS[:2]), "trainer.batch_size=1", "trainer.max_steps=3")
+    straight = sample_tensors(train(config(*common, run_dir=tmp_path / "straight")).run_dir)
+    original = trainer.Chunk.train_step
+
+    def dies_in_chunk_one(self):
+        if self.index == 1:
+            raise KeyboardInterrupt  # before chunk 1 wrote anything: the checkpoint is chunk 0's last
+        return original(self)
+
+    monkeypatch.setattr(trainer.Chunk, "train_step", dies_in_chunk_one)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(*common, run_dir=tmp_path / "killed"))
+    monkeypatch.undo()
+    resumed = sample_tensors(train(config(*common, f"trainer.resume={tmp_path / 'killed'}")).run_dir)
+    for i in (0, 1):
+        torch.testing.assert_close(resumed[i], straight[i], rtol=0, atol=0)
