@@ -221,8 +221,10 @@ def test_an_empty_checkpoint_is_refused_by_name(tmp_path):
         ("prompt=123", "prompt must be a string"),
         ("prompt=[a red cube,7]", r"prompt\[1\] must be a string"),
         ("prompt='a ${seed} cube'", "prompt 'a \\$\\{seed\\} cube' contains '\\$\\{'"),
-        ("loss.src_suffix=', ${oops}'", "loss.src_suffix .* contains"),
+        ("loss.src_suffix=', ${oops}'", "loss.src_suffix .* contains .*; write the text without it, escape it as"),
         ("trainer.batch_size=0", "trainer.batch_size must be a positive integer"),
+        ("trainer.max_steps=2.5", "trainer.max_steps must be a positive integer, got 2.5"),
+        ("trainer.log_every=true", "trainer.log_every must be a positive integer, got True"),
     ],
 )
 def test_bad_values_get_one_line_errors_before_anything_is_written(override, message, tmp_path):

@@ -158,7 +158,7 @@ def test_a_caption_the_prior_does_not_know_names_its_line(tmp_path):
 
 def test_a_prompt_list_with_a_nerf_is_refused_with_the_sweep_alternative(tmp_path):
     cfg = config("+experiment=nerf_demo", prompt_list(CAPTIONS[:2]), run_dir=tmp_path / "run")
-    with pytest.raises(ValueError, match="1 scene per run.*python train.py -m"):
+    with pytest.raises(ValueError, match="^NeRFRenderer distils 1 scene per run.*python train.py -m"):
         train(cfg)
 
 
