@@ -465,3 +465,22 @@ def test_an_interrupted_run_says_how_to_resume_and_finishes_its_logger_cleanly(
     assert result.interrupted and result.step == 2
     assert f"interrupted at chunk 0 step 2: resume with trainer.resume={result.run_dir}" in caplog.text
     assert logger_calls[-1] == ("finish", 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
+def test_a_device_that_is_not_there_or_unknown_is_refused(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"^trainer.device=cuda but CUDA is not available here; use trainer.device=cpu"
+    ):
+        train(config(*SHAPES, "trainer.device=cuda", run_dir=tmp_path / "x"))
+    with pytest.raises(ValueError, match=r"^trainer.device=cuda but CUDA is not available"):
+        train(config(*SHAPES, "trainer.device=cuda:1", run_dir=tmp_path / "x"))
+    with pytest.raises(ValueError, match=r"trainer.device must be auto, cpu or cuda, got 'tpu'"):
+        train(config(*SHAPES, "trainer.device=tpu", run_dir=tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_reference_to_a_setting_that_does_not_exist_names_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"^config key loss.guidance_scale: .*trainer.nope"):
+        train(config(*SHAPES, "loss=sds", "loss.guidance_scale=${trainer.nope}", run_dir=tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
