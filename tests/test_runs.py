@@ -146,7 +146,10 @@ def test_a_refused_resume_rewrites_nothing(tmp_path):
     run = short_run(tmp_path / "r", steps=4).run_dir
     record = lambda: {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
     before = record()
-    with pytest.raises(ValueError, match=r"loss SDS \(scoredist.losses.sds.SDS\).*asks for Ours"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{run}/checkpoints/last.pt was trained with loss SDS \(scoredist.losses.sds.SDS\).*asks for Ours",
+    ):
         train(config(*SHAPES, "loss=ours", "trainer.max_steps=6", f"trainer.resume={run}"))
     with pytest.raises(CheckpointError, match="does not fit .*the run was trained without one"):
         train(config(*SHAPES, "loss=sds", "lr_scheduler=cosine", f"trainer.resume={run}"))
@@ -484,3 +487,7 @@ def test_a_reference_to_a_setting_that_does_not_exist_names_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"^config key loss.guidance_scale: .*trainer.nope"):
         train(config(*SHAPES, "loss=sds", "loss.guidance_scale=${trainer.nope}", run_dir=tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_folder_whose_parents_do_not_exist_yet_is_created(tmp_path):
+    assert short_run(tmp_path / "outputs" / "2026-11-29" / "14-30-38", steps=1).run_dir.is_dir()
