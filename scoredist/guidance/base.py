@@ -135,6 +135,11 @@ class Guidance(nn.Module):
         raise NotImplementedError
 
 
+def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ε(∅) + s·(ε(y) − ε(∅))."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
 @torch.no_grad()
 def ddim_timesteps(num_train_timesteps: int, num_steps: int) -> torch.Tensor:
     """Descending integer timesteps of an evenly spaced DDIM grid, e.g. 999 … 0 for num_steps=1000."""
@@ -175,7 +180,7 @@ def ddim_step(
         eps_cond, eps_uncond = guidance.predict_noise(torch.cat([x_t, x_t]), tt.repeat(2), [*prompts, *[""] * b]).chunk(
             2
         )
-        eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        eps = cfg(eps_uncond, eps_cond, guidance_scale)
     a_t = alpha_bar(guidance.alphas_cumprod, tt, x_t.dim())
     return ddim_move(x_t, eps, a_t, alpha_bar(guidance.alphas_cumprod, torch.full_like(tt, t_next), x_t.dim()))
 

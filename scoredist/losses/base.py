@@ -23,10 +23,14 @@ WEIGHTINGS = {
 }
 
 
-def weight(weighting: str, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """w(t) per batch element, (B,)."""
+def check_weighting(weighting: str) -> None:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+
+
+def weight(weighting: str, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """w(t) per batch element, (B,)."""
+    check_weighting(weighting)
     return WEIGHTINGS[weighting](alphas_cumprod.to(t.device)[t].float())
 
 
@@ -47,10 +51,6 @@ def predict_conditions(
 def noised(guidance, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """x_t of the detached render: the score is a constant in every SDS-family gradient, never differentiated."""
     return add_noise(x.detach(), noise, t, guidance.alphas_cumprod)
-
-
-def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
-    return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
 class LazyNorm:
@@ -91,8 +91,7 @@ class ScoreLoss:
     """
 
     def __init__(self, weighting: str = "1-abar"):
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+        check_weighting(weighting)
         self.weighting = weighting
 
     def attach(self, guidance, x_init: torch.Tensor) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from scoredist.guidance.base import cfg
 from scoredist.images import read_image
-from scoredist.losses.base import ScoreLoss, cfg, noised, norm, predict_conditions
+from scoredist.losses.base import ScoreLoss, noised, norm, predict_conditions
 from scoredist.prompts import texts
 from scoredist.schedules import value_at
 

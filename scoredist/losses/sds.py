@@ -6,7 +6,8 @@ oversmoothed look comes from.
 
 from __future__ import annotations
 
-from scoredist.losses.base import ScoreLoss, cfg, noised, norm, predict_conditions
+from scoredist.guidance.base import cfg
+from scoredist.losses.base import ScoreLoss, noised, norm, predict_conditions
 from scoredist.schedules import value_at
 
 

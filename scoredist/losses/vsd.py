@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scoredist.guidance.base import add_noise
-from scoredist.losses.base import ScoreLoss, cfg, noised, norm, predict_conditions
+from scoredist.guidance.base import add_noise, cfg
+from scoredist.losses.base import ScoreLoss, noised, norm, predict_conditions
 from scoredist.prompts import texts
 from scoredist.schedules import value_at
 
