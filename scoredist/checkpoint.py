@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,18 +43,30 @@ def remove_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
-def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename over the old one: a kill at any moment leaves
-    either the previous checkpoint or the new one, never a torn file."""
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write to; when the block ends without an error, rename it over `path`.
+    A kill at any moment leaves the previous file or the new one, never a torn one (and what a kill leaves at the
+    temporary path is removed by `remove_temporaries` at the next start)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    with open(tmp, "wb") as f:
+    tmp = tmp.with_name(tmp.name + path.suffix)  # writers that pick a format by the suffix (ffmpeg) still find it
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename over the old one: a kill at any moment leaves
+    either the previous checkpoint or the new one, never a torn file."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         torch.save({"format": FORMAT, "version": VERSION, **state}, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from scoredist.checkpoint import replacing
+
 
 def decode_image(path: str | Path) -> torch.Tensor:
     """An image file as (3, H, W) float in [0, 1] at its own size: alpha dropped, grey expanded. The one decoder of
@@ -62,18 +64,23 @@ def grid(images: torch.Tensor, min_size: int = 128) -> np.ndarray:
     return np.concatenate(list(to_uint8(images)), axis=1)
 
 
-def save_png(images: torch.Tensor, path: str | Path, min_size: int = 128) -> Path:
+def write_image(path: str | Path, array: np.ndarray, **kwargs) -> Path:
+    """imageio's imwrite by write-and-rename (the format from `path`'s suffix): a run killed while writing its
+    final.png or a sample leaves the previous file or none, never a torn one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, grid(images, min_size))
+    with replacing(path) as tmp:
+        iio.imwrite(tmp, array, extension=path.suffix, **kwargs)
     return path
+
+
+def save_png(images: torch.Tensor, path: str | Path, min_size: int = 128) -> Path:
+    return write_image(path, grid(images, min_size))
 
 
 def save_strip(frames: Sequence[np.ndarray], path: str | Path, max_frames: int = 10) -> Path:
     """Progress strip: up to `max_frames` evenly spaced frames (uint8 HxWx3 each) side by side."""
     idx = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int))
-    iio.imwrite(path, np.concatenate([frames[i] for i in idx], axis=1))
-    return Path(path)
+    return write_image(path, np.concatenate([frames[i] for i in idx], axis=1))
 
 
 def save_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -> Path | None:
@@ -81,7 +88,7 @@ def save_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) ->
     if len(frames) < 2:
         return None
     try:
-        iio.imwrite(path, np.stack([pad_to_macro_block(f) for f in frames]), extension=".mp4", fps=fps)
+        write_image(path, np.stack([pad_to_macro_block(f) for f in frames]), fps=fps)
     except Exception:  # an optional artefact: a missing encoder must never fail a finished run
         return None
     return Path(path)

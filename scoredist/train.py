@@ -26,11 +26,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from scoredist.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, remove_temporaries, save_checkpoint
+from scoredist.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    remove_temporaries,
+    replacing,
+    save_checkpoint,
+)
 from scoredist.devices import pick_device
 from scoredist.errors import NonFiniteError, ResourceError
 from scoredist.images import grid, save_png, save_strip, save_video
-from scoredist.losses.base import surrogate_loss
+from scoredist.losses.base import LazyRMS, surrogate_loss
 from scoredist.prompts import Prompt
 from scoredist.renderers.base import ModelSpace, Render
 from scoredist.runs import (
@@ -102,6 +109,25 @@ def validate(cfg: DictConfig) -> None:
     for key, value in numbers(resolved, NUMERIC_GROUPS):
         if not math.isfinite(value):
             raise ValueError(f"{key} is {value}; it must be a finite number")
+    check_learning_rates(resolved)
+
+
+def check_learning_rates(resolved: dict) -> None:
+    """A negative rate would climb the objective; torch refuses it in its own words, without naming the setting.
+    Every `lr` / `*_lr` key of the optimizer, the renderer (a NeRF's own rates) and the loss (VSD's source model)."""
+    for key, value in leaves({g: resolved.get(g) for g in ("optimizer", "renderer", "loss")}):
+        if re.search(r"(^|_)lr$", key.rsplit(".", 1)[-1]) and isinstance(value, (int, float)) and value < 0:
+            raise ValueError(f"{key} is {value}; a learning rate must be >= 0 (0 freezes what it moves)")
+
+
+def warn_if_unconditional(captions: list[tuple[str, str]]) -> None:
+    """An empty caption is a valid condition (the unconditional model) but rarely what was meant: say so up front."""
+    for caption, source in captions:
+        if not caption.strip():
+            log.warning(
+                f"warning: {source} is empty, so this run distils the unconditional distribution (every row "
+                'conditioned on the empty prompt); give prompt="..." if that is not what you meant'
+            )
 
 
 def check_text_values(cfg: DictConfig) -> None:
@@ -315,6 +341,9 @@ class Chunk:
         if render.regularization is not None:
             objective = objective + render.regularization
         logs.update(render.logs)
+        # the objective's value is a sum over pixels (it exists for its gradient); this is the size of the update
+        # direction per pixel value, comparable across resolutions, batch sizes and methods
+        logs["direction_rms"] = LazyRMS(weighted_direction)
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         # the direction can be finite while the gradient is not (an fp16/bf16 VAE encoder overflowing)
@@ -402,7 +431,9 @@ def train(cfg: DictConfig) -> RunResult:
 def train_in(cfg: DictConfig, run_dir: Path) -> RunResult:
     validate(cfg)
     device = pick_device(cfg.trainer.device)
-    samples = make_samples(read_prompts(cfg.prompt, cfg.get("prompt_file")), cfg.get("samples_per_prompt", 1), cfg.seed)
+    captions = read_prompts(cfg.prompt, cfg.get("prompt_file"))
+    warn_if_unconditional(captions)
+    samples = make_samples(captions, cfg.get("samples_per_prompt", 1), cfg.seed)
     resume_path = checkpoint_path(cfg.trainer.resume) if cfg.trainer.resume else None
     resume = load_checkpoint(resume_path) if resume_path is not None else None
     if resume is not None:
@@ -453,6 +484,7 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     run.metrics = MetricsFile(run_dir / "metrics.jsonl")
     if resume is None:
         save_config(cfg, run_dir / "config.yaml")
+        log.info(start_line(cfg, run_dir, device, len(samples), chunks))
     else:
         resumed_at = (resume_chunk, resume["step"])
         changes = (
@@ -469,7 +501,8 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
 
     bar = tqdm(
         total=len(chunks) * run.max_steps,
-        initial=len(finished) * run.max_steps,
+        # a resumed chunk's steps count as done from the first line the bar prints (a log file sees few lines)
+        initial=len(finished) * run.max_steps + (min(first.step, run.max_steps) if first is not None else 0),
         desc=run_dir.name,
         dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not every step
@@ -479,7 +512,6 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
         with stop_requests() as stop:
             for index in todo:
                 chunk = first if index == todo[0] else Chunk(run, index, chunks[index])
-                bar.update(min(chunk.step, run.max_steps))  # a resumed chunk's steps done before
                 interrupted = train_chunk(run, chunk, bar, stop)
                 if interrupted:
                     break
@@ -488,6 +520,8 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
             log.info(f"interrupted at chunk {chunk.index} step {chunk.step}: resume with trainer.resume={run_dir}")
         elif todo:
             run.logger.log_samples(run_dir, samples_file.records)
+            done = len(samples_file.records)
+            log.info(f"finished: {done} sample{'s' * (done != 1)} in {run_dir}")
         exit_code = 0
     finally:
         bar.close()
@@ -497,6 +531,15 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
         step=chunk.step if chunk is not None else (resume or {}).get("step", 0),
         interrupted=interrupted,
         samples_done=len(samples_file.records),
+    )
+
+
+def start_line(cfg: DictConfig, run_dir: Path, device: torch.device, samples: int, chunks: list) -> str:
+    """What train.log says first: where, what, how much."""
+    classes = {g: cfg[g]._target_.rsplit(".", 1)[-1] for g in ("loss", "renderer", "guidance")}
+    return (
+        f"run {run_dir}: {samples} sample{'s' * (samples != 1)} in {len(chunks)} chunk{'s' * (len(chunks) != 1)}, "
+        f"{cfg.trainer.max_steps} steps each, on {device}; " + ", ".join(f"{g} {c}" for g, c in classes.items())
     )
 
 
@@ -577,7 +620,7 @@ def train_chunk(run: Run, chunk: Chunk, bar, stop) -> bool:
 
 
 def log_step(run: Run, chunk: Chunk, objective, t, logs, bar) -> None:
-    record = {"chunk": chunk.index, "step": chunk.step, "loss": objective, "t": t.float().mean(), **logs}
+    record = {"chunk": chunk.index, "step": chunk.step, "objective": objective, "t": t.float().mean(), **logs}
     nulled = [0]
     # tensors, lazy norms and numbers are read as floats here, the step's one host sync
     record = {k: finite_or_none(as_float(v), nulled) for k, v in record.items()}
@@ -586,8 +629,8 @@ def log_step(run: Run, chunk: Chunk, objective, t, logs, bar) -> None:
     record["nonfinite_total"] = run.nonfinite_total
     run.metrics.write(record)
     run.logger.log(record, run.global_step(chunk.index, chunk.step))
-    loss = record["loss"]
-    postfix = {"chunk": chunk.index, "loss": "nan" if loss is None else f"{loss:.4g}", "t": f"{record['t']:.0f}"}
+    size = record["direction_rms"]
+    postfix = {"chunk": chunk.index, "rms(w·g)": "nan" if size is None else f"{size:.3g}", "t": f"{record['t']:.0f}"}
     bar.set_postfix(postfix, refresh=False)  # the bar redraws at its own pace (every 30 s in a log file)
 
 
@@ -615,16 +658,19 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool)
     with torch.no_grad():
         final = renderer()
         x = chunk.to_model(final.x)
-        rgb = chunk.to_rgb(final.x)
     rows = RowGroups(final.samples)
     per_sample_eval = {}
     records = []
+    pictures = []
     for s, sample in enumerate(chunk.samples):
         idx = rows.rows_of[s]
         with torch.no_grad():
             metrics = run.guidance.evaluate(x[idx], sample.caption)
+            # a sample's own rows pictured on their own: one image per row (an image, a NeRF's views), or one
+            # picture of all its rows (a cloud of 2D particles is one scatter plot, not one image per particle)
+            pictures.append(chunk.to_rgb(final.x[idx]))
         per_sample_eval[s] = metrics
-        image = save_png(rgb[idx], run.run_dir / "samples" / f"{sample.index:05d}.png")
+        image = save_png(pictures[-1], run.run_dir / "samples" / f"{sample.index:05d}.png")
         # the final model-space tensor too: exact metrics and comparisons need more than 8-bit pixels
         tensor = save_tensor(x[idx], run.run_dir / "samples" / f"{sample.index:05d}.pt")
         records.append(
@@ -637,11 +683,11 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool)
                 "seconds": chunk.seconds / len(chunk.samples),
                 "image": str(image.relative_to(run.run_dir)),
                 "tensor": str(tensor.relative_to(run.run_dir)),
-                "eval": scalar_metrics(metrics),
+                "eval": finite_or_none(metrics),  # per-row values as lists, as in eval.json: one entry per view
             }
         )
     if first:
-        write_final_outputs(run, chunk, rgb, x, per_sample_eval)
+        write_final_outputs(run, chunk, torch.cat(pictures), x, per_sample_eval)
     samples_file.write_chunk(records)
     renderer.train()
     chunk.checkpoint()
@@ -649,13 +695,9 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool)
 
 def save_tensor(x: torch.Tensor, path: Path) -> Path:
     """A sample's final model-space rows (R, ...) as a float32 CPU tensor (torch.load(path, weights_only=True))."""
-    torch.save(x.detach().float().cpu().clone(), path)
+    with replacing(path) as tmp:
+        torch.save(x.detach().float().cpu().clone(), tmp)
     return path
-
-
-def scalar_metrics(metrics: dict) -> dict:
-    """One sample's metrics with one-element lists unwrapped (an image's nearest component is a list of one)."""
-    return {k: finite_or_none(v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in metrics.items()}
 
 
 def write_final_outputs(run: Run, chunk: Chunk, rgb, x, per_sample_eval: dict) -> None:
@@ -666,10 +708,11 @@ def write_final_outputs(run: Run, chunk: Chunk, rgb, x, per_sample_eval: dict) -
     run.logger.log_image("final", grid(rgb), step)
     frames = [iio.imread(p) for p in sorted((run_dir / "progress").glob("step_*.png"))]
     frames = [f for f in frames if f.shape == frames[-1].shape] if frames else []
+    artifacts = []
     if frames:
-        save_strip(frames, run_dir / "progress.png")
-        save_video(frames, run_dir / "progress.mp4")
-    run.logger.log_artifacts(chunk.renderer.write_artifacts(run_dir, run.guidance.decode), step)
+        artifacts += [save_strip(frames, run_dir / "progress.png"), save_video(frames, run_dir / "progress.mp4")]
+    artifacts = [p for p in artifacts if p is not None] + chunk.renderer.write_artifacts(run_dir, run.guidance.decode)
+    run.logger.log_artifacts(artifacts, step)
     captions = {s.caption for s in chunk.samples}
     if len(captions) == 1:  # one prompt: its metrics over the whole chunk, as the prior computes them
         with torch.no_grad():
@@ -681,7 +724,8 @@ def write_final_outputs(run: Run, chunk: Chunk, rgb, x, per_sample_eval: dict) -
         metrics = finite_or_none(metrics, nulled)
         if nulled[0]:
             metrics["nonfinite_values"] = nulled[0]  # NaN/inf values, written as null (strict JSON)
-        (run_dir / "eval.json").write_text(json_text(metrics, indent=2) + "\n")
+        with replacing(run_dir / "eval.json") as tmp:
+            tmp.write_text(json_text(metrics, indent=2) + "\n")
         log.info("eval: " + json_text(metrics))
         run.logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -428,6 +429,7 @@ def test_every_skipped_step_of_a_logging_window_is_counted_and_named():
 def test_a_logging_step_writes_one_record_of_floats_and_a_short_progress_bar_postfix():
     from types import SimpleNamespace
 
+    from scoredist.losses.base import LazyRMS
     from scoredist.train import log_step
 
     records, postfixes = [], []
@@ -439,15 +441,26 @@ def test_a_logging_step_writes_one_record_of_floats_and_a_short_progress_bar_pos
     )
     bar = SimpleNamespace(set_postfix=lambda postfix, refresh: postfixes.append(postfix))
     chunk = SimpleNamespace(index=2, step=5)
-    log_step(run, chunk, torch.tensor(1.23456), torch.tensor([100, 301]), {"norm/x": torch.tensor(2.0)}, bar)
-    log_step(run, chunk, torch.tensor(float("nan")), torch.tensor([10]), {}, bar)
+    logs = {"norm/x": torch.tensor(2.0), "direction_rms": LazyRMS(torch.tensor([[3.0, -4.0], [0.0, 5.0]]))}
+    log_step(run, chunk, torch.tensor(1.23456), torch.tensor([100, 301]), logs, bar)
+    log_step(run, chunk, torch.tensor(float("nan")), torch.tensor([10]), {"direction_rms": float("nan")}, bar)
     assert records[0] == {
         "chunk": 2,
         "step": 5,
-        "loss": pytest.approx(1.23456),
+        "objective": pytest.approx(1.23456),
         "t": 200.5,
         "norm/x": 2.0,
+        "direction_rms": pytest.approx(math.sqrt(50 / 4)),  # sqrt((9 + 16 + 0 + 25) / 4)
         "nonfinite_total": 1,
     }
-    assert records[1] == {"chunk": 2, "step": 5, "loss": None, "t": 10.0, "nonfinite_values": 1, "nonfinite_total": 1}
-    assert postfixes == [{"chunk": 2, "loss": "1.235", "t": "200"}, {"chunk": 2, "loss": "nan", "t": "10"}]
+    assert records[1] == {
+        "chunk": 2,
+        "step": 5,
+        "objective": None,
+        "t": 10.0,
+        "direction_rms": None,
+        "nonfinite_values": 2,
+        "nonfinite_total": 1,
+    }
+    # the bar shows the update's size per value, not the objective (a sum over pixels and samples)
+    assert postfixes == [{"chunk": 2, "rms(w·g)": "3.54", "t": "200"}, {"chunk": 2, "rms(w·g)": "nan", "t": "10"}]

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from scoredist.eval.features import features
 from scoredist.eval.folders import quantise, read_images
-from scoredist.eval.frechet import MixtureMoments, SampleMoments, frechet_distance
+from scoredist.eval.frechet import MIN_SAMPLES, MixtureMoments, SampleMoments, frechet_distance, too_few_samples
 from scoredist.guidance.exact.vocabulary import parse_prompt
 from scoredist.prompts import TGT_SUFFIX
 
@@ -91,13 +91,19 @@ class ShapesMetrics:
         self._priors: dict[str, object] = {}
 
     def __call__(self, prior, samples: dict[str, torch.Tensor]) -> dict:
-        """Metrics of one method: `samples` maps each prompt to its samples in model space (n, 3, R, R)."""
+        """Metrics of one method: `samples` maps each prompt to its samples in model space (n, 3, R, R). A distance
+        that too few samples leave undefined is None, and "missing" says why (the table's footnotes)."""
         per_prompt = {p: self.prompt_metrics(prior, p, x) for p, x in samples.items()}
         evidence = [e for m in per_prompt.values() for e in m.pop("evidence")]
+        missing = self.missing(samples)
+        fd_features = None
+        if self.feature_net is not None and "fd_features" not in missing:
+            fd_features = self.feature_distance(prior, samples)
         return {
             "fd_pixels": _mean([m["fd_pixels"] for m in per_prompt.values()]),
             "fd_pixels_clean": _mean([m["fd_pixels_clean"] for m in per_prompt.values()]),
-            "fd_features": self.feature_distance(prior, samples) if self.feature_net is not None else None,
+            "fd_features": fd_features,
+            "missing": missing,
             **fidelity_and_artifacts(evidence),
             "log_density": sum(e["log_density"] for e in evidence) / len(evidence),
             "samples": len(evidence),
@@ -105,6 +111,18 @@ class ShapesMetrics:
             "per_prompt": per_prompt,
             "per_sample": evidence,
         }
+
+    def missing(self, samples: dict[str, torch.Tensor]) -> dict[str, str]:
+        """{column: why it is empty} for the distances these samples are too few for: the pixel distances are per
+        prompt (averaged over the prompts with enough samples), the feature distance pools every sample."""
+        missing = {}
+        per_prompt = too_few_samples(max(x.shape[0] for x in samples.values()), "per prompt")
+        if per_prompt:
+            missing["fd_pixels"] = missing["fd_pixels_clean"] = per_prompt
+        pooled = too_few_samples(sum(x.shape[0] for x in samples.values()), "per run")
+        if pooled and self.feature_net is not None:
+            missing["fd_features"] = pooled
+        return missing
 
     def prompt_metrics(self, prior, prompt: str, x: torch.Tensor) -> dict:
         mixture = prior.mixture_for(prompt)
@@ -121,7 +139,7 @@ class ShapesMetrics:
             }
             for label, d in zip(labels, density)
         ]
-        enough = x.shape[0] >= 2  # a covariance needs two samples
+        enough = x.shape[0] >= MIN_SAMPLES
         return {
             "fd_pixels": frechet_distance(SampleMoments.of(x), MixtureMoments.of(mixture)) if enough else None,
             "fd_pixels_clean": frechet_distance(SampleMoments.of(x), MixtureMoments.of(clean)) if enough else None,
@@ -165,11 +183,21 @@ def _mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def eval_rows(metrics: dict) -> list[dict]:
+    """A sample's eval values (samples.jsonl: a list per metric, one entry per final row or view of the sample, or a
+    scalar for the whole sample) as one dict per row, scalars repeated on every row."""
+    lengths = {len(v) for v in metrics.values() if isinstance(v, list)}
+    if len(lengths) > 1:
+        raise ValueError(f"eval lists of different lengths {sorted(lengths)}: {sorted(metrics)}")
+    rows = lengths.pop() if lengths else 1
+    return [{k: v[i] if isinstance(v, list) else v for k, v in metrics.items()} for i in range(rows)]
+
+
 def summarise_records(records: list[dict]) -> dict:
     """One run's samples.jsonl records as summary values for a tracker: prompt fidelity, artifact rate and each
     artifact's share where the records say what each sample became (the shapes prior), the mean of every numeric
     eval value, and the time per sample."""
-    evals = [{**r["eval"], "prompt": r["prompt"]} for r in records if r.get("eval")]
+    evals = [{**row, "prompt": r["prompt"]} for r in records if r.get("eval") for row in eval_rows(r["eval"])]
     summary: dict = {}
     if evals and all("nearest_caption" in e and "nearest_variant" in e for e in evals):
         found = fidelity_and_artifacts(evals)

@@ -122,11 +122,12 @@ def _sample_chunk(guidance, index: int, chunk, sampler, run_dir: Path, device) -
 
 
 def _evaluate(guidance, x: torch.Tensor, prompts: list[str]) -> list[dict]:
-    """guidance.evaluate per sample (one call per distinct prompt), one-element lists unwrapped as the trainer does."""
+    """guidance.evaluate per sample (one call per distinct prompt), per-row values as one-element lists, the schema
+    of the trainer's samples.jsonl (a list per metric, one entry per row of the sample)."""
     out: list[dict] = [{} for _ in prompts]
     for prompt in dict.fromkeys(prompts):
         rows = [i for i, p in enumerate(prompts) if p == prompt]
         metrics = guidance.evaluate(x[rows], prompt)
         for j, i in enumerate(rows):
-            out[i] = {k: v[j] if isinstance(v, list) else v for k, v in metrics.items()}
+            out[i] = {k: [v[j]] if isinstance(v, list) else v for k, v in metrics.items()}
     return out

@@ -69,6 +69,14 @@ def norm(x: torch.Tensor) -> LazyNorm:
     return LazyNorm(x)
 
 
+class LazyRMS(LazyNorm):
+    """The root mean square of every entry of a tensor, read like LazyNorm: a size per pixel value (or coordinate),
+    the same whatever the resolution and the number of rows."""
+
+    def __float__(self) -> float:
+        return float(self.x.float().pow(2).mean().sqrt())
+
+
 def surrogate_loss(
     x: torch.Tensor, weighted_direction: torch.Tensor, row_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
