@@ -274,7 +274,9 @@ class Chunk:
         # step on the device; the trainer reads the counters only on logging steps.
         self.device_skips = getattr(self.optimizer, "_step_supports_amp_scaling", False) and run.device.type == "cuda"
         with torch.no_grad():
-            run.loss.attach(run.guidance, self.to_model(self.renderer().x).detach())
+            first = self.renderer()
+            run.loss.check_rows(row_prompts(first, samples))  # before the run's record: a refusal leaves no folder
+            run.loss.attach(run.guidance, self.to_model(first.x).detach())
 
     def to_model(self, render_x: torch.Tensor) -> torch.Tensor:
         return self.run.guidance.encode(render_x) if self.renderer.outputs_rgb else render_x
@@ -711,7 +713,9 @@ def write_final_outputs(run: Run, chunk: Chunk, rgb, x, per_sample_eval: dict) -
     artifacts = []
     if frames:
         artifacts += [save_strip(frames, run_dir / "progress.png"), save_video(frames, run_dir / "progress.mp4")]
-    artifacts = [p for p in artifacts if p is not None] + chunk.renderer.write_artifacts(run_dir, run.guidance.decode)
+    # views.png labels a view without a prompt of its own with its sample's caption
+    own = chunk.renderer.write_artifacts(run_dir, run.guidance.decode, [s.caption for s in chunk.samples])
+    artifacts = [p for p in artifacts if p is not None] + own
     run.logger.log_artifacts(artifacts, step)
     captions = {s.caption for s in chunk.samples}
     if len(captions) == 1:  # one prompt: its metrics over the whole chunk, as the prior computes them

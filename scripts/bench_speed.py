@@ -13,8 +13,8 @@ model: rendering, noise and timestep draws, the loss arithmetic, backward into t
 
 --model sd21-base builds (once, ~3.5 GB under --cache) a folder with SD 2.1-base's UNet architecture and random
 weights: no download, the same compute per step as the real model. --model PATH uses any local diffusers folder.
-The table is printed and appended to --out (docs/results/speed.md by default) with the device, torch version, model
-and the command.
+The table is printed with the device, torch version, model and the command; --out FILE also appends it to FILE
+(the project's tables: --out docs/results/speed.md, a tracked file, so only on purpose).
 """
 
 from __future__ import annotations
@@ -70,7 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="guidance.channels_last=true")
     p.add_argument("--compile", action="store_true", help="guidance.compile_unet=true")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "scoredist"), help="where built models are kept")
-    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "speed.md"), help="markdown file to append to")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="markdown file to append the table to (default: print only; the project's: docs/results/speed.md)",
+    )
     return p.parse_args(argv)
 
 
@@ -253,7 +257,16 @@ def main(argv=None) -> None:
             )
     report = header(args, device, size, guidance) + "\n" + table(rows) + "\n"
     print("\n" + report)
-    out = Path(args.out)
+    append_report(report, args.out)
+
+
+def append_report(report: str, out: str | None) -> None:
+    """Append the report to `out` (with the file's heading if it is new); without --out, only say how to keep it:
+    the default never touches a tracked file such as docs/results/speed.md."""
+    if out is None:
+        print("not written anywhere: add --out FILE to append it (the project's tables: --out docs/results/speed.md)")
+        return
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a") as f:
         f.write(("\n" if out.stat().st_size else "# Speed\n\nWritten by scripts/bench_speed.py.\n\n") + report)

@@ -9,14 +9,15 @@ an ordinary run folder over the preset's prompts × samples, then results.md / r
     python scripts/benchmark.py --commands                       # the same as train.py multiruns + collect.py
 
 Every other key=value is a train.py override applied to every run (conf/benchmark/<preset>.yaml lists the preset's
-settings). Rerunning with the same out= skips the rows that finished and continues the others. Exit status 2 with
-a one-line message for a user error (missing weights, reference images, captions).
+settings). Without out=, a benchmark goes to outputs/benchmarks/<time>-<preset>/, and rerunning the same command
+continues the newest unfinished benchmark with the same settings there ("continuing <folder>: N of M rows done"):
+it skips the rows that finished and continues the others. With out=, the same holds for that folder. Exit status 2
+with a one-line message for a user error (missing weights, reference images, captions).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,15 +43,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(__doc__)
         return None
     from scoredist.errors import cli_errors
-    from scoredist.eval.benchmark import Benchmark
+    from scoredist.eval.benchmark import Benchmark, continue_or_start
 
     preset, out, commands, overrides = parse(argv)
-    out = out or Path("outputs") / "benchmarks" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{preset}"
     with cli_errors():
-        bench = Benchmark(preset, overrides, out)
         if commands:
-            print("\n".join(bench.commands()))
+            print("\n".join(Benchmark(preset, overrides, out or "unused").commands()))
             return None
+        # without out=, a plain rerun of an interrupted benchmark's command continues it
+        bench = Benchmark(preset, overrides, out) if out is not None else continue_or_start(preset, overrides)
         return bench.run()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from scoredist.checkpoint import run_folder_of
 from scoredist.errors import cli_errors
 from scoredist.renderers.loading import renderer_from_run
-from scoredist.renderers.mesh import FORMATS, write_mesh
+from scoredist.renderers.mesh import FORMATS, export_flag, write_mesh
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     with cli_errors():  # a user error (also one Hydra's instantiate wraps) ends the script with its one-line message
         renderer, step = renderer_from_run(args.run, args.device)
-        mesh = renderer.mesh(args.resolution, args.threshold, args.min_part)
+        mesh = renderer.mesh(args.resolution, args.threshold, args.min_part, setting=export_flag)  # advice: our flags
         path = write_mesh(mesh, args.output or run_folder_of(args.run) / f"model.{args.format}")
     lo, hi = mesh.bounds
     print(

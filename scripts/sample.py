@@ -12,6 +12,7 @@ only, and the sweep ends with a summary of the failed jobs (exit 1).
 """
 
 import sys
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +28,31 @@ register_resolvers()
 OmegaConf.register_new_resolver("sampled_method", lambda *, _root_: sampled_method(_root_), replace=True)
 # quoted: Hydra's override grammar takes nested interpolations only inside a quoted value
 RUN_DIR = "hydra.run.dir='${fresh_folder:outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}-${safe_slug:${sampled_method:}}}'"
+
+
+# what each sampler.* key means; the defaults shown come from scoredist.eval.lower_bound.DEFAULT_SAMPLER
+SAMPLER_KEYS = {
+    "name": "ddim: DDIM from pure noise (the table's lower-bound row); exact: exact samples of each prompt's "
+    "mixture (exact priors only: the floor of every distance)",
+    "num_steps": "DDIM steps from t = T to 0 (sampler.name=ddim)",
+    "guidance_scale": "CFG scale of DDIM; 1.0 samples the prompt's own distribution (sampler.name=ddim)",
+}
+
+
+def help_text() -> str:
+    """This script's --help: what it does, its sampler.* keys with their defaults, examples (not train.py's help,
+    which Hydra would print and which never names the sampler)."""
+    from scoredist.eval.lower_bound import DEFAULT_SAMPLER
+
+    wrap = lambda text: textwrap.fill(text, 116, initial_indent=" " * 8, subsequent_indent=" " * 8)  # noqa: E731
+    keys = "".join(f"    +sampler.{k}={DEFAULT_SAMPLER[k]}\n{wrap(meaning)}\n" for k, meaning in SAMPLER_KEYS.items())
+    return (
+        f"usage: python scripts/sample.py [-m] [+sampler.KEY=VALUE ...] [train.py overrides ...]\n\n{__doc__}\n"
+        "sampler keys (add them with +sampler.KEY=VALUE), with their defaults (a +benchmark preset's\n"
+        f"benchmark.lower_bound replaces these):\n{keys}\n"
+        "Every other key is train.py's (prompt, prompt_file, samples_per_prompt, seed, guidance.*,\n"
+        "trainer.batch_size, trainer.device): python train.py --help lists them.\n"
+    )
 
 
 def sampled_method(cfg) -> str:
@@ -66,6 +92,9 @@ def main(cfg) -> dict:
 
 
 if __name__ == "__main__":
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(help_text())
+        sys.exit(0)
     if not any(a.startswith("hydra.run.dir=") or a in ("-m", "--multirun") for a in sys.argv[1:]):
         sys.argv.append(RUN_DIR)
     main()

@@ -30,3 +30,14 @@ def test_the_speed_script_writes_a_row_per_loss_and_batch_size(tmp_path, capsys)
         assert trainer > 0 and bare > 0 and abs(ratio - trainer / bare) < 0.01
     assert "tiny: CPU" in table and "torch" in table and "bench_speed.py" in table  # device, version and command named
     assert "trainer ÷ bare" in capsys.readouterr().out
+
+
+def test_by_default_the_table_is_printed_not_appended_to_the_tracked_docs_table(tmp_path, capsys):
+    bench = load_script()
+    assert bench.parse_args([]).out is None
+    bench.append_report("| sds | 1 |\n", None)
+    assert "add --out FILE to append it (the project's tables: --out docs/results/speed.md)" in capsys.readouterr().out
+    out = tmp_path / "speed.md"
+    bench.append_report("| sds | 1 |\n", str(out))
+    bench.append_report("| ours | 1 |\n", str(out))
+    assert out.read_text() == "# Speed\n\nWritten by scripts/bench_speed.py.\n\n| sds | 1 |\n\n| ours | 1 |\n"

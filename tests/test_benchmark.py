@@ -105,6 +105,44 @@ def test_rerunning_skips_finished_rows(tiny_benchmark, capsys):
     assert time.perf_counter() - start < 60
 
 
+def test_a_plain_rerun_of_an_interrupted_benchmark_continues_it(tmp_path, monkeypatch, capsys):
+    """`python scripts/benchmark.py` stopped by Ctrl-C says "rerun the same command": the same command (no out=)
+    continues that folder and says so; other settings, or a finished benchmark, start a new one."""
+    import types
+
+    import scoredist.train
+    from scoredist.eval.benchmark import continue_or_start
+
+    script = load_benchmark_script()
+    monkeypatch.chdir(tmp_path)
+    command = [*TINY, "benchmark.rows=[exact,sds]"]
+    with monkeypatch.context() as m:  # Ctrl-C in the sds row: train() returns an interrupted run
+        m.setattr(scoredist.train, "train", lambda cfg: types.SimpleNamespace(interrupted=True))
+        with pytest.raises(SystemExit) as stop:
+            script.main(command)
+    assert stop.value.code == 130
+    (first,) = (tmp_path / "outputs" / "benchmarks").iterdir()
+    assert f"rerun the same command to continue outputs/benchmarks/{first.name}" in capsys.readouterr().out
+    other = continue_or_start("shapes", [*command, "trainer.max_steps=2"])  # other settings: not this folder
+    assert other.out_dir != Path("outputs/benchmarks") / first.name and capsys.readouterr().out == ""
+
+    script.main(command)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"continuing outputs/benchmarks/{first.name}: 1 of 2 rows done"
+    assert "exact: already finished" in out
+    assert [p.name for p in (tmp_path / "outputs" / "benchmarks").iterdir()] == [first.name]
+    assert len((first / "sds" / "samples.jsonl").read_text().splitlines()) == 4 and (first / "results.md").is_file()
+    finished = continue_or_start("shapes", command)  # a finished benchmark is measured again, in a new folder
+    assert finished.out_dir != Path("outputs/benchmarks") / first.name and "continuing" not in capsys.readouterr().out
+
+
+def load_benchmark_script():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark as script
+
+    return script
+
+
 def test_a_missing_run_folder_is_skipped_with_a_warning(tiny_benchmark, tmp_path):
     out, _ = tiny_benchmark
     copy = tmp_path / "copy"
@@ -115,6 +153,47 @@ def test_a_missing_run_folder_is_skipped_with_a_warning(tiny_benchmark, tmp_path
     with pytest.warns(UserWarning, match=r"skipping unfinished run .*vsd: 2 of 4 samples finished"):
         result = collect_from([copy], [], copy)
     assert [r[0] for r in table_rows(result["table"])] == [r for r in ROWS if r not in ("VSD", "CSD")]
+
+
+def test_collect_on_one_sample_per_run_writes_the_table_and_says_why_the_distances_are_missing(tmp_path, capsys):
+    """The README's sweep (+experiment=demo loss=sds,ours: one prompt, one sample per run) at a tiny size: collect.py
+    writes the columns one sample allows and a footnote per Fréchet column saying what to rerun with."""
+    import importlib.util
+
+    from scoredist.scripting import compose_train
+    from scoredist.train import train
+
+    tiny_world = ["guidance.resolution=16", "guidance.num_azimuths=2", "guidance.elevations=[15.0]"]
+    for loss in ("sds", "ours"):
+        cfg = compose_train(["+experiment=demo", f"loss={loss}", "trainer.max_steps=3", *tiny_world])
+        cfg.trainer.run_dir = str(tmp_path / "sweep" / loss)
+        train(cfg)
+    spec = importlib.util.spec_from_file_location("collect", ROOT / "scripts" / "collect.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "table")])  # the shapes metrics, Inception included
+
+    md = (tmp_path / "table" / "results.md").read_text()
+    table, notes = md.split("\n\n")[1], md.split("\n\n")[2].splitlines()
+    rows = {r[0]: r for r in table_rows(table)}
+    assert list(rows) == ["SDS", "Ours"]
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    for row in rows.values():
+        cells = dict(zip(header, row))
+        assert cells["FD pixels ↓"] == cells["FD pixels (clean) ↓"] == cells["FD Inception ↓"] == "–"
+        assert cells["prompt fidelity ↑"].endswith("%") and cells["log p clean (nats/dim) ↑"] != "–"
+    advice = "rerun with samples_per_prompt=2 or more"
+    assert notes == [
+        f"- FD pixels: – for every row: a Fréchet distance needs at least 2 samples per prompt, got 1: {advice}"
+        " (the runs of a seed sweep are separate rows, not pooled)",
+        f"- FD pixels (clean): – for every row: a Fréchet distance needs at least 2 samples per prompt, got 1: {advice}"
+        " (the runs of a seed sweep are separate rows, not pooled)",
+        f"- FD Inception: – for every row: a Fréchet distance needs at least 2 samples per run, got 1: {advice}"
+        " (the runs of a seed sweep are separate rows, not pooled)",
+    ]
+    assert "note: FD Inception: – for every row" in capsys.readouterr().out
+    data = json.loads((tmp_path / "table" / "results.json").read_text())
+    assert data[0]["fd_features"] is None and "samples_per_prompt=2" in data[0]["missing"]["fd_features"]
 
 
 def test_preset_coco_without_its_inputs_fails_at_once_saying_what_to_pass(tmp_path, capsys):
@@ -216,6 +295,70 @@ def test_a_single_sample_py_run_is_named_after_its_method_and_a_user_error_is_on
     assert len(list((tmp_path / "outputs").glob("*/*"))) == 2  # the failed run's folder was removed
 
 
+# what each script's own --help must name (its file name, or its purpose where argparse does not print the name)
+SCRIPT_HELP = {
+    "bench_speed.py": "bench_speed.py",
+    "benchmark.py": "scripts/benchmark.py",
+    "collect.py": "collect.py",
+    "export.py": "export.py",
+    "illusion_figure.py": "illusion_figure.py",
+    "make_tiny_pipeline.py": "make_tiny_pipeline.py",
+    "painting2real.py": "painting2real.py",
+    "render.py": "render.py",
+    "render_shape.py": "render_shape.py",
+    "sample.py": "+sampler.num_steps=50",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.py")))
+def test_every_script_answers_help_with_its_own_text(script):
+    """`python scripts/X.py --help`: exit 0 and the script's own text, never train.py's Hydra help (sample.py is a
+    Hydra app too: its help names its sampler.* keys with their defaults)."""
+    assert script in SCRIPT_HELP, f"scripts/{script} is new: add what its --help must name to SCRIPT_HELP"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert SCRIPT_HELP[script] in done.stdout, done.stdout
+    assert "== Config groups" not in done.stdout and "Powered by Hydra" not in done.stdout  # train.py's help
+    if script == "sample.py":
+        for key, default in (("name", "ddim"), ("num_steps", "50"), ("guidance_scale", "1.0")):
+            assert f"+sampler.{key}={default}\n" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_make_demo_installs_on_a_fresh_clone_and_then_only_when_pyproject_changes(tmp_path):
+    """`make demo` / `make test` depend on a stamp in the venv, not on a phony install: a fresh clone (no .venv, as
+    in CI) installs, a second call does not reinstall (+15 s), a changed pyproject.toml installs again."""
+    import os
+
+    (tmp_path / "scripts").mkdir()
+    for name in ("Makefile", "pyproject.toml", "scripts/install.sh"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    dry_run = lambda target: (
+        subprocess.run(  # noqa: E731
+            ["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    install = "bash scripts/install.sh .venv"
+    for target in ("demo", "test"):
+        assert install in dry_run(target)  # a fresh clone
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / ".installed").touch()
+    past = time.time() - 60
+    for name in ("pyproject.toml", "scripts/install.sh"):
+        os.utime(tmp_path / name, (past, past))
+    assert dry_run("demo").splitlines() == [".venv/bin/python train.py +experiment=demo"]  # installed: no pip
+    assert dry_run("test").splitlines() == [".venv/bin/python -m pytest -q"]
+    (tmp_path / "pyproject.toml").touch()  # a new dependency
+    assert dry_run("demo").splitlines() == [
+        install,
+        "touch .venv/.installed",
+        ".venv/bin/python train.py +experiment=demo",
+    ]
+
+
 def test_lower_bound_samples_jsonl_is_strict_json(tmp_path, monkeypatch):
     """A non-finite metric becomes null (as in every JSON file scoredist writes), never the NaN token."""
     from scoredist.eval.lower_bound import write_lower_bound
@@ -229,7 +372,8 @@ def test_lower_bound_samples_jsonl_is_strict_json(tmp_path, monkeypatch):
     lines = (run / "samples.jsonl").read_text().splitlines()
     strict = lambda token: pytest.fail(f"{token} in samples.jsonl")  # noqa: E731
     records = [json.loads(line, parse_constant=strict) for line in lines]
-    assert [r["eval"] for r in records] == [{"nearest_rms": None, "log_p": None, "fidelity": 1.0}] * 4
+    # per-row values as one-element lists, as the trainer's samples.jsonl writes them
+    assert [r["eval"] for r in records] == [{"nearest_rms": [None], "log_p": None, "fidelity": 1.0}] * 4
 
 
 def test_cli_errors_print_a_wrapped_user_error_as_one_line_and_keep_bugs(capsys, monkeypatch):

@@ -271,3 +271,36 @@ def test_one_method_name_for_the_table_wandb_and_the_folders():
         assert run_name(config, "x") == f"{method} | a red cube"
         assert run_tags(config)[0] == f"loss:{method}"
     assert method_of({"prompt": "a red cube"}) is None and run_name({"prompt": "a red cube"}, "x") == "x"
+
+
+def test_one_sample_leaves_the_frechet_columns_empty_with_a_footnote_saying_why(prior, tmp_path):
+    """One sample per prompt (the README's demo sweep): no distance, a reason per column, and the table's footnotes
+    name the columns and rows; the zero-shot FID of one image says the same instead of stopping the table."""
+    from scoredist.eval.fid import ZeroShotFID
+    from scoredist.eval.table import footnotes
+    from tests.test_eval_fid import TinyFeatures, write_images
+
+    class MeanColour(torch.nn.Module):
+        def forward(self, rgb):
+            return rgb.mean(dim=(2, 3))
+
+    one = planted(prior, "red cube", ["clean"], seed=1)
+    result = ShapesMetrics(feature_net=MeanColour())(prior, {"a red cube": one, "a blue cube": one})
+    assert result["fd_pixels"] is None and result["fd_pixels_clean"] is None and result["fidelity"] == 0.5
+    assert result["fd_features"] is not None  # two prompts × one sample: the pooled feature distance has 2
+    assert set(result["missing"]) == {"fd_pixels", "fd_pixels_clean"}
+    assert result["missing"]["fd_pixels"].startswith("a Fréchet distance needs at least 2 samples per prompt, got 1")
+    alone = ShapesMetrics(feature_net=MeanColour())(prior, {"a red cube": one})
+    assert alone["fd_features"] is None and "2 samples per run, got 1" in alone["missing"]["fd_features"]
+
+    rows = [{"label": "SDS", **result}, {"label": "Ours", "missing": {}}]
+    notes = footnotes(rows, ShapesMetrics.columns)
+    assert notes == [
+        f"FD pixels: – for SDS: {result['missing']['fd_pixels']}",
+        f"FD pixels (clean): – for SDS: {result['missing']['fd_pixels']}",
+    ]
+    refs = write_images(tmp_path / "refs", 4, seed=0)
+    fid = ZeroShotFID(reference_images=str(tmp_path / "refs"), inception=TinyFeatures(), clip="none", image_size=24)
+    single = fid(refs[:1])
+    assert single["fid"] is None and list(single["missing"]) == ["fid"]
+    assert "samples_per_prompt=2 or more" in single["missing"]["fid"]

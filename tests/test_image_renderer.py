@@ -168,6 +168,24 @@ def test_every_view_of_every_sample_goes_through_one_guidance_call_per_step(tmp_
     assert figure.shape[1] >= single.shape[1]
 
 
+def test_views_png_labels_each_view_with_the_prompt_its_rows_are_conditioned_on(tmp_path, monkeypatch):
+    """+experiment=illusion_shapes: the view with prompt null is labelled with the sample's caption (what the trainer
+    conditions it on), not a placeholder; each sample's row of views.png with its own caption."""
+    import scoredist.renderers.image as image_module
+
+    labels = []
+    row = image_module.labelled_row
+    monkeypatch.setattr(image_module, "labelled_row", lambda images, names: labels.append(names) or row(images, names))
+    renderer = ImageRenderer(height=8, width=8, views=[{"transform": "identity"}, ["rot180", "a blue cone"]])
+    renderer.bind(ModelSpace(3, 1, (8, 8), lambda rgb: rgb), seeds=[1, 2])
+    (path,) = renderer.write_artifacts(tmp_path, decode=lambda x: x.clamp(0, 1), captions=["a blue cube", "a red cube"])
+    assert path.name == "views.png" and labels == [
+        ["identity: a blue cube", "rot180: a blue cone"],
+        ["identity: a red cube", "rot180: a blue cone"],
+    ]
+    assert parse_views([["flip_h"]])[0].label("a green cone") == "flip_h: a green cone"
+
+
 def test_parse_views_takes_pairs_and_mappings():
     views = parse_views([["rot270"], ("flip_v", "a red cube"), {"transform": "transpose", "prompt": None}])
     assert [(v.transform, v.prompt) for v in views] == [("rot270", None), ("flip_v", "a red cube"), ("transpose", None)]

@@ -469,6 +469,31 @@ def test_check_resolution_names_a_size_that_works():
         guidance.check_resolution(1, 1)
 
 
+def test_dds_refuses_rows_with_cameras_without_a_reference_image(setup, tmp_path):
+    """A NeRF's rows carry cameras: its first render is one random view of an untrained field, no image to edit, so
+    DDS without loss.reference stops with one line naming the key; with a reference, or on 2D rows, it runs."""
+    import imageio.v3 as iio
+
+    guidance, x, t, noise, x_t = setup
+    views = [Prompt("cat", ", front view", (0.0,) * 16), Prompt("cat", ", side view", (1.0,) * 16)]
+    loss = DDS(source_prompt="dog")
+    loss.attach(guidance, x)
+    with pytest.raises(ValueError) as refused:
+        loss(guidance, x, t, noise, views, 0)
+    assert str(refused.value) == (
+        "loss=dds on a renderer with cameras (renderer=nerf) needs a reference image: pass loss.reference=IMAGE "
+        '(and loss.source_prompt="what it shows"); without one DDS would edit one random view of the untrained field'
+    )
+    assert guidance.calls == 0  # refused before any model call
+    loss.check_rows([Prompt("cat"), Prompt("cat")])  # 2D rows (an image, an illusion's views): the initial state
+    path = tmp_path / "ref.png"
+    iio.imwrite(path, (torch.rand(8, 8, 3) * 255).byte().numpy())
+    with_reference = DDS(source_prompt="dog", reference=str(path))
+    with_reference.attach(guidance, x)
+    g, _ = with_reference(guidance, x, t, noise, views, 0)
+    assert g.shape == x.shape and guidance.calls == 1
+
+
 def test_dds_checkpoints_its_reference():
     loss = DDS(source_prompt="dog")
     loss.attach(StubGuidance(TABLE), torch.full((1, 3, 8, 8), 0.25))

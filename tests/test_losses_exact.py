@@ -134,7 +134,7 @@ def test_every_loss_runs_100_steps_on_shapes_without_nan(shapes_runs):
         assert ckpt["step"] == 100 and ckpt["nonfinite_total"] == 0, loss
         assert torch.isfinite(ckpt["renderer"]["image"]).all(), loss
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
-        assert len(records) == 20 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records), loss
+        assert len(records) == 20 and all(torch.isfinite(torch.tensor(r["objective"])) for r in records), loss
         assert (run_dir / "final.png").exists() and (run_dir / "eval.json").exists(), loss
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 from pathlib import Path
 
@@ -344,8 +345,12 @@ def test_write_artifacts_writes_turntable_views_and_mesh(tmp_path):
 
 def test_an_unwritable_mesh_is_a_warning_at_the_end_of_a_run_not_a_crash(tmp_path):
     r = small_renderer(turntable_views=2, turntable_size=8, export_mesh="obj", mesh_resolution=16)  # σ ≤ 10 < 25
-    with pytest.warns(UserWarning, match="no mesh written: no surface at density threshold 25"):
+    with pytest.warns(UserWarning, match="no mesh written: no surface at density threshold 25") as warned:
         paths = r.write_artifacts(tmp_path, decode=None)
+    # train.py's key for the next run, and the export command (with its own flag) for this one
+    advice = r"Try renderer\.mesh_threshold=(\S+) \(or, for this run: python scripts/export\.py (\S+) --threshold \1\)$"
+    found = re.search(advice, str(warned[0].message))
+    assert found and found.group(2) == str(tmp_path), str(warned[0].message)
     assert not (tmp_path / "model.obj").exists() and {p.name for p in paths} == {"views.png", "turntable.mp4"}
 
 
@@ -470,6 +475,12 @@ def run_config(run_dir: Path, *overrides: str):
     return cfg
 
 
+def test_dds_on_a_nerf_without_a_reference_stops_with_one_line_before_a_step_is_trained(tmp_path):
+    with pytest.raises(ValueError, match=r"loss=dds on a renderer with cameras .* pass loss.reference=IMAGE"):
+        train(run_config(tmp_path / "run", "loss=dds", "loss.source_prompt=a blue cube"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("nerf") / "straight"
@@ -563,7 +574,7 @@ def test_a_nerf_run_on_the_tiny_sd_pipeline_switches_resolution_and_goes_through
     for name in ("final.png", "turntable.mp4", "model.glb"):
         assert (run_dir / name).is_file(), name
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 8 and all(math.isfinite(r["loss"]) for r in records)
+    assert len(records) == 8 and all(math.isfinite(r["objective"]) for r in records)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

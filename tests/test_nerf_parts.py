@@ -198,6 +198,21 @@ def test_an_empty_or_nan_field_is_an_error_with_the_range_and_a_threshold_to_try
         extract_mesh(lambda p: torch.full((len(p),), float("nan")), None, 1.0, 16, 1.0)
 
 
+def test_mesh_advice_names_the_callers_own_setting_export_flags_or_train_keys():
+    from scoredist.renderers.mesh import check_density
+    from scoredist.renderers.nerf import run_setting
+
+    sigma = torch.tensor([0.0, 10.0, 30.0])  # a threshold to try: halfway from the median to the maximum, 20
+    with pytest.raises(ValueError) as from_export:
+        check_density(sigma, 40.0)
+    assert str(from_export.value).endswith("no mesh written. Try --threshold 20")
+    with pytest.raises(ValueError) as from_a_run:
+        check_density(sigma, 40.0, run_setting(Path("outputs/run")))
+    assert str(from_a_run.value).endswith(
+        "Try renderer.mesh_threshold=20 (or, for this run: python scripts/export.py outputs/run --threshold 20)"
+    )
+
+
 def run_script(name: str, *args: str):
     """A script's main() in this process (the CLI itself is tested by test_export_and_render_command_lines)."""
     import importlib.util
@@ -226,7 +241,9 @@ def test_export_and_render_scripts_on_a_finished_run(finished_run, capsys):
     assert np.abs(mesh.bounds).max() < 0.5  # the blob's surface σ = 5 sits at radius ≈ 0.25
     with pytest.raises(SystemExit) as stop:
         run_script("export", str(finished_run), "--threshold", "1e6")
-    assert stop.value.code == 2 and "no surface at density threshold 1e+06" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "no surface at density threshold 1e+06" in err
+    assert "no mesh written. Try --threshold " in err and "renderer.mesh_threshold" not in err  # export.py's own flag
     assert not (finished_run / "model.obj").exists()
     out = run_script("render", str(finished_run), "--views", "3", "--size", "16")
     assert sorted(p.name for p in out.glob("*.png")) == ["000.png", "001.png", "002.png", "views.png"]

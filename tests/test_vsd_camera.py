@@ -212,6 +212,6 @@ def test_vsd_on_a_nerf_trains_the_camera_embedding_end_to_end(tiny_sd_path, tmp_
     )
     run_dir = train(cfg).run_dir
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 3 and all(math.isfinite(r["loss"]) and r["vsd/source_loss"] > 0 for r in records)
+    assert len(records) == 3 and all(math.isfinite(r["objective"]) and r["vsd/source_loss"] > 0 for r in records)
     source = load_checkpoint(run_dir / "checkpoints" / "last.pt")["loss"]["source"]
     assert source["camera_embedding.linear_2.weight"].abs().max() > 0  # zero at init: the cameras trained it

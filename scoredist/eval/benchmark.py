@@ -19,7 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from scoredist.eval.collect import collect_runs, expected_samples, read_records
 from scoredist.eval.table import columns_of, evaluate_runs, write_results
+from scoredist.runs import RunLock
 from scoredist.scripting import CONF, compose_train
+
+BENCHMARKS = Path("outputs") / "benchmarks"  # where a benchmark without out= goes (relative to the working folder)
 
 
 def presets() -> list[str]:
@@ -52,7 +55,10 @@ class Benchmark:
                 f"benchmark.rows has {unknown}, which benchmark.methods does not define; methods: "
                 f"{', '.join(self.spec.methods)}"
             )
-        self.group = f"benchmark-{preset}-{self.out_dir.name}"
+
+    @property
+    def group(self) -> str:
+        return f"benchmark-{self.preset}-{self.out_dir.name}"
 
     def method_overrides(self, method: str) -> list[str]:
         return [str(o) for o in self.spec.methods[method]]
@@ -88,11 +94,13 @@ class Benchmark:
         """Run every row not finished yet, then write and return the table."""
         metrics = self.check()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.base, self.out_dir / "benchmark.yaml", resolve=False)
-        (self.out_dir / "command.txt").write_text(self.command_line() + "\n")
-        for method in self.spec.rows:
-            self.run_method(method)
-        return self.table(metrics)
+        # one process per benchmark folder: a second plain rerun would otherwise continue the same rows alongside
+        with RunLock(self.out_dir):
+            OmegaConf.save(self.base, self.out_dir / "benchmark.yaml", resolve=False)
+            (self.out_dir / "command.txt").write_text(self.command_line() + "\n")
+            for method in self.spec.rows:
+                self.run_method(method)
+            return self.table(metrics)
 
     def run_method(self, method: str) -> None:
         run_dir = self.out_dir / method
@@ -111,7 +119,7 @@ class Benchmark:
             if (run_dir / "checkpoints").is_dir():
                 cfg.trainer.resume = str(run_dir)
             if train(cfg).interrupted:  # Ctrl-C / SIGTERM: the run checkpointed; stop here, a rerun continues
-                print(f"benchmark interrupted in {method}: rerun the same command to continue")
+                print(f"benchmark interrupted in {method}: rerun the same command to continue {self.out_dir}")
                 raise SystemExit(130)
         print(f"{method}: {time.perf_counter() - start:.0f} s")
 
@@ -121,6 +129,21 @@ class Benchmark:
         if not path.exists():
             return False
         return len(read_records(path)) == expected_samples(self.base)
+
+    def rows_done(self) -> int:
+        return sum(self.finished(method) for method in self.spec.rows)
+
+    def unfinished(self) -> bool:
+        """Some row still to run, or the table not written yet (a benchmark stopped before or while writing it)."""
+        return self.rows_done() < len(self.spec.rows) or not (self.out_dir / "results.json").exists()
+
+    def same_settings(self, folder: Path) -> bool:
+        """Was `folder` a benchmark of this preset with these settings (its benchmark.yaml, the composed config of
+        the command that started it, equals ours)?"""
+        saved = folder / "benchmark.yaml"
+        if not saved.is_file():
+            return False
+        return OmegaConf.to_container(OmegaConf.load(saved)) == OmegaConf.to_container(self.base)
 
     def table(self, metrics) -> dict:
         runs = collect_runs(self.out_dir, list(self.spec.rows))
@@ -146,6 +169,36 @@ class Benchmark:
         return lines
 
 
+def continue_or_start(preset: str, overrides: list[str], root: Path = BENCHMARKS) -> Benchmark:
+    """scripts/benchmark.py without out=: the newest unfinished benchmark under `root` with this command's settings
+    (an interrupted one: the message said to rerun the same command), said in one line; else a new timestamped
+    folder. A finished one is never continued, so rerunning a finished command measures again."""
+    fresh = unused_folder(root / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{preset}")
+    bench = Benchmark(preset, overrides, fresh)
+    for folder in newest_first(root):
+        bench.out_dir = folder
+        if bench.same_settings(folder) and bench.unfinished():
+            print(f"continuing {folder}: {bench.rows_done()} of {len(bench.spec.rows)} rows done")
+            return bench
+    bench.out_dir = fresh
+    return bench
+
+
+def unused_folder(path: Path) -> Path:
+    """path, or path-2, path-3, ... if it exists (two benchmarks started in the same second stay apart)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def newest_first(root: Path) -> list[Path]:
+    """The benchmark folders under root, the most recently started first (benchmark.yaml is written at each start)."""
+    folders = [p.parent for p in root.glob("*/benchmark.yaml")]
+    return sorted(folders, key=lambda p: (p / "benchmark.yaml").stat().st_mtime, reverse=True)
+
+
 def finish_table(out_dir: Path, runs, metrics, title: str, logger_cfg=None, group: str | None = None) -> dict:
     """Metrics of the runs → results files, printed table, and (with a logger config) one tracker run with the
     table and the grids."""
@@ -154,7 +207,8 @@ def finish_table(out_dir: Path, runs, metrics, title: str, logger_cfg=None, grou
     rows = evaluate_runs(runs, metrics)
     columns = columns_of(metrics)
     written = write_results(out_dir, rows, runs, columns, title)
-    print(f"\n{written['table']}\nwritten: {written['md']}, {written['json']}, {out_dir / 'grids'}/")
+    notes = "".join(f"note: {note}\n" for note in written["notes"])
+    print(f"\n{written['table']}{notes}written: {written['md']}, {written['json']}, {out_dir / 'grids'}/")
     if logger_cfg is not None:
         log_table(logger_cfg, out_dir, rows, columns, written["grids"], group, title)
     return {"rows": rows, **written}

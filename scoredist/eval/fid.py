@@ -16,6 +16,7 @@ from torch import nn
 
 from scoredist.eval.features import CLIPImageFeatures, PackagedInception
 from scoredist.eval.folders import image_files, read_rgb
+from scoredist.eval.frechet import too_few_samples
 
 
 def _square(rgb: torch.Tensor, size: int) -> torch.Tensor:
@@ -100,9 +101,12 @@ class ZeroShotFID:
 
     @torch.no_grad()
     def __call__(self, files: list[Path]) -> dict:
-        """FID (and CLIP-FID) of the images in `files` against the references."""
-        if len(files) < 2:
-            raise ValueError(f"FID needs at least 2 samples, got {len(files)}")
+        """FID (and CLIP-FID) of the images in `files` against the references; None for both, and "missing" saying
+        why (the table's footnotes), for fewer than 2 images."""
+        too_few = too_few_samples(len(files), "per run")
+        if too_few:
+            missing = dict.fromkeys(self.nets, too_few)
+            return {"fid": None, "clip_fid": None, "missing": missing, "samples": len(files), "references": None}
         metrics = self.metrics()
         for metric in metrics.values():
             metric.reset()  # the generated side only (reset_real_features=False)

@@ -22,6 +22,19 @@ from dataclasses import dataclass
 
 import torch
 
+MIN_SAMPLES = 2  # a covariance needs two samples
+
+
+def too_few_samples(n: int, per: str) -> str | None:
+    """Why a Fréchet distance of n samples (`per`: "per prompt", "per run") cannot be computed and what to do, for a
+    table's footnote; None when it can. Each run folder is its own row, so only more samples of that run help."""
+    if n >= MIN_SAMPLES:
+        return None
+    return (
+        f"a Fréchet distance needs at least {MIN_SAMPLES} samples {per}, got {n}: rerun with "
+        f"samples_per_prompt={MIN_SAMPLES} or more (the runs of a seed sweep are separate rows, not pooled)"
+    )
+
 
 @dataclass(frozen=True)
 class Moments:
@@ -52,8 +65,8 @@ class SampleMoments:
     @classmethod
     def of(cls, samples: torch.Tensor) -> SampleMoments:
         x = samples.detach().reshape(samples.shape[0], -1).double().cpu()
-        if x.shape[0] < 2:
-            raise ValueError(f"a Fréchet distance needs at least 2 samples per set, got {x.shape[0]}")
+        if x.shape[0] < MIN_SAMPLES:
+            raise ValueError(f"a Fréchet distance needs at least {MIN_SAMPLES} samples per set, got {x.shape[0]}")
         mean = x.mean(0)
         return cls(mean, (x - mean) / math.sqrt(x.shape[0] - 1))
 

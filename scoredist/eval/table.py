@@ -66,6 +66,22 @@ def columns_of(metrics) -> tuple:
     return (*metrics.columns, *TIME_COLUMNS)
 
 
+def footnotes(rows: list[dict], columns) -> list[str]:
+    """One line per column (and reason) that some rows leave empty: which rows and why, from the "missing" reasons
+    the metrics give (a Fréchet distance of one sample per prompt, ...), so an empty cell is never unexplained."""
+    notes = []
+    for key, header, _, _ in columns:
+        reasons: dict[str, list[str]] = {}
+        for r in rows:
+            reason = (r.get("missing") or {}).get(key)
+            if reason:
+                reasons.setdefault(reason, []).append(r["label"])
+        for reason, labels in reasons.items():
+            which = "every row" if len(labels) == len(rows) else ", ".join(labels)
+            notes.append(f"{header}: – for {which}: {reason}")
+    return notes
+
+
 def markdown(rows: list[dict], columns) -> str:
     """The table as Markdown, one row per run; headers carry ↓/↑ (lower/higher is better)."""
     headers = ["method"] + [f"{header} {arrow}".strip() for _, header, _, arrow in columns]
@@ -91,13 +107,16 @@ def method_grid(run: RunFolder, path: Path, max_prompts: int = 12, max_per_promp
 
 
 def write_results(out_dir: Path, rows: list[dict], runs: list[RunFolder], columns, title: str = "") -> dict:
-    """results.json, results.md and grids/<method>.png under out_dir. Returns {"json", "md", "grids"} paths."""
+    """results.json, results.md (the table, then a footnote per empty column) and grids/<method>.png under out_dir.
+    Returns {"json", "md", "grids"} paths, the Markdown "table" and its "notes"."""
     out_dir.mkdir(parents=True, exist_ok=True)
     grids = {}
     for row, run in zip(rows, runs):  # named by run folder: unique even for two runs of one method
         grids[row["label"]] = method_grid(run, out_dir / "grids" / f"{run.path.name}.png")
         row["grid"] = str(grids[row["label"]].relative_to(out_dir))
     (out_dir / "results.json").write_text(json_text(finite_or_none(rows), indent=2) + "\n")
-    table = markdown(rows, columns)
-    (out_dir / "results.md").write_text((f"# {title}\n\n" if title else "") + table)
-    return {"json": out_dir / "results.json", "md": out_dir / "results.md", "grids": grids, "table": table}
+    table, notes = markdown(rows, columns), footnotes(rows, columns)
+    below = "\n" + "".join(f"- {note}\n" for note in notes) if notes else ""
+    (out_dir / "results.md").write_text((f"# {title}\n\n" if title else "") + table + below)
+    paths = {"json": out_dir / "results.json", "md": out_dir / "results.md", "grids": grids}
+    return {**paths, "table": table, "notes": notes}

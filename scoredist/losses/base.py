@@ -106,6 +106,10 @@ class ScoreLoss:
         """Called at the start of every chunk of samples with the renderer's initial output in model space (detached);
         resets whatever state belongs to one chunk (VSD's source model, DDS's reference)."""
 
+    def check_rows(self, prompts: Sequence[Prompt]) -> None:
+        """Called before training with the rows of the renderer's first render (`Prompt`s: caption, view, camera):
+        raise a ValueError for rows this loss cannot work with (DDS: cameras without a reference). Default: any."""
+
     def direction(self, guidance, x, t, noise, prompts, step) -> tuple[torch.Tensor, dict[str, float]]:
         """(g with the shape of x, a dict of scalars to log)."""
         raise NotImplementedError

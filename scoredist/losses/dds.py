@@ -5,6 +5,9 @@
 y_tgt is the run's prompt, y_src describes the reference. The reference is an image file (`reference`), encoded into the
 model's space once, or, when none is given, the renderer's initial state (the image being edited). With
 `guidance_scale` set, both branches use CFG (four conditions, still one call), as in the DDS paper.
+
+A render whose rows carry cameras (a NeRF's random views) has no initial state to edit: its first render is one random
+view of an untrained field, so without `reference` the first step stops with a ValueError naming loss.reference.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class DDS(ScoreLoss):
         return found + ([("the empty prompt", "")] if self.guidance_scale is not None else [])
 
     def direction(self, guidance, x, t, noise, prompts, step):
+        self.check_rows(prompts)
         b = len(prompts)
         # one reference for the whole batch broadcasts against the batch's noise: x_ref,t has B rows either way
         x_t, x_ref_t = noised(guidance, x, t, noise), noised(guidance, self.x_ref, t, noise)
@@ -59,6 +63,17 @@ class DDS(ScoreLoss):
             eps_tgt, eps_src = cfg(e_tgt_u, e_tgt, scale), cfg(e_src_u, e_src, scale)
         g = eps_tgt - eps_src
         return g, {"norm/delta": norm(g)}
+
+    def check_rows(self, prompts) -> None:
+        """Refuse rows with cameras (views of a 3D scene) edited from the renderer's first render: that render was one
+        random camera's view of the untrained field, so every later view would be pulled towards it (grey blobs, at a
+        NeRF's cost per step) instead of edited from an image. The rows' cameras say so; the loss knows no renderer."""
+        if self.reference is None and any(getattr(p, "camera", None) is not None for p in prompts):
+            raise ValueError(
+                "loss=dds on a renderer with cameras (renderer=nerf) needs a reference image: pass "
+                'loss.reference=IMAGE (and loss.source_prompt="what it shows"); without one DDS would edit one random '
+                "view of the untrained field"
+            )
 
     def state_dict(self):
         return {"x_ref": self.x_ref}

@@ -100,9 +100,10 @@ class Renderer(nn.Module):
         """Optimizer parameter groups; override to give parts their own learning rates (hash grid vs MLP)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
-    def write_artifacts(self, run_dir: Path, decode) -> list[Path]:
+    def write_artifacts(self, run_dir: Path, decode, captions: Sequence[str] | None = None) -> list[Path]:
         """Write renderer-specific outputs at the end of a run (a particle figure, a video, a mesh); returns the paths.
 
-        `decode` maps model-space tensors to RGB previews. Default: nothing extra.
+        `decode` maps model-space tensors to RGB previews; `captions` are the samples' prompts, one per sample (for
+        labels). Default: nothing extra.
         """
         return []

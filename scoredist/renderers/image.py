@@ -123,8 +123,9 @@ class ImageRenderer(Renderer):
             captions=[v.prompt for _ in samples for v in self.views],
         )
 
-    def write_artifacts(self, run_dir: Path, decode) -> list[Path]:
-        """views.png with views: one row per sample, each view as the model saw it, labelled with its prompt.
+    def write_artifacts(self, run_dir: Path, decode, captions: Sequence[str] | None = None) -> list[Path]:
+        """views.png with views: one row per sample, each view as the model saw it, labelled with the prompt its rows
+        are conditioned on (a view with prompt null: the sample's caption, from `captions`, one per sample).
         edit.png when the run started from an image: per sample, the input and the result side by side."""
         written = []
         if self.views is not None:
@@ -132,13 +133,17 @@ class ImageRenderer(Renderer):
                 rows = self().x.detach()
             rgb = rows if self.outputs_rgb else decode(rows)
             per_sample = rgb.reshape(-1, len(self.views), *rgb.shape[1:])
-            labels = [v.label() for v in self.views]
-            written.append(save_figure([labelled_row(images, labels) for images in per_sample], run_dir, "views.png"))
+            captions = list(captions) if captions is not None else [None] * len(per_sample)
+            labelled = [labelled_row(images, self.view_labels(c)) for images, c in zip(per_sample, captions)]
+            written.append(save_figure(labelled, run_dir, "views.png"))
         if self.start is not None:
             start, result = self.as_rgb(self.start, decode), self.as_rgb(self.image.detach(), decode)
             pairs = [labelled_row(torch.stack(pair), ["input", "result"]) for pair in zip(start, result)]
             written.append(save_figure(pairs, run_dir, "edit.png"))
         return written
+
+    def view_labels(self, caption: str | None) -> list[str]:
+        return [v.label(caption) for v in self.views]
 
     def as_rgb(self, image: torch.Tensor, decode) -> torch.Tensor:
         """Parameters (S, ...) → what they look like, RGB (S, 3, H, W) in [0, 1]."""

@@ -3,7 +3,9 @@ the colour field, written with trimesh (.obj, .glb, .ply open in any standard vi
 
 The grid is padded with one layer of empty cells, so a surface that reaches the box is closed there: the mesh is
 always watertight. A mesh with no triangles (threshold above every density, or below all of them) and a density with
-NaNs are errors that give the density range and a threshold to try, never an empty file.
+NaNs are errors that give the density range and a threshold to try, never an empty file. The setting to try is
+written as the caller takes it (`setting`): scripts/export.py's flag (`export_flag`, the default) or, at the end of a
+training run, train.py's key (`scoredist.renderers.nerf.run_setting`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ import numpy as np
 import torch
 
 FORMATS = ("obj", "glb", "ply")
+# (setting, value) → how the caller's command line sets it, for the advice in an error: "threshold", "12.5" → ...
+Setting = Callable[[str, str], str]
+
+
+def export_flag(key: str, value: str) -> str:
+    """A mesh setting as scripts/export.py takes it: --threshold 12.5."""
+    return f"--{key} {value}"
 
 
 @torch.no_grad()
@@ -33,7 +42,7 @@ def suggest_threshold(sigma: torch.Tensor) -> float:
     return float((sigma.median() + sigma.max()) / 2)
 
 
-def check_density(sigma: torch.Tensor, threshold: float) -> None:
+def check_density(sigma: torch.Tensor, threshold: float, setting: Setting = export_flag) -> None:
     """Raise ValueError for a field with NaNs or with nothing on one side of the threshold."""
     nan = torch.isnan(sigma)
     if nan.any():
@@ -45,7 +54,7 @@ def check_density(sigma: torch.Tensor, threshold: float) -> None:
     if not lo < threshold < hi:
         raise ValueError(
             f"no surface at density threshold {threshold:g}: the densities range from {lo:.4g} to {hi:.4g}; no mesh "
-            f"written. Try --threshold {suggest_threshold(sigma):.4g} (renderer.mesh_threshold at the end of a run)"
+            f"written. Try {setting('threshold', f'{suggest_threshold(sigma):.4g}')}"
         )
 
 
@@ -57,24 +66,27 @@ def extract_mesh(
     threshold: float = 25.0,
     device="cpu",
     min_part: float = 0.0,
+    setting: Setting = export_flag,
 ):
     """The surface σ = threshold as a trimesh.Trimesh in scene units, outward-facing, with vertex colours from
     `colour_fn` ((M, 3) → (M, 3) in [0, 1]) when given. Connected pieces with fewer than `min_part` of all faces are
-    dropped: the floaters a NeRF leaves in empty space (threestudio drops pieces under 1 % the same way)."""
+    dropped: the floaters a NeRF leaves in empty space (threestudio drops pieces under 1 % the same way). An error
+    names the settings to try as `setting` writes them (scripts/export.py's flags by default)."""
     import mcubes  # imported here: only exports need them
     import trimesh
 
     if resolution < 2:
         raise ValueError(f"mesh resolution must be at least 2, got {resolution}")
     sigma = density_grid(density_fn, bound, resolution, device)
-    check_density(sigma, threshold)
+    check_density(sigma, threshold, setting)
     empty = min(float(sigma.min()), threshold) - 1.0  # the padding: below the threshold, so outside
     padded = np.pad(sigma.numpy().astype(np.float64), 1, constant_values=empty)
     vertices, faces = mcubes.marching_cubes(padded, threshold)
     if len(faces) == 0:
         raise ValueError(
             f"marching cubes found no triangles at threshold {threshold:g} and resolution {resolution}: the object is "
-            f"smaller than a grid cell. Raise --resolution or try --threshold {suggest_threshold(sigma):.4g}"
+            f"smaller than a grid cell. Try {setting('resolution', str(2 * resolution))} or "
+            f"{setting('threshold', f'{suggest_threshold(sigma):.4g}')}"
         )
     vertices = (vertices - 1.0) * (2 * bound / (resolution - 1)) - bound  # padded index → scene coordinates
     colours = None

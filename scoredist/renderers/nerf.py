@@ -44,7 +44,7 @@ from scoredist.renderers.cameras import (
     view_suffix,
 )
 from scoredist.renderers.hashgrid import make_hash_grid, tcnn_available
-from scoredist.renderers.mesh import FORMATS, extract_mesh, write_mesh
+from scoredist.renderers.mesh import FORMATS, Setting, export_flag, extract_mesh, write_mesh
 from scoredist.renderers.occupancy import make_estimator
 from scoredist.renderers.shading import SHADINGS, Background, choose_shading, density_normals, orientation_loss, shade
 from scoredist.renderers.sketch import load_mesh, occupancy_grid, sample_grid
@@ -572,8 +572,15 @@ class NeRFRenderer(Renderer):
                 frames.append(self.render(one, size, size, stratified=False, shading=shading).rgb)
         return torch.cat(frames).cpu()
 
-    def mesh(self, resolution: int | None = None, threshold: float | None = None, min_part: float | None = None):
-        """The density's surface as a coloured trimesh.Trimesh (scoredist.renderers.mesh)."""
+    def mesh(
+        self,
+        resolution: int | None = None,
+        threshold: float | None = None,
+        min_part: float | None = None,
+        setting: Setting = export_flag,
+    ):
+        """The density's surface as a coloured trimesh.Trimesh (scoredist.renderers.mesh); an error names the settings
+        to try as `setting` writes them (scripts/export.py's flags by default)."""
         return extract_mesh(
             self.density,
             self.albedo,
@@ -582,11 +589,13 @@ class NeRFRenderer(Renderer):
             self.mesh_threshold if threshold is None else threshold,
             self.device,
             self.mesh_min_part if min_part is None else min_part,
+            setting,
         )
 
-    def write_artifacts(self, run_dir: Path, decode=None) -> list[Path]:
+    def write_artifacts(self, run_dir: Path, decode=None, captions=None) -> list[Path]:
         """turntable.mp4 (turntable_views frames, azimuth 0° = front first), views.png (8 of them side by side) and,
-        with export_mesh, model.<format>. `decode` is not needed: the renders are RGB already."""
+        with export_mesh, model.<format>. `decode` is not needed: the renders are RGB already; nor are `captions`: the
+        views are of one scene, unlabelled."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         frames = [grid(view[None]) for view in self.turntable()]  # uint8 (h, w, 3), upsampled to ≥ 128 px
@@ -596,10 +605,19 @@ class NeRFRenderer(Renderer):
         written += [video] if video is not None else []
         if self.export_mesh is not None:
             try:
-                written.append(write_mesh(self.mesh(), run_dir / f"model.{self.export_mesh}"))
+                mesh = self.mesh(setting=run_setting(run_dir))
+                written.append(write_mesh(mesh, run_dir / f"model.{self.export_mesh}"))
             except ValueError as err:  # a finished run must not fail on its mesh; say why there is none
                 warnings.warn(f"no mesh written: {err}", stacklevel=2)
         return written
+
+
+def run_setting(run_dir: Path) -> Setting:
+    """A mesh setting as the end of a training run advises it: the train.py key for the next run, and scripts/export.py
+    for the run just finished (its checkpoint holds the field, so no retraining is needed)."""
+    return lambda key, value: (
+        f"renderer.mesh_{key}={value} (or, for this run: python scripts/export.py {run_dir} --{key} {value})"
+    )
 
 
 def _split(cams: Cameras) -> list[Cameras]:

@@ -98,7 +98,7 @@ class PointsRenderer(Renderer):
         """Recorded positions followed by the current ones, (S + 1, N, 2) on the CPU."""
         return torch.stack([*self.snapshots, self.points.detach().cpu()])
 
-    def write_artifacts(self, run_dir: Path, decode=None) -> list[Path]:
+    def write_artifacts(self, run_dir: Path, decode=None, captions=None) -> list[Path]:
         """Write particles.png (trajectories, and the final particles decoded by the guidance) and particles.npz."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -59,8 +59,11 @@ class View:
     transform: str
     prompt: str | None = None
 
-    def label(self) -> str:
-        return f"{self.transform}: {self.prompt if self.prompt is not None else '(the sample prompt)'}"
+    def label(self, caption: str | None = None) -> str:
+        """ "rot180: a blue cone": the transform and the text its rows are conditioned on, `caption` (the sample's)
+        for a view without a prompt of its own."""
+        prompt = self.prompt if self.prompt is not None else caption
+        return f"{self.transform}: {prompt if prompt is not None else '(the sample prompt)'}"
 
 
 def parse_views(views) -> list[View]:
