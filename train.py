@@ -6,11 +6,13 @@
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 
-from scoredist.runs import register_resolvers, resume_arguments, run_job
+from scoredist.runs import choice_error, exit_with_error, register_resolvers, resume_arguments, run_job
 
+CONF = Path(__file__).resolve().parent / "conf"
 register_resolvers()
 
 
@@ -23,4 +25,7 @@ def main(cfg):
 
 if __name__ == "__main__":
     sys.argv[1:] = resume_arguments(sys.argv[1:])
+    message = choice_error(sys.argv[1:], CONF)  # an unknown loss=... is a user error (exit 2), not Hydra's exit 1
+    if message:
+        exit_with_error(message)
     main()

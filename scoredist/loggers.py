@@ -1,18 +1,22 @@
 """Experiment loggers. `WandbLogger` never prompts: with no credentials it runs offline and says so.
 
-wandb as the dashboard of a comparison: a run is named by its method and prompt ("ours | a red cube +11"), grouped
-by its benchmark or Hydra sweep, tagged with loss / renderer / guidance, and its samples' eval metrics go into its
-summary (fractions and means of the per-sample values), so a group opens as one filterable table of runs; a benchmark
-adds one run holding the comparison table with an image grid per method.
+wandb as the dashboard of a comparison: a run is named by its method and prompt ("ours | a red cube +11"; a sweep's
+job adds what the sweep varies: "ours | a red cube | seed=1"), grouped by its benchmark or Hydra sweep, tagged with
+loss / renderer / guidance / seed, and its samples' eval metrics go into its summary (fractions and means of the
+per-sample values), so a group opens as one filterable table of runs; a benchmark adds one run holding the comparison
+table with an image grid per method.
 """
 
 from __future__ import annotations
 
 import netrc
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from scoredist.eval.collect import component_name, method_of
 
@@ -77,12 +81,14 @@ def run_name(config: dict, fallback: str) -> str:
 
 
 def run_tags(config: dict) -> list[str]:
-    """loss:<name>, renderer:<name>, guidance:<name> (and benchmark:<preset>), for filtering runs."""
+    """loss:<name>, renderer:<name>, guidance:<name>, seed:<seed> (and benchmark:<preset>), for filtering runs."""
     tags = [f"loss:{method_of(config)}"]
     for group in ("renderer", "guidance"):
         name = component_name((config.get(group) or {}).get("_target_"))
         if name:
             tags.append(f"{group}:{name}")
+    if config.get("seed") is not None:
+        tags.append(f"seed:{config['seed']}")
     if isinstance(config.get("benchmark"), dict) and config["benchmark"].get("name"):
         tags.append(f"benchmark:{config['benchmark']['name']}")
     return tags
@@ -101,10 +107,47 @@ def sweep_group() -> str | None:
     return None
 
 
+def sweep_job_label() -> str | None:
+    """What tells this sweep job from the others ("seed=1", "loss=ours seed=2"): its own values of the keys the sweep
+    varies, read against the sweep's command line in <sweep>/multirun.yaml (Hydra writes it before any job starts,
+    whichever launcher runs them). Without that record: the job's number and all its overrides. None outside a
+    sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if sweep_group() is None:
+        return None
+    hydra_cfg = HydraConfig.get()
+    job = list(hydra_cfg.overrides.task)
+    varying = sweep_keys(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    if varying is None:
+        return f"#{hydra_cfg.job.num} {' '.join(job)}".strip()
+    return " ".join(o for o in job if override_key(o) in varying) or f"#{hydra_cfg.job.num}"
+
+
+def sweep_keys(record: Path) -> set[str] | None:
+    """The keys a sweep's command line gives several values (`seed=0,1`, `loss=sds,ours`), from its multirun.yaml;
+    None when there is no readable record."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        task = OmegaConf.select(OmegaConf.load(record), "hydra.overrides.task")
+        overrides = OverridesParser.create().parse_overrides(list(task)) if task is not None else None
+    except (OSError, OmegaConfBaseException, HydraException):  # unreadable, or Hydra cannot parse its own line
+        return None
+    return None if overrides is None else {o.get_key_element() for o in overrides if o.is_sweep_override()}
+
+
+def override_key(text: str) -> str:
+    """The key of an override as `sweep_keys` gives it: "+experiment=demo" -> "+experiment"."""
+    return text.partition("=")[0]
+
+
 class WandbLogger(NoLogger):
     """Args: project, entity, mode (online/offline/disabled; None: decided at start), tags (added to the automatic
-    loss/renderer/guidance tags), group (None: the Hydra sweep folder, or the benchmark's), name (None: method and
-    prompt), job_type."""
+    loss/renderer/guidance/seed tags), group (None: the Hydra sweep folder, or the benchmark's), name (None: method
+    and prompt, and in a sweep the job's own values of what the sweep varies: "ours | a red cube | seed=1"),
+    job_type."""
 
     def __init__(
         self,
@@ -129,7 +172,7 @@ class WandbLogger(NoLogger):
         self.run = wandb.init(
             project=self.project,
             entity=self.entity,
-            name=self.name or run_name(config, name),
+            name=self.name or " | ".join(filter(None, [run_name(config, name), sweep_job_label()])),
             group=self.group or sweep_group(),
             job_type=self.job_type,
             dir=str(run_dir),
@@ -151,12 +194,36 @@ class WandbLogger(NoLogger):
         self.run.log({key: wandb.Image(image)}, step=step)
 
     def log_artifacts(self, paths, step):
+        """Images (.png) as images, videos (.mp4) as videos, meshes as 3D objects, under artifacts/<name>; a video
+        or mesh gets its kind in its key, so progress.png and progress.mp4 are two entries, not one overwriting the
+        other. Paths that were not written (no video encoder) are skipped."""
         import wandb
 
-        kinds = {".png": wandb.Image, ".mp4": wandb.Video, ".obj": wandb.Object3D, ".glb": wandb.Object3D}
-        logged = {f"artifacts/{p.stem}": kinds[p.suffix](str(p)) for p in map(Path, paths) if p.suffix in kinds}
+        kinds = {".png": (wandb.Image, ""), ".mp4": (wandb.Video, "_video"), ".obj": (wandb.Object3D, "_3d")}
+        kinds[".glb"] = kinds[".obj"]
+        logged = {
+            f"artifacts/{p.stem}{kinds[p.suffix][1]}": kinds[p.suffix][0](str(p))
+            for p in map(Path, paths)
+            if p.suffix in kinds and p.is_file()
+        }
         if logged:
             self.run.log(logged, step=step)
+
+    @contextmanager
+    def staged_in_run(self):
+        """wandb copies a table's images into its artifact staging folder ($WANDB_DATA_DIR/artifacts/staging, by
+        default ~/.local/share/wandb, outside the run); stage them in this run's own wandb folder instead, next to
+        the offline record that refers to them (`wandb sync` reads them there) and removed with the run. A
+        WANDB_DATA_DIR the user set is kept."""
+        previous = os.environ.get("WANDB_DATA_DIR")
+        if previous is not None:
+            yield
+            return
+        os.environ["WANDB_DATA_DIR"] = str(Path(self.run.dir).parent)
+        try:
+            yield
+        finally:
+            os.environ.pop("WANDB_DATA_DIR", None)
 
     def log_samples(self, run_dir, records):
         import wandb
@@ -167,7 +234,8 @@ class WandbLogger(NoLogger):
         for r in rows:
             image = wandb.Image(str(Path(run_dir) / r["image"]))
             table.add_data(r["index"], r["prompt"], image, r["seconds"], *(r["eval"].get(k) for k in keys))
-        self.run.log({"samples": table})
+        with self.staged_in_run():
+            self.run.log({"samples": table})
         from scoredist.eval.exact import summarise_records
 
         self.run.summary.update(summarise_records(rows))
@@ -183,7 +251,8 @@ class WandbLogger(NoLogger):
         for r in rows:
             values = [_scalar(r.get(k)) for k, _, _, _ in columns]
             table.add_data(r["label"], *values, r.get("samples_total"), wandb.Image(str(images[r["label"]])))
-        self.run.log({key: table})
+        with self.staged_in_run():
+            self.run.log({key: table})
 
     def finish(self, exit_code=0):
         if self.run is not None:

@@ -76,10 +76,11 @@ def safe_slug(text: str, max_chars: int = 64) -> str:
 
 
 def register_resolvers() -> None:
-    """The resolvers conf/train.yaml and conf/resume.yaml use for run and sweep folders."""
+    """The resolvers conf/train.yaml and conf/resume.yaml use for run and sweep folders, and the help's group list."""
     OmegaConf.register_new_resolver("fresh_folder", fresh_folder, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("safe_slug", safe_slug, replace=True)
     OmegaConf.register_new_resolver("resume_dir", lambda target: str(run_folder_of(target)), replace=True)
+    OmegaConf.register_new_resolver("config_groups", config_groups_help, replace=True)
 
 
 def exit_with_error(message: str, code: int = 2):
@@ -87,22 +88,40 @@ def exit_with_error(message: str, code: int = 2):
     raise SystemExit(code)
 
 
+# Why a write failed, for the errors whose cause is not the disk's free space.
+WRITE_FAILURES = {
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
 def output_error(error: OSError, path: Path) -> str:
-    """A failed write as one line: which path, why, and how much space is left there."""
+    """A failed write as one line: which path and why; the free space only when the disk is full."""
     where = Path(error.filename) if getattr(error, "filename", None) else path
-    probe = next((p for p in (where, *where.parents) if p.exists()), Path("."))
-    free = f"; {shutil.disk_usage(probe).free / 2**20:.0f} MiB free on that disk" if probe.exists() else ""
-    return f"cannot write {where}: {error.strerror or error}{free}. Free some space or choose another folder"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        probe = next((p for p in (where, *where.parents) if p.exists()), Path("."))
+        return (
+            f"cannot write {where}: {error.strerror or error}; {shutil.disk_usage(probe).free / 2**20:.0f} MiB free "
+            "on that disk. Free some space or choose another folder"
+        )
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):  # EEXIST: mkdir(exist_ok=True) on a file
+        blocker = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), where)
+        return f"cannot create {where}: {blocker} is not a directory (a file is in the way). Choose another folder"
+    if error.errno in WRITE_FAILURES:
+        owner = next((p for p in (where, *where.parents) if p.exists()), where)  # the nearest part that is there
+        return f"cannot write {where}: {WRITE_FAILURES[error.errno]} on {owner}. Choose another folder"
+    return f"cannot write {where}: {error.strerror or error}. Choose another folder"
 
 
 @contextmanager
 def output_errors(run_dir: Path):
-    """Turn a full disk, a read-only or forbidden run folder into an OutputError saying which path and how much
-    space is left (not a traceback from deep inside torch.save)."""
+    """Turn a full disk, a read-only or forbidden run folder, or a run folder below a file into an OutputError saying
+    which path and why (not a traceback from deep inside torch.save)."""
     try:
         yield
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR):
             raise
         raise OutputError(output_error(e, run_dir)) from e
 
@@ -120,32 +139,70 @@ def check_free_space(run_dir: Path, needed_bytes: int) -> None:
 class RunLock:
     """An exclusive lock on a run folder (flock on <run>/.lock) for as long as a process trains in it, so that a
     second process (a concurrent resume, a run pointed at the same folder) is refused instead of mixing two runs'
-    steps. The kernel drops the lock when the process dies, even by kill -9: a lock is never stale."""
+    steps. The kernel drops the lock when the process dies, even by kill -9: a lock is never stale. The lock file is
+    removed on exit (a finished, failed or interrupted run leaves no .lock naming a dead pid) while the flock is still
+    held, and an acquire checks that the file it locked is still the one at the path (see `_lock`)."""
+
+    # a holder removing the file between our open and our flock makes us try again; more than a few races in a row
+    # means processes keep taking and dropping the folder, which is as much "in use" as a held lock
+    attempts = 3
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / ".lock"
         self.file = None
 
     def __enter__(self) -> RunLock:
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
+        for _ in range(self.attempts):
+            self.file = self._lock()
+            if self.file is not None:
+                break
+        else:
             raise RunLockedError(
-                f"{self.path.parent} is in use by {holder}: a run folder is trained by one process at a time. Wait "
-                "for it to finish (or stop it with Ctrl-C), then resume."
-            ) from None
+                f"{self.path.parent} is in use: other processes kept taking and releasing its lock. Try again."
+            )
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         self.file.flush()
         return self
 
+    def _lock(self):
+        """The locked lock file, or None when the file we locked is no longer the one at the path: its holder removed
+        it (on exit) after we opened it, so our flock guards nothing and a newcomer could lock a new file alongside."""
+        file = open(self.path, "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise RunLockedError(
+                f"{self.path.parent} is in use by {holder}: a run folder is trained by one process at a time. Wait "
+                "for it to finish (or stop it with Ctrl-C), then resume."
+            ) from None
+        if same_file(file, self.path):
+            return file
+        file.close()
+        return None
+
     def __exit__(self, *exc) -> None:
-        self.file.close()  # releases the flock
+        # unlink first, close (and so release the flock) second: whoever opened this file meanwhile sees on getting
+        # the flock that it is no longer at the path, and locks the new one
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:  # a file left behind is harmless (the flock is the lock); the run's own error matters more
+            pass
+        self.file.close()
+
+
+def same_file(file, path: Path) -> bool:
+    """Whether the open `file` is the file now at `path` (same device and inode)."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(file.fileno())
+    return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def remove_if_unstarted(run_dir: Path) -> bool:
@@ -397,6 +454,37 @@ def command_line_overrides() -> list[str]:
 # --- the command line: one job, and sweeps that survive a bad job ---------------------------------------------------
 
 
+def config_groups_help() -> str:
+    """The groups list of `python train.py --help` (`${config_groups:}` in conf/hydra/help/scoredist.yaml), read from
+    Hydra's config search path as Hydra's own $APP_CONFIG_GROUPS is, but written as they are typed: `group=` for the
+    groups the config chooses (its choice first), `+group=` for the ones a command adds (experiment, benchmark), and
+    the launchers a sweep (-m) can run on."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    if not GlobalHydra.instance().is_initialized():
+        return ""
+    loader = GlobalHydra.instance().config_loader()
+    chosen = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    groups = [g for g in loader.list_groups("") if g != "hydra"]
+    return groups_help({g: loader.get_group_options(g) for g in [*groups, "hydra/launcher"]}, chosen)
+
+
+def groups_help(options: dict[str, list[str]], chosen: dict[str, str | None]) -> str:
+    """One line per group, `group=choice|other|...`, the config's choice first (a group it leaves empty, as
+    lr_scheduler, says so); `+group=...` for a group the config does not choose."""
+    lines = []
+    for group in sorted(options, key=lambda g: (g.startswith("hydra/"), g not in chosen, g)):
+        names = sorted(options[group])
+        if group not in chosen:
+            lines.append(f"+{group}={'|'.join(names)}")
+        elif chosen[group] is None:
+            lines.append(f"{group}={'|'.join(names)}   (none by default)")
+        else:
+            lines.append(f"{group}={'|'.join([chosen[group], *(n for n in names if n != chosen[group])])}")
+    return "\n".join(lines)
+
+
 def resume_arguments(argv: list[str]) -> list[str]:
     """`python train.py trainer.resume=RUN [overrides]` rewritten to compose the run's own recipe: Hydra gets RUN as a
     config folder and conf/resume.yaml (RUN's config.yaml plus the run-folder settings) as the config, with this
@@ -422,29 +510,100 @@ def resume_arguments(argv: list[str]) -> list[str]:
     return ["--config-dir", str(run.resolve()), "--config-name", "resume", *argv]
 
 
+# Flags of `python train.py` that take the next argument as their value (Hydra's own command line).
+VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"}
+
+
+def flag_value(argv: list[str], *names: str) -> str | None:
+    """The value of the last of these flags (`--config-dir X` or `--config-dir=X`), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        key, sep, rest = arg.partition("=")
+        if key in names:
+            value = rest if sep else (argv[i + 1] if i + 1 < len(argv) else None)
+    return value
+
+
+def default_groups(config: Path) -> set[str]:
+    """The groups a primary config's defaults list chooses (`loss: sds`, `override /guidance: shapes`), which the
+    command line changes with `group=option`; any other group is added with `+group=option`."""
+    if not config.is_file():
+        return set()
+    entries = OmegaConf.to_container(OmegaConf.load(config)).get("defaults") or []
+    groups = set()
+    for entry in entries:
+        if isinstance(entry, dict):
+            for key in entry:
+                groups.add(key.split()[-1].lstrip("/").split("@")[0])  # "override /guidance@x" -> "guidance"
+    return groups
+
+
+def choice_error(argv: list[str], conf_dir: Path) -> str | None:
+    """What is wrong with the command line's `group=option` / `+group=option` arguments, as one line naming the group,
+    the option and the options there are; None if nothing. Hydra says it too, but with exit status 1 (a bug's) and a
+    paragraph; this runs before Hydra, so every user error exits 2. Only groups that are folders of conf/ are checked:
+    hydra/* (launchers, logging) and whatever Hydra's plugins add are left to Hydra, and so is an argument Hydra
+    cannot parse or a glob sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if any(a.startswith(("hydra.searchpath", "+hydra.searchpath", "++hydra.searchpath")) for a in argv):
+        return None  # options may come from anywhere then
+    extra = flag_value(argv, "--config-dir", "-cd")
+    dirs = [conf_dir, *([Path(extra)] if extra else [])]
+    primary = f"{flag_value(argv, '--config-name', '-cn') or 'train'}.yaml"
+    defaults = set().union(*(default_groups(d / primary) for d in dirs))
+    parser = OverridesParser.create()
+    for i, arg in enumerate(argv):
+        if arg.startswith("-") or "=" not in arg or (i and argv[i - 1] in VALUE_FLAGS):
+            continue
+        try:
+            override = parser.parse_override(arg)
+            group = override.key_or_group
+            if override.is_delete() or group.split("/")[0] == "hydra" or not (conf_dir / group).is_dir():
+                continue
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        except HydraException:
+            continue
+        options = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
+        for value in values:
+            if value in (None, "null"):  # Hydra's ValueError, with a traceback
+                return f"{arg}: a group is left out with ~{group}, not {group}=null"
+            if not any((d / group / f"{value}.yaml").is_file() for d in dirs):
+                return f"{arg}: {group} has no option {value!r}. Available options: {', '.join(options)}"
+        if override.is_add() and group in defaults:
+            return f"{arg}: {group} is chosen by the config already; change it with {arg.lstrip('+')}"
+        if not override.is_add() and not override.is_force_add() and group not in defaults:
+            return f"{arg}: {group} is not chosen by the config; add it with +{arg}"
+    return None
+
+
 def run_job(cfg: DictConfig, train) -> dict:
     """What `python train.py` does with one composed config: train, and turn the outcome into an exit status.
 
-    A user error prints one line (exit 2); a bug its traceback (exit 1); an interrupted run exits 130. (train()
-    itself removes the folder of a new run that never trained a step.) Inside a sweep (-m) a failed job does not end
-    the sweep: it is reported, recorded for the sweep's summary (RunFolderGuard) and the next job runs."""
+    A user error prints one line (exit 2); a bug its traceback (exit 1), which the run's train.log keeps too; an
+    interrupted run exits 130. (train() itself removes the folder of a new run that never trained a step.) Inside a
+    sweep (-m) a failed job does not end the sweep: it is reported, recorded for the sweep's summary (RunFolderGuard)
+    and the next job runs."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     logging.captureWarnings(True)  # warnings go to the console and train.log like every other message
     try:
         result = train(cfg)
     except Exception as e:
         message = user_error(e)
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            record_traceback(e, run_dir)
             if not sweep:
-                raise
+                raise  # Hydra prints the traceback and exits 1
             traceback.print_exc()
             message = f"{type(e).__name__}: {e} (a bug: traceback above)"
         else:
-            report_error(message, Path(hydra_cfg.runtime.output_dir))
+            report_error(message, run_dir)
         if not sweep:
             raise SystemExit(2) from None
         return {"status": "failed", "error": message}
@@ -459,6 +618,18 @@ def report_error(message: str, run_dir: Path) -> None:
         log.error(f"error: {message}")
     else:
         print(f"error: {message}", file=sys.stderr)
+
+
+# train.log only (conf/hydra/job_logging/scoredist.yaml): the terminal gets a bug's traceback from Hydra, or from
+# run_job inside a sweep, so logging it to the console as well would print it twice.
+TRACEBACKS = logging.getLogger("scoredist.tracebacks")
+
+
+def record_traceback(error: BaseException, run_dir: Path) -> None:
+    """A bug's traceback in the run's train.log when the run folder is still there (a new run that failed before its
+    first step has none), so the run's record says how it ended."""
+    if run_dir.is_dir():
+        TRACEBACKS.error("error: the run stopped on an error that is not a setting's (a bug?):", exc_info=error)
 
 
 class RunFolderGuard(Callback):

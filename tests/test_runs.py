@@ -19,7 +19,7 @@ from scoredist.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from scoredist.errors import OutputError, ResourceError, RunLockedError
 from scoredist.runs import RunLock, fresh_folder, safe_slug
 from scoredist.train import train
-from tests.test_train import SHAPES, config
+from tests.test_train import CONF, ROOT, SHAPES, config
 
 
 def strict_json(text: str):
@@ -75,6 +75,52 @@ def test_a_locked_run_folder_refuses_a_second_process(tmp_path):
     assert load_checkpoint(first / "checkpoints" / "last.pt")["step"] == 6
 
 
+@pytest.mark.parametrize("ending", ["finished", "RuntimeError", "KeyboardInterrupt"])
+def test_a_run_that_finishes_fails_or_is_interrupted_leaves_no_lock_file(ending, tmp_path, monkeypatch):
+    original = trainer.Chunk.train_step
+
+    def ends_at_step_three(self):
+        if self.step == 2 and ending != "finished":
+            raise {"RuntimeError": RuntimeError, "KeyboardInterrupt": KeyboardInterrupt}[ending]("stop")
+        return original(self)
+
+    monkeypatch.setattr(trainer.Chunk, "train_step", ends_at_step_three)
+    if ending == "finished":
+        short_run(tmp_path / "r")
+    else:
+        with pytest.raises((RuntimeError, KeyboardInterrupt)):
+            short_run(tmp_path / "r")
+    assert [r["step"] for r in metrics(tmp_path / "r")] == [1, 2, 3, 4][: 4 if ending == "finished" else 2]
+    assert not (tmp_path / "r" / ".lock").exists()  # not a file naming a pid that is gone
+
+
+def test_a_lock_on_a_file_its_holder_removed_meanwhile_is_taken_on_the_file_at_the_path(tmp_path, monkeypatch):
+    holder = RunLock(tmp_path).__enter__()
+    real_flock = runs.fcntl.flock
+
+    def holder_exits_between_open_and_flock(file, operation):  # the holder's exit unlinks the file we opened
+        if not holder.file.closed:
+            holder.__exit__(None, None, None)
+        return real_flock(file, operation)
+
+    monkeypatch.setattr(runs.fcntl, "flock", holder_exits_between_open_and_flock)
+    with RunLock(tmp_path) as second:
+        at_path = runs.os.stat(tmp_path / ".lock")
+        assert runs.os.fstat(second.file.fileno()).st_ino == at_path.st_ino  # not the unlinked file
+        assert (tmp_path / ".lock").read_text().startswith(f"pid {runs.os.getpid()} on ")
+        with pytest.raises(RunLockedError, match=r"in use by pid \d+ on"):  # so a newcomer is refused
+            RunLock(tmp_path).__enter__()
+    assert not (tmp_path / ".lock").exists()
+
+    def always_replaced(file, operation):  # every file we open is unlinked before we lock it
+        (tmp_path / ".lock").unlink(missing_ok=True)
+        return real_flock(file, operation)
+
+    monkeypatch.setattr(runs.fcntl, "flock", always_replaced)
+    with pytest.raises(RunLockedError, match="kept taking and releasing its lock"):
+        RunLock(tmp_path).__enter__()
+
+
 def test_a_new_run_that_fails_before_its_first_step_leaves_no_folder(tmp_path):
     with pytest.raises(ValueError, match="plaid"):
         short_run(tmp_path / "new", "prompt=a plaid cube")
@@ -105,7 +151,7 @@ def test_resume_trims_metrics_past_the_checkpoint_and_logs_nothing_twice(tmp_pat
     train(config(*SHAPES, "loss=sds", "trainer.max_steps=8", "trainer.log_every=1", f"trainer.resume={run}"))
     second_pass = metrics(run)
     assert [r["step"] for r in second_pass] == list(range(1, 9))  # lines 5..8 were dropped, then written again
-    assert [r["loss"] for r in second_pass] == pytest.approx([r["loss"] for r in first_pass], rel=1e-6)
+    assert [r["objective"] for r in second_pass] == pytest.approx([r["objective"] for r in first_pass], rel=1e-6)
 
 
 def test_a_kill_while_metrics_are_trimmed_loses_nothing(tmp_path, monkeypatch):
@@ -290,14 +336,56 @@ def test_each_allocators_out_of_memory_message_is_recognised():
     assert not trainer.out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
-def test_a_full_or_read_only_disk_says_which_path_and_how_much_space(code, tmp_path, monkeypatch):
-    def no_room(state, path):
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        (errno.ENOSPC, r"cannot write .*last.pt: No space left on device; \d+ MiB free on that disk"),
+        (errno.EROFS, r"cannot write .*last.pt: the file system is read-only on .*/x\. Choose another folder$"),
+        (errno.EACCES, r"cannot write .*last.pt: permission denied on .*/x\. Choose another folder$"),
+    ],
+)
+def test_a_full_read_only_or_forbidden_disk_says_which_path_and_why(code, message, tmp_path, monkeypatch):
+    def refused(state, path):
         raise OSError(code, runs.os.strerror(code), str(path))
 
-    monkeypatch.setattr(trainer, "save_checkpoint", no_room)
-    with pytest.raises(OutputError, match=r"cannot write .*last.pt: .*; \d+ MiB free on that disk"):
+    monkeypatch.setattr(trainer, "save_checkpoint", refused)
+    with pytest.raises(OutputError, match=message):
         short_run(tmp_path / "x")
+
+
+def test_a_run_folder_below_a_file_is_not_a_directory_not_a_full_disk(tmp_path, capsys):
+    (tmp_path / "notes").write_text("a file, not a folder")
+    with pytest.raises(OutputError) as error:
+        short_run(tmp_path / "notes" / "run")
+    assert str(error.value) == (
+        f"cannot create {tmp_path}/notes/run: {tmp_path}/notes is not a directory (a file is in the way). "
+        "Choose another folder"
+    )
+    with pytest.raises(SystemExit) as end:  # hydra.run.dir=${fresh_folder:notes/run}
+        fresh_folder(str(tmp_path / "notes" / "run"))
+    assert end.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot create {tmp_path}/notes: {tmp_path}/notes is not a directory (a file is in the way). "
+        "Choose another folder\n"
+    )
+
+
+def test_a_run_folder_in_a_folder_without_write_permission_says_permission_denied(tmp_path, monkeypatch, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()  # chmod 555 does not stop root (tests may run as root): refuse what the kernel would refuse
+    real_mkdir = runs.Path.mkdir
+
+    def forbidden_inside_shared(self, *args, **kwargs):
+        if self.parent == shared:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(runs.Path, "mkdir", forbidden_inside_shared)
+    with pytest.raises(SystemExit) as end:
+        fresh_folder(str(tmp_path / "shared" / "run"))
+    assert end.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {shared / 'run'}: permission denied on {shared}. Choose another folder\n"
 
 
 def test_too_little_space_for_one_checkpoint_is_refused_at_the_start(tmp_path, monkeypatch):
@@ -491,3 +579,73 @@ def test_a_reference_to_a_setting_that_does_not_exist_names_the_key(tmp_path):
 
 def test_a_run_folder_whose_parents_do_not_exist_yet_is_created(tmp_path):
     assert short_run(tmp_path / "outputs" / "2026-11-29" / "14-30-38", steps=1).run_dir.is_dir()
+
+
+# --- the command line, checked before Hydra -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["loss=foo"], "loss=foo: loss has no option 'foo'. Available options: bridge, csd, dds, nfsd, ours, sds, vsd"),
+        (["+experiment=nope"], "+experiment=nope: experiment has no option 'nope'. Available options: demo, "),
+        (["-m", "seed=0,1", "loss=sds,foo"], "loss=sds,foo: loss has no option 'foo'. Available options: bridge, "),
+        (["loss=choice(ours,fo)"], "loss=choice(ours,fo): loss has no option 'fo'. "),
+        (["experiment=demo"], "experiment=demo: experiment is not chosen by the config; add it with +experiment=demo"),
+        (["+loss=sds"], "+loss=sds: loss is chosen by the config already; change it with loss=sds"),
+        (["lr_scheduler=null"], "lr_scheduler=null: a group is left out with ~lr_scheduler, not lr_scheduler=null"),
+        (["--config-name", "resume", "+benchmark=cocoa"], "+benchmark=cocoa: benchmark has no option 'cocoa'. "),
+    ],
+)
+def test_an_unknown_config_choice_is_one_line_naming_the_group_and_its_options(argv, message):
+    error = runs.choice_error(argv, CONF)
+    assert error is not None and error.startswith(message) and "\n" not in error
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["loss=ours", "+experiment=demo", "lr_scheduler=cosine", "++benchmark=shapes", "~lr_scheduler"],
+        ["-m", "loss=sds,ours", "seed=0,1", "loss=glob(*)", "hydra/launcher=joblib", "hydra/launcher=not-checked"],
+        ["trainer.max_steps=3", "prompt='loss=foo'", "loss.guidance_scale=7", "logger=none", "optimizer=sgd"],
+        ["--config-dir", "loss=foo", "--config-name", "resume", "loss=ours"],  # a flag's value is not an override
+        ["--config-name", "resume", "loss=sds", "+experiment=demo"],  # resume.yaml chooses loss (as null)
+        ["hydra.searchpath=[file://elsewhere]", "loss=mine"],  # options from another search path: Hydra checks
+    ],
+)
+def test_valid_choices_and_what_is_not_a_conf_group_pass_the_check(argv):
+    assert runs.choice_error(argv, CONF) is None
+
+
+def test_an_option_in_the_config_dir_of_the_command_line_counts(tmp_path):
+    (tmp_path / "loss").mkdir()
+    (tmp_path / "loss" / "mine.yaml").write_text("_target_: scoredist.losses.sds.SDS\n")
+    assert runs.choice_error(["--config-dir", str(tmp_path), "loss=mine"], CONF) is None
+    assert "Available options: bridge, csd, dds, mine, nfsd" in runs.choice_error(
+        [f"-cd={tmp_path}", "loss=yours"], CONF
+    )
+
+
+def test_the_help_lists_every_conf_group_as_it_is_typed_and_the_launchers():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        choices = compose("train", return_hydra_config=True).hydra.runtime.choices
+        loader = GlobalHydra.instance().config_loader()
+        options = {g: loader.get_group_options(g) for g in [*loader.list_groups(""), "hydra/launcher"] if g != "hydra"}
+    lines = runs.groups_help(options, choices).splitlines()
+    folders = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+    assert sorted(line.split("=")[0].lstrip("+") for line in lines[:-1]) == folders  # a new group cannot be missed
+    for line in lines[:-1]:
+        group, names = line.lstrip("+").split("   ")[0].split("=")
+        assert sorted(names.split("|")) == sorted(p.stem for p in (CONF / group).glob("*.yaml")), line
+    assert "loss=sds|bridge|csd|dds|nfsd|ours|vsd" in lines  # the default first
+    assert "lr_scheduler=cosine   (none by default)" in lines
+    assert any(line.startswith("+experiment=demo|illusion|") for line in lines)
+    assert "+benchmark=coco|shapes" in lines  # these need the +: experiment=demo is refused
+    assert not any(line.startswith(("experiment=", "benchmark=")) for line in lines)
+    launchers = lines[-1].split("=")[1].split("|")
+    assert lines[-1].startswith("hydra/launcher=basic|") and {"local", "slurm", "joblib"} <= set(launchers)
+    assert {"local.yaml", "slurm.yaml"} <= {p.name for p in (CONF / "hydra" / "launcher").iterdir()}
+    assert '"hydra-joblib-launcher>=' in (ROOT / "pyproject.toml").read_text()  # joblib: a dependency, not a plugin

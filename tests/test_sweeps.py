@@ -1,5 +1,6 @@
 """The command line as a user runs it (subprocesses): resume from the run's own recipe, sweeps that survive a bad job,
-no two runs in one folder, a concurrent resume refused, nothing created by a failed start."""
+no two runs in one folder, a concurrent resume refused, nothing created by a failed start, a bug's traceback kept in
+train.log, one-line errors for a bad config choice or output folder, and the help's groups."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from scoredist.checkpoint import load_checkpoint
+from scoredist.renderers.image import ImageRenderer
 from scoredist.train import train
 from tests.test_train import ROOT, config
 
@@ -152,3 +154,80 @@ def test_nothing_is_created_by_a_missing_resume_or_a_failed_start(tmp_path):
     bug_free = cli("+experiment=demo", "optimizer.lr=nan", cwd=tmp_path)
     assert bug_free.returncode == 2 and "optimizer.lr is nan" in bug_free.stderr
     assert list(tmp_path.iterdir()) == []  # no run folder, no empty outputs/<date>
+
+
+class BrokenArtifacts(ImageRenderer):
+    """An image renderer whose end-of-run figure has a bug (renderer._target_=tests.test_sweeps.BrokenArtifacts)."""
+
+    def write_artifacts(self, *args, **kwargs):
+        raise RuntimeError("the views figure broke")
+
+
+def test_a_bug_at_the_end_of_a_run_leaves_its_traceback_in_train_log(tmp_path):
+    run = tmp_path / "r"
+    result = cli(
+        "+experiment=demo", "trainer.max_steps=3", "renderer._target_=tests.test_sweeps.BrokenArtifacts",
+        f"hydra.run.dir={run}",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("RuntimeError: the views figure broke") == 1  # on the terminal once, from Hydra
+    log = (run / "train.log").read_text()
+    assert "][ERROR] error: the run stopped on an error that is not a setting's" in log
+    assert "Traceback (most recent call last):" in log and "in write_artifacts" in log
+    assert log.rstrip().endswith("RuntimeError: the views figure broke")
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        (
+            "loss=foo",
+            "error: loss=foo: loss has no option 'foo'. Available options: bridge, csd, dds, nfsd, ours, sds, vsd",
+        ),
+        ("+experiment=nope", "error: +experiment=nope: experiment has no option 'nope'. Available options: demo, "),
+        ("experiment=demo", "error: experiment=demo: experiment is not chosen by the config; add it with +experiment"),
+    ],
+)
+def test_an_unknown_config_choice_exits_2_with_one_line(argument, message, tmp_path):
+    result = cli(argument, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "HYDRA_FULL_ERROR" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_help_shows_the_groups_as_they_are_typed_and_the_launchers(tmp_path):
+    result = cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "loss=sds|bridge|csd|dds|nfsd|ours|vsd" in lines and "+benchmark=coco|shapes" in lines
+    assert any(line.startswith("+experiment=demo|illusion|") for line in lines)
+    assert not any(line.startswith(("experiment", "benchmark")) for line in lines)  # Hydra's "experiment: demo, ..."
+    (launchers,) = [line for line in lines if line.startswith("hydra/launcher=")]
+    assert {"local", "slurm", "joblib"} <= set(launchers.split("=")[1].split("|"))
+
+
+def test_an_output_folder_below_a_file_exits_2_saying_not_a_directory(tmp_path):
+    (tmp_path / "notes").write_text("a file")
+    result = cli("+experiment=demo", f"hydra.run.dir={tmp_path / 'notes' / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"error: cannot create {tmp_path}/notes/run: {tmp_path}/notes is not a directory (a file is in the way). "
+        "Choose another folder\n"
+    )
+
+
+def test_the_wandb_runs_of_a_seed_sweep_are_told_apart_by_name_and_tag_and_stage_inside_their_folders(tmp_path):
+    home = tmp_path / "home"  # wandb's own folders (settings, cache, default staging) out of the user's home
+    env = {**ENV, "WANDB_MODE": "offline", "HOME": str(home), "XDG_DATA_HOME": str(home / "data")}
+    sweep = tmp_path / "sweep"
+    args = ["-m", "+experiment=demo", "seed=0,1", "logger=wandb", "trainer.max_steps=2", f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run([*TRAIN, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for seed in (0, 1):
+        (job,) = sweep.glob(f"{seed}-*")
+        (record,) = job.glob("wandb/offline-run-*/run-*.wandb")  # the offline run's record, as `wandb sync` reads it
+        data = record.read_bytes()
+        assert f"ours | a red cube | seed={seed}".encode() in data and f"seed:{seed}".encode() in data
+        assert f"| seed={1 - seed}".encode() not in data and str(sweep).encode() in data  # the group: the sweep
+        assert list(record.parent.glob("artifacts/staging/*"))  # the samples table's files, inside the run
+    assert not list((home / "data").glob("wandb/artifacts/staging/*"))

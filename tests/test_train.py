@@ -223,7 +223,7 @@ def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedP
 @pytest.mark.slow
 def test_cli_help_and_clear_errors(tmp_path):
     help_text = run_cli("--help").stdout
-    assert "scoredist" in help_text and "loss: " in help_text and "ours" in help_text
+    assert "scoredist" in help_text and "loss=sds|" in help_text and "ours" in help_text
     unknown = run_cli("loss=sdss", f"hydra.run.dir={tmp_path}/u")
     assert unknown.returncode != 0 and "sdss" in unknown.stderr and "Available options" in unknown.stderr
     bad = run_cli("guidance=shapes", "trainer.max_steps=-1", "logger=none", f"hydra.run.dir={tmp_path}/b")
