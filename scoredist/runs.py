@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -311,11 +311,12 @@ class MetricsFile:
     def __init__(self, path: Path):
         self.path = path
 
-    def trim(self, resume_at: tuple[int, int]) -> None:
-        """On resume, drop the lines past the checkpoint's (chunk, step) (steps logged after the last checkpoint, which
-        will be run again) and torn lines, by writing a new file and renaming it: a kill meanwhile loses nothing."""
+    def trim(self, keep: Callable[[int, int], bool]) -> None:
+        """On resume, keep only the lines whose (chunk, step) `keep` accepts (not the steps that will be run again:
+        those past the checkpoint, and every step of a chunk that starts over) and no torn line, by writing a new
+        file and renaming it: a kill meanwhile loses nothing."""
         if self.path.exists():
-            kept = [line for line, r in _json_lines(self.path) if r is not None and _position(r) <= resume_at]
+            kept = [line for line, r in _json_lines(self.path) if r is not None and keep(*_position(r))]
             rewrite_lines(self.path, kept)
 
     def write(self, record: dict) -> None:

@@ -474,6 +474,9 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
             )
         run.nonfinite_total, run.wandb_id = resume["nonfinite_total"], resume.get("wandb_id")
     todo = [i for i in range(len(chunks)) if i not in finished]
+    if resume_chunk in todo:  # the checkpoint's chunk first, so its steps are kept even when an earlier chunk has
+        todo.remove(resume_chunk)  # to run again (its samples.jsonl lines were torn by a kill): chunks are
+        todo.insert(0, resume_chunk)  # independent of their order (each seeds its own streams)
     first = Chunk(run, todo[0], chunks[todo[0]]) if todo else None
     if first is not None and resume is not None and first.index == resume_chunk:
         first.load_state_dict(resume)
@@ -488,13 +491,16 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
         save_config(cfg, run_dir / "config.yaml")
         log.info(start_line(cfg, run_dir, device, len(samples), chunks))
     else:
-        resumed_at = (resume_chunk, resume["step"])
+        # where training really goes on: the checkpoint's chunk, or the first chunk left when that one had finished
+        resumed_at = (first.index, first.step) if first is not None else (resume_chunk, resume["step"])
         changes = (
             config_changes(OmegaConf.load(run_dir / "config.yaml"), cfg) if (run_dir / "config.yaml").exists() else {}
         )
-        log.info(f"resuming {run_dir} at chunk {resume_chunk} step {resume['step']} ({len(finished)} chunks finished)")
+        log.info(f"resuming {run_dir} at chunk {resumed_at[0]} step {resumed_at[1]} ({len(finished)} chunks finished)")
         report_config_changes(changes, resumed_at)
-        run.metrics.trim(resumed_at)
+        # metrics of finished chunks stay, and those of the resumed chunk up to its checkpoint; the rest runs again
+        at_chunk, at_step = resumed_at
+        run.metrics.trim(lambda chunk, step: chunk in finished or (chunk == at_chunk and step <= at_step))
         record_resume(run_dir, cfg, changes, resumed_at)
         if first is not None and first.index == resume_chunk:
             warn_if_learning_rate_is_zero(cfg, first)

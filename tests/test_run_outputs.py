@@ -159,3 +159,44 @@ def test_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         assert tmp.name.endswith(".json") and tmp.parent == tmp_path  # formats chosen by suffix still work
         tmp.write_text("{}\n")
     assert (tmp_path / "eval.json").read_text() == "{}\n"
+
+
+def test_a_torn_samples_line_reruns_its_chunk_and_keeps_the_checkpoint_s_steps(tmp_path, monkeypatch, caplog):
+    """Killed in chunk 2 after its step-2 checkpoint, and chunk 1's samples.jsonl line torn (a kill while it was
+    written): the resume says where it really goes on (chunk 2 step 2), finishes chunk 2 from its checkpoint, runs
+    chunk 1 again, and metrics.jsonl ends with each (chunk, step) once."""
+    common = (
+        *SHAPES,
+        "loss=sds",
+        "prompt=[a red cube,a blue cube,a green cube]",
+        "trainer.max_steps=4",
+        "trainer.ckpt_every=2",
+        "trainer.log_every=1",
+    )
+    straight = train(config(*common, run_dir=tmp_path / "straight")).run_dir
+    original = trainer.Chunk.train_step
+
+    def dies_in_chunk_two(self):
+        if self.index == 2 and self.step == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(trainer.Chunk, "train_step", dies_in_chunk_two)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(*common, run_dir=run))
+    monkeypatch.setattr(trainer.Chunk, "train_step", original)
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    (run / "samples.jsonl").write_text(lines[0] + "\n" + lines[1][:40])  # the last line torn, no newline
+
+    with caplog.at_level(logging.INFO, logger="scoredist"):
+        result = train(config(*common, f"trainer.resume={run}"))
+    assert f"resuming {run} at chunk 2 step 2 (1 chunks finished)" in caplog.text
+    assert result.samples_done == 3
+    assert sorted(r["index"] for r in records(run)) == [0, 1, 2]
+    positions = [(r["chunk"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert positions == [(0, s) for s in range(1, 5)] + [(2, s) for s in range(1, 5)] + [(1, s) for s in range(1, 5)]
+    for i in range(3):
+        a, b = (torch.load(d / "samples" / f"{i:05d}.pt", weights_only=True) for d in (run, straight))
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -164,11 +164,11 @@ def test_a_kill_while_metrics_are_trimmed_loses_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        runs.MetricsFile(run / "metrics.jsonl").trim((0, 4))
+        runs.MetricsFile(run / "metrics.jsonl").trim(lambda chunk, step: (chunk, step) <= (0, 4))
     monkeypatch.undo()
     assert (run / "metrics.jsonl").read_bytes().startswith(before)  # the old file is whole
     assert (run / f".metrics.jsonl.tmp-{runs.os.getpid()}").read_bytes() == before  # the new one was complete too
-    runs.MetricsFile(run / "metrics.jsonl").trim((0, 4))
+    runs.MetricsFile(run / "metrics.jsonl").trim(lambda chunk, step: (chunk, step) <= (0, 4))
     assert (run / "metrics.jsonl").read_bytes() == before
     # what a process killed mid-write leaves: its temporary files; the next start (under the lock) removes them
     (run / ".metrics.jsonl.tmp-999999").write_text("{}")
