@@ -68,6 +68,14 @@ class NoLogger:
         pass
 
 
+def table_cell(value):
+    """A samples.jsonl eval value as one table cell: a per-row list of one row as its value, of several rows (a
+    NeRF's views) as text, one entry per row."""
+    if isinstance(value, list):
+        return value[0] if len(value) == 1 else ", ".join(map(str, value))
+    return value
+
+
 def run_name(config: dict, fallback: str) -> str:
     """ "<method> | <first prompt> [+N more]": what a row of a comparison is (the folder name keeps the time); the
     method as the benchmark table names it (`scoredist.eval.collect.method_of`)."""
@@ -229,11 +237,11 @@ class WandbLogger(NoLogger):
         import wandb
 
         rows = [records[i] for i in sorted(records)]
-        keys = sorted({k for r in rows for k, v in r["eval"].items() if not isinstance(v, (list, dict))})
+        keys = sorted({k for r in rows for k, v in r["eval"].items() if not isinstance(v, dict)})
         table = wandb.Table(columns=["index", "prompt", "image", "seconds", *keys])
         for r in rows:
             image = wandb.Image(str(Path(run_dir) / r["image"]))
-            table.add_data(r["index"], r["prompt"], image, r["seconds"], *(r["eval"].get(k) for k in keys))
+            table.add_data(r["index"], r["prompt"], image, r["seconds"], *(table_cell(r["eval"].get(k)) for k in keys))
         with self.staged_in_run():
             self.run.log({"samples": table})
         from scoredist.eval.exact import summarise_records

@@ -169,3 +169,32 @@ def test_a_staging_folder_the_user_chose_is_kept(tmp_path, fake_wandb, monkeypat
     logger.start(CONFIG, tmp_path, "r")
     logger.log_samples(tmp_path, {})
     assert fake_wandb.logged[0][2] == str(tmp_path / "mine") == os.environ["WANDB_DATA_DIR"]
+
+
+def test_the_samples_table_shows_per_row_metrics_and_the_summary_counts_every_row(tmp_path, fake_wandb):
+    """samples.jsonl keeps per-row metrics as lists (one entry per view): one row is shown as its value, several as
+    text; fidelity and artifact rate count every row."""
+    logger = WandbLogger(mode="offline")
+    logger.start(CONFIG, tmp_path, "r")
+    image = {"nearest_caption": ["red cube"], "nearest_variant": ["clean"], "nearest_rms": [0.25]}
+    views = {
+        "nearest_caption": ["red cube", "blue cube"],
+        "nearest_variant": ["clean", "foggy"],
+        "nearest_rms": [0.5, 1.0],
+    }
+    rows = [
+        {"index": i, "prompt": "a red cube", "image": f"samples/{i:05d}.png", "seconds": 1.0, "eval": e}
+        for i, e in enumerate((image, views))
+    ]
+    logger.log_samples(tmp_path, dict(enumerate(rows)))
+    ((samples, _, _),) = fake_wandb.logged
+    table = samples["samples"]
+    assert table.columns == ["index", "prompt", "image", "seconds", "nearest_caption", "nearest_rms", "nearest_variant"]
+    assert [list(r[4:]) for r in table.rows] == [
+        ["red cube", 0.25, "clean"],
+        ["red cube, blue cube", "0.5, 1.0", "clean, foggy"],
+    ]
+    summary = logger.run.summary
+    assert summary["eval/prompt_fidelity"] == pytest.approx(2 / 3)  # 3 rows, 2 of them show a red cube
+    assert summary["eval/artifact_rate"] == pytest.approx(1 / 3)
+    assert summary["eval/nearest_rms_mean"] == pytest.approx((0.25 + 0.5 + 1.0) / 3)
