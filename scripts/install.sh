@@ -4,6 +4,7 @@
 # else PyTorch's CPU index) so that pip never pulls a multi-GB CUDA build. GPU users: install your CUDA torch into
 # the venv first; a torch that is already there is kept (pyproject asks for a range).
 set -euo pipefail
+case "${1:-}" in -h | --help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; echo "usage: bash scripts/install.sh [VENV_DIR]   (default .venv)"; exit 0 ;; esac
 VENV=${1:-.venv}
 PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
