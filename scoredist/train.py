@@ -9,6 +9,7 @@ checkpoint, bit-for-bit on the same device (RNG states are checkpointed too).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -110,6 +111,31 @@ def validate(cfg: DictConfig) -> None:
         if not math.isfinite(value):
             raise ValueError(f"{key} is {value}; it must be a finite number")
     check_learning_rates(resolved)
+    for group in ("loss", "renderer", "guidance", "schedule", "optimizer", "lr_scheduler"):
+        check_settings(cfg, group)
+
+
+def check_settings(cfg: DictConfig, group: str) -> None:
+    """Every key of a group's config is an argument of its class: a key left by an overlay written for another
+    choice (`+experiment=nerf_demo loss=sds` keeps ours' `loss.stage_one`) is named here, not by a TypeError from
+    deep inside instantiate."""
+    node = cfg.get(group)
+    if node is None or "_target_" not in node:
+        return
+    try:
+        parameters = inspect.signature(get_class(node._target_)).parameters
+    except (ValueError, TypeError, ImportError):  # a class without an inspectable signature: instantiate will say
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [k for k in node if not str(k).startswith("_") and k not in parameters]
+    if unknown:
+        name = node._target_.rsplit(".", 1)[-1]
+        raise ValueError(
+            f"{group}.{unknown[0]} is not a setting of {name} (its settings: {', '.join(sorted(parameters))}); an "
+            f"overlay written for another {group} may have set it. Use the overlay made for this {group} (see its "
+            f"comment), or drop the key with ~{group}.{unknown[0]}"
+        )
 
 
 def check_learning_rates(resolved: dict) -> None:
@@ -453,9 +479,10 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     """Load and check everything, then (and only then) write the run's record, then train chunk after chunk."""
     torch.manual_seed(cfg.seed)
     guidance = instantiate(cfg.guidance, device=str(device), precision=cfg.trainer.precision)
+    renderer_class = get_class(cfg.renderer._target_)
+    check_pairing(renderer_class, guidance)
     run = Run(cfg, run_dir, device, guidance, instantiate(cfg.loss), instantiate(cfg.schedule))
     chunks = plan_chunks(cfg, samples)
-    renderer_class = get_class(cfg.renderer._target_)
     captions = [(s.caption, s.source) for s in samples] + renderer_class.row_captions(cfg.renderer)
     check_texts(guidance, run.loss, captions, renderer_class.view_phrases(cfg.renderer))
     check_memory(cfg, guidance, len(chunks[0]), device)
@@ -540,6 +567,23 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
         interrupted=interrupted,
         samples_done=len(samples_file.records),
     )
+
+
+# What to choose instead when a renderer and a guidance model do not fit: the guidance groups for each kind of render.
+GUIDANCE_FOR = {"images": "guidance=sd or guidance=shapes", "points": "guidance=points2d"}
+
+
+def check_pairing(renderer_class, guidance) -> None:
+    """A renderer makes images or 2D points; a guidance model takes one of them (its sample shape: (C, H, W) or
+    (2,)). Refuse a pair that does not fit before anything runs, naming what to choose instead (otherwise it fails
+    later in the model's own words: a conv2d shape error, an unknown view word, a size hint that cannot be met)."""
+    takes = "points" if len(guidance.sample_shape()) == 1 else "images"
+    if renderer_class.makes != takes:
+        name = renderer_class.__name__.removesuffix("Renderer").lower()
+        raise ValueError(
+            f"renderer={name} makes {renderer_class.makes}, but guidance {type(guidance).__name__} takes {takes}: "
+            f"use {GUIDANCE_FOR[renderer_class.makes]} with renderer={name}"
+        )
 
 
 def start_line(cfg: DictConfig, run_dir: Path, device: torch.device, samples: int, chunks: list) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -200,3 +201,36 @@ def test_a_torn_samples_line_reruns_its_chunk_and_keeps_the_checkpoint_s_steps(t
     for i in range(3):
         a, b = (torch.load(d / "samples" / f"{i:05d}.pt", weights_only=True) for d in (run, straight))
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "renderer, guidance, expected",
+    [
+        (
+            "points",
+            "shapes",
+            "renderer=points makes points, but guidance ShapesPrior takes images: use guidance=points2d",
+        ),
+        ("image", "points2d", "renderer=image makes images, but guidance Points2DPrior takes points: use guidance=sd"),
+        ("nerf", "points2d", "renderer=nerf makes images, but guidance Points2DPrior takes points: use guidance=sd"),
+    ],
+)
+def test_a_renderer_and_a_guidance_that_do_not_fit_are_refused_before_anything_runs(
+    renderer, guidance, expected, tmp_path
+):
+    cfg = config(f"renderer={renderer}", f"guidance={guidance}", "prompt=a ring", run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match="^" + re.escape(expected)):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_key_an_overlay_set_for_another_loss_is_named_before_anything_runs(tmp_path):
+    """`+experiment=nerf_demo loss=sds` keeps ours' stage settings under loss: one line naming the key and the class
+    (it was a TypeError from inside instantiate, exit 1); the overlay's SDS baseline composes the same NeRF."""
+    cfg = config("+experiment=nerf_demo", "loss=sds", run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"^loss\.stage_one is not a setting of SDS \(its settings: guidance_scale, "):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+    ours, sds = config("+experiment=nerf_demo"), config("+experiment=nerf_demo_sds")
+    assert (sds.loss.guidance_scale, sds.loss.weighting) == (ours.loss.stage_one.guidance_scale, "1-abar")
+    assert sds.renderer == ours.renderer and sds.trainer == ours.trainer and sds.guidance == ours.guidance

@@ -57,6 +57,7 @@ class ModelSpace:
 
 
 class Renderer(nn.Module):
+    makes: str = "images"  # what its rows are: "images" (RGB or a model's latent grid) or "points" (2D particles)
     outputs_rgb: bool = True
     height: int | None = None  # render size in pixels; None for renderers that make no images (points)
     width: int | None = None

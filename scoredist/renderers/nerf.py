@@ -505,8 +505,6 @@ class NeRFRenderer(Renderer):
 
     def bind(self, space: ModelSpace, seeds: Sequence[int] = (0,)) -> None:
         """The scene's initial field comes from torch's global RNG, which the trainer seeds with the run's seed."""
-        if space.native_size is None:
-            raise ValueError("renderer=nerf renders images: use an image guidance model (guidance=sd or shapes)")
         self.use_device(space.device)
         self.model_size = tuple(space.native_size)
 

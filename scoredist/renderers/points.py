@@ -31,6 +31,7 @@ class PointsRenderer(Renderer):
             so the whole run stays covered at a coarser step.
     """
 
+    makes = "points"
     outputs_rgb = False
 
     def __init__(
