@@ -37,3 +37,26 @@ def tiny_pixel_path(tmp_path_factory):
     from scoredist.guidance.tiny_pipeline import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-pixel"), pixel_space=True)
+
+
+@pytest.fixture(scope="session")
+def run_summary():
+    """Rows {name, command, how, seconds, rc, result} that tests/test_readme.py and tests/test_end_to_end.py add for
+    every command or run they make; printed at the end of the session and, with SCOREDIST_README_TIMES=PATH, written
+    to PATH as a markdown table (the README's times and results are read from it)."""
+    rows: list[dict] = []
+    yield rows
+    if not rows:
+        return
+    lines = ["| command | how | s | exit | result |", "|---|---|---|---|---|"]
+    for row in rows:
+        cells = [row["command"], row["how"], f"{row['seconds']:.1f}", str(row["rc"]), row["result"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    total = sum(row["seconds"] for row in rows)
+    lines.append(f"\n{len(rows)} commands, {total:.0f} s in all")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    path = os.environ.get("SCOREDIST_README_TIMES")
+    if path:
+        with open(path, "a") as f:
+            f.write(text)
