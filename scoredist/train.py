@@ -111,8 +111,6 @@ def validate(cfg: DictConfig) -> None:
         if not math.isfinite(value):
             raise ValueError(f"{key} is {value}; it must be a finite number")
     check_learning_rates(resolved)
-    for group in ("loss", "renderer", "guidance", "schedule", "optimizer", "lr_scheduler"):
-        check_settings(cfg, group)
 
 
 def check_settings(cfg: DictConfig, group: str) -> None:
@@ -465,7 +463,9 @@ def train_in(cfg: DictConfig, run_dir: Path) -> RunResult:
     resume_path = checkpoint_path(cfg.trainer.resume) if cfg.trainer.resume else None
     resume = load_checkpoint(resume_path) if resume_path is not None else None
     if resume is not None:
-        check_resume_recipe(resume, cfg, resume_path)
+        check_resume_recipe(resume, cfg, resume_path)  # a resume with another loss: that, not the keys it lacks
+    for group in ("loss", "renderer", "guidance", "schedule", "optimizer", "lr_scheduler"):
+        check_settings(cfg, group)
     with output_errors(run_dir):
         if resume is None and not run_dir.exists():
             run_dir.mkdir(parents=True)

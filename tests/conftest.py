@@ -11,8 +11,22 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # Tiny models gain nothing from intra-op threads, and on a shared CPU OpenMP threads spin against each other: one
 # thread made the LoRA test 0.8 s instead of 25 s on a loaded 2-core machine. Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The shapes prior's rendered banks are cached on disk; the suite (and every command it starts) keeps its own cache in
+# a folder of this session, never the user's ~/.cache.
+_OWN_CACHE = None
+if "SCOREDIST_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _OWN_CACHE = os.environ["SCOREDIST_CACHE_DIR"] = tempfile.mkdtemp(prefix="scoredist-test-cache-")
 
 import pytest  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

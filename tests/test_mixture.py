@@ -180,3 +180,76 @@ def test_ddim_sample_refuses_a_start_outside_the_schedule():
             ddim_sample(StubGuidance(), x, ["y"], 2, t_start=t_start)
     with pytest.raises(ValueError, match="at least one step"):
         ddim_sample(StubGuidance(), x, ["y"], 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pruned evaluation: the float32 screen with its proven bound, float64 on what is kept
+# ---------------------------------------------------------------------------------------------------------------------
+
+FORCE_SCREEN = {"screen": True, "min_components": 0, "screen_below": 1.01}  # screen every row, every t
+
+
+def _clustered_mixture(gen, clusters=12, per=40, dim=96):
+    """Clusters of nearby means (a world in miniature: neighbours ~1 apart, clusters ~10 apart), uneven weights."""
+    centres = 3 * torch.randn(clusters, 1, dim, generator=gen, dtype=torch.float64)
+    means = (centres + 0.15 * torch.randn(clusters, per, dim, generator=gen, dtype=torch.float64)).reshape(-1, dim)
+    logw = torch.log_softmax(torch.randn(clusters * per, generator=gen, dtype=torch.float64), 0)
+    return GaussianMixture(means, logw, 0.01)
+
+
+def test_pruned_matches_reference_and_its_bound_holds():
+    gen = torch.Generator().manual_seed(0)
+    mix = _clustered_mixture(gen)
+    k, d = mix.means.shape
+    t = torch.tensor([1, 10, 50, 200, 500, 800, 999])
+    for kind in ("component", "midpoint", "uniform", "grey"):
+        idx = torch.randint(0, k, (len(t),), generator=gen)
+        if kind == "component":
+            x0 = mix.means[idx]
+        elif kind == "midpoint":  # halfway to the nearest other mean: where two components share the posterior
+            dist = torch.cdist(mix.means[idx], mix.means)
+            dist[torch.arange(len(t)), idx] = math.inf
+            x0 = 0.5 * (mix.means[idx] + mix.means[dist.argmin(1)])
+        elif kind == "uniform":
+            x0 = 2 * torch.rand(len(t), d, generator=gen, dtype=torch.float64) - 1
+        else:
+            x0 = torch.full((len(t), d), 0.3, dtype=torch.float64)
+        abar = ABAR[t].double()
+        noise = torch.randn(len(t), d, generator=gen, dtype=torch.float64)
+        x_t = abar.sqrt()[:, None] * x0 + (1 - abar).sqrt()[:, None] * noise
+        if kind in ("uniform", "grey"):
+            x_t = x0  # off-world images used directly as x_t
+        # a row-specific selection too: every other row excludes the first half of the components
+        log_w = mix.log_weights.expand(len(t), -1).clone()
+        log_w[1::2, : k // 2] = -math.inf
+        ref = mix.predict_noise(x_t, abar, log_w)
+        got, info = mix.predict_noise_pruned(x_t, abar, log_w, tol=1e-7, **FORCE_SCREEN)
+        assert (got - ref).abs().max() < 1e-7, kind
+        # the posterior mass really skipped (from the reference's posterior) stays under the bound the code claims
+        post = torch.softmax(mix.log_posterior(x_t, abar, log_w), dim=1)
+        skipped = torch.where(info["kept_mask"], 0.0, post).sum(1)
+        assert (skipped <= info["skipped_mass_bound"] * (1 + 1e-9) + 1e-300).all(), kind
+        assert (info["error_bound"] <= 1e-7).all(), kind
+        # (+ float64 round-off: at t = 1 a distance's last bits move ε by ~1e-11, in the reference as much)
+        assert ((got - ref).abs().amax(1) <= info["error_bound"] + 1e-9).all(), kind
+        if kind == "component":  # at low noise the screen keeps a small part (rows of a chunk share what they keep)
+            assert info["kept"][0] < 0.25 * info["allowed"][0], info["kept"]
+
+
+def test_pruned_defaults_and_refusals():
+    gen = torch.Generator().manual_seed(1)
+    mix = _clustered_mixture(gen, clusters=4, per=10, dim=8)
+    x_t = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+    abar = ABAR[torch.tensor([5, 100, 400, 700, 950])].double()
+    got, info = mix.predict_noise_pruned(x_t, abar)  # a small table: no screen, every component in float64
+    torch.testing.assert_close(got, mix.predict_noise(x_t, abar), rtol=0, atol=1e-12)
+    assert (info["kept"] == 40).all() and (info["skipped_mass_bound"] == 0).all()
+    torch.set_float32_matmul_precision("high")  # float32 matmuls may be reduced precision: the bound would not hold
+    try:
+        _, info = mix.predict_noise_pruned(x_t, abar, **FORCE_SCREEN)
+        assert (info["kept"] == 40).all()
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    unequal = GaussianMixture(mix.means, mix.log_weights, torch.linspace(0.01, 0.02, 40))
+    got, info = unequal.predict_noise_pruned(x_t, abar, **FORCE_SCREEN)
+    torch.testing.assert_close(got, unequal.predict_noise(x_t, abar), rtol=0, atol=0)

@@ -1,6 +1,7 @@
 """The shapes world (renderer, corruptions, prompts) and its exact mixture prior ShapesPrior."""
 
 import importlib.util
+import math
 import time
 from pathlib import Path
 
@@ -395,3 +396,178 @@ def test_the_source_distribution_is_centred_on_the_clean_image(small_prior):
         towards_artifact = (artifact - clean).flatten()
         assert g["clean"].norm() < ratio * g["artifact"].norm(), (t, g["clean"].norm() / g["artifact"].norm())
         assert torch.nn.functional.cosine_similarity(g["artifact"].flatten(), towards_artifact, dim=0) > 0.5, t
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Speed without changing a number: pruned evaluation, the disk cache of the banks, the batched nearest search
+# ---------------------------------------------------------------------------------------------------------------------
+
+FORCE_SCREEN = {"screen": True, "min_components": 0, "screen_below": 1.01}  # screen every row, every t
+PRUNE_TIMES = [1, 10, 50, 200, 500, 800, 999]
+PRUNE_PROMPTS = [
+    "a red cube",
+    "a blue torus, blurry, noisy",
+    "",
+    "blurry, noisy",  # descriptors only: every caption
+    NFSD_NEGATIVE,
+    "a green cone" + SRC_SUFFIX,
+    "a cube",
+    "a red cube, front view" + TGT_SUFFIX,
+]
+
+
+@pytest.fixture
+def bank_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCOREDIST_CACHE_DIR", str(tmp_path))
+    return tmp_path / "shapes-banks"
+
+
+def _x0_cases(prior: ShapesPrior, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """x0 of four kinds, (n, 3, R, R): components, midpoints between neighbouring components, uniform noise, grey."""
+    means = torch.cat([prior.bank(*c) for c in prior.captions]).float()  # the world, in its canonical order
+    idx = torch.randint(0, len(means), (n,), generator=gen)
+    dist = torch.cdist(means[idx], means)
+    dist[torch.arange(n), idx] = math.inf
+    shape = (n, *prior.sample_shape())
+    return {
+        "component": means[idx].reshape(shape),
+        "midpoint": (0.5 * (means[idx] + means[dist.argmin(1)])).reshape(shape),
+        "uniform": 2 * torch.rand(shape, generator=gen) - 1,
+        "grey": torch.full(shape, 0.2),
+    }
+
+
+def test_pruned_prior_equals_the_reference_everywhere(small_prior):
+    """Every prompt kind at every t, in one mixed batch, for x_t near and far from the world: |ε − ε_ref| < 1e-6."""
+    forced = ShapesPrior(resolution=32, num_azimuths=4, elevations=(20.0,))
+    forced.pruning = FORCE_SCREEN
+    gen = torch.Generator().manual_seed(0)
+    prompts = [p for p in PRUNE_PROMPTS for _ in PRUNE_TIMES]
+    t = torch.tensor(PRUNE_TIMES * len(PRUNE_PROMPTS))
+    for kind, x0 in _x0_cases(small_prior, len(prompts), gen).items():
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = add_noise(x0, noise, t, small_prior.alphas_cumprod) if kind in ("component", "midpoint") else x0
+        ref = small_prior.predict_noise_reference(x_t, t, prompts)
+        for prior in (small_prior, forced):
+            got = prior.predict_noise(x_t, t, prompts)
+            assert (got - ref).abs().max() < 1e-6, (kind, (got - ref).abs().max())
+            assert (prior.last_info["error_bound"] <= prior.tol).all()
+        if kind == "component":  # the screen did skip: at t ≤ 50 a world row keeps a small part of the world
+            world = [i for i, p in enumerate(prompts) if p == "" and t[i] <= 50]
+            kept, allowed = forced.last_info["kept"][world], forced.last_info["allowed"][world]
+            assert (kept < 0.25 * allowed).all(), kept
+
+
+def test_skipped_mass_stays_under_the_claimed_bound(small_prior):
+    """On the (small) world's own mixture: the posterior mass the screen skipped, computed with the reference's
+    posterior, is under the m̂ it reports; its ε error is under κ m̂ ≤ tol."""
+    mixture = small_prior._mixture(small_prior.captions, "cpu")[0]
+    gen = torch.Generator().manual_seed(1)
+    t = torch.tensor(PRUNE_TIMES * 2)
+    abar = small_prior._abar64[t]
+    for kind, x0 in _x0_cases(small_prior, len(t), gen).items():
+        x = x0.flatten(1).double()
+        x_t = abar.sqrt()[:, None] * x + (1 - abar).sqrt()[:, None] * torch.randn(x.shape, generator=gen).double()
+        got, info = mixture.predict_noise_pruned(x_t, abar, tol=1e-7, **FORCE_SCREEN)
+        ref = mixture.predict_noise(x_t, abar)
+        posterior = torch.softmax(mixture.log_posterior(x_t, abar, mixture.log_weights.expand(len(t), -1)), dim=1)
+        skipped = torch.where(info["kept_mask"], 0.0, posterior).sum(1)
+        assert (skipped <= info["skipped_mass_bound"] * (1 + 1e-9)).all(), kind
+        assert ((got - ref).abs().amax(1) <= info["error_bound"] + 1e-9).all(), kind
+        assert (info["error_bound"] <= 1e-7).all()
+
+
+def test_pruned_full_world_on_a_benchmark_batch():
+    """The default world (14,880 components), with the defaults: a benchmark-like mixed batch, and a low-noise batch
+    of empty-prompt rows that the screen prunes to a few components each."""
+    prior = ShapesPrior()
+    gen = torch.Generator().manual_seed(2)
+    prompts = ["a red cube" + TGT_SUFFIX, "a blue sphere" + SRC_SUFFIX, "", NFSD_NEGATIVE] * 3
+    t = torch.randint(1, 1000, (len(prompts),), generator=gen)
+    x0 = _x0_cases(prior, len(prompts), gen)["component"]
+    x_t = add_noise(x0, torch.randn(x0.shape, generator=gen), t, prior.alphas_cumprod)
+    got = prior.predict_noise(x_t, t, prompts)
+    assert (got - prior.predict_noise_reference(x_t, t, prompts)).abs().max() < 1e-6
+    low_t = torch.tensor([1, 10, 50, 100, 200, 300])
+    x_t = add_noise(x0[:6], torch.randn(x0[:6].shape, generator=gen), low_t, prior.alphas_cumprod)
+    got = prior.predict_noise(x_t, low_t, [""] * 6)
+    assert (got - prior.predict_noise_reference(x_t, low_t, [""] * 6)).abs().max() < 1e-6
+    assert (prior.last_info["kept"] < 0.05 * prior.last_info["allowed"]).all(), prior.last_info["kept"]
+
+
+class _NotAllowed:
+    """A class a weights_only load refuses to build."""
+
+
+def test_bank_cache_is_loaded_by_a_second_prior_and_rebuilt_when_wrong(bank_cache_dir, monkeypatch):
+    from scoredist.guidance.exact import bank_cache
+
+    settings = {"resolution": 32, "num_azimuths": 2, "elevations": (20.0,)}
+    first = ShapesPrior(**settings)
+    bank = first.bank("red", "cube")
+    (path,) = bank_cache_dir.glob("*-red-cube.pt")
+    assert first.build_seconds > 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rendered although the bank is cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ShapesPrior, "_render_bank", refuse)
+        second = ShapesPrior(**settings)
+        assert torch.equal(second.bank("red", "cube"), bank)  # bit for bit, and nothing rendered
+        assert second.build_seconds == 0 and second.load_seconds > 0
+        with pytest.raises(AssertionError, match="rendered although"):  # other settings: another key
+            ShapesPrior(resolution=32, num_azimuths=2, elevations=(25.0,)).bank("red", "cube")
+
+    good = path.read_bytes()
+    data = torch.load(path, weights_only=True)
+    flipped = dict(data, bank=data["bank"].clone())
+    flipped["bank"][0, 0, 0, 0, 0] += 0.5  # the checksum no longer matches
+    wrong = [
+        lambda: path.write_bytes(good[: len(good) // 2]),  # truncated
+        lambda: path.write_bytes(b"not a torch file"),
+        lambda: torch.save(flipped, path),
+        lambda: torch.save(dict(data, key="another world"), path),
+        lambda: torch.save(dict(data, bank=data["bank"][:1]), path),  # wrong shape
+        lambda: torch.save(dict(data, extra=_NotAllowed()), path),  # not loadable with weights_only=True
+    ]
+    for write in wrong:
+        write()
+        again = ShapesPrior(**settings)
+        assert torch.equal(again.bank("red", "cube"), bank) and again.build_seconds > 0
+        key = again.world_key()
+        assert torch.equal(bank_cache.load(path, key, ("red", "cube"), again._bank_shape()), data["bank"])  # rewritten
+
+    monkeypatch.setenv("SCOREDIST_CACHE_DIR", "")  # an empty value: no disk cache
+    assert bank_cache.cache_dir() is None
+    ShapesPrior(**settings).bank("blue", "cube")
+    assert not list(bank_cache_dir.glob("*-blue-cube.pt"))
+
+
+def test_nearest_component_is_the_brute_force_argmin(small_prior):
+    gen = torch.Generator().manual_seed(3)
+    cases = _x0_cases(small_prior, 6, gen)
+    x = torch.cat([cases["component"] + 0.3 * torch.randn(cases["component"].shape, generator=gen), cases["uniform"]])
+    for prompt in ("", "a red cube, blurry", "a cone"):
+        means, labels = small_prior.components(prompt)
+        captions, mask = small_prior._selection(prompt)
+        exact = torch.cat([small_prior.bank(*c)[mask] for c in captions])  # float64, the order of `labels`
+        d = torch.cdist(x.flatten(1).double(), exact)
+        found, distances = small_prior._nearest(x, prompt)
+        assert [str(f) for f in found] == [str(labels[i]) for i in d.argmin(1)]
+        torch.testing.assert_close(distances, d.min(1).values, rtol=0, atol=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prior_on_cuda_equals_the_cpu_reference(small_prior):
+    """On an accelerator predict_noise is the all-components float64 call (faster there than the pruned path)."""
+    prior = ShapesPrior(resolution=32, num_azimuths=4, elevations=(20.0,), device="cuda")
+    gen = torch.Generator().manual_seed(4)
+    prompts = [p for p in PRUNE_PROMPTS for _ in PRUNE_TIMES]
+    t = torch.tensor(PRUNE_TIMES * len(PRUNE_PROMPTS))
+    x0 = _x0_cases(small_prior, len(prompts), gen)["component"]
+    x_t = add_noise(x0, torch.randn(x0.shape, generator=gen), t, small_prior.alphas_cumprod)
+    got = prior.predict_noise(x_t.cuda(), t.cuda(), prompts)
+    assert got.device.type == "cuda"
+    assert (got.cpu() - small_prior.predict_noise_reference(x_t, t, prompts)).abs().max() < 1e-6
