@@ -507,11 +507,11 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         (
-            "python scripts/render.py RUN_DIR --views 120 --size 256",
+            "python scripts/render.py RUN_DIR --views 24 --size 128",
             Spec(
                 "render-views",
                 subst=(("RUN_DIR", "{out:nerf-demo}/run"),),
-                short_subst=(("--views 120", "--views 4"), ("--size 256", "--size 16")),
+                short_subst=(("--views 24", "--views 4"), ("--size 128", "--size 16")),
                 files=(
                     "{out:nerf-demo}/run/render/000.png",
                     "{out:nerf-demo}/run/render/views.png",
