@@ -53,23 +53,30 @@ def tiny_pixel_path(tmp_path_factory):
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-pixel"), pixel_space=True)
 
 
+# Rows {name, command, how, seconds, rc, result} that tests/test_readme.py and tests/test_end_to_end.py add for every
+# command or run they make (the `run_summary` fixture); the session's terminal summary prints them, so `make test`
+# shows which README commands ran, how long each took and what it became.
+RUN_SUMMARY: list[dict] = []
+
+
 @pytest.fixture(scope="session")
 def run_summary():
-    """Rows {name, command, how, seconds, rc, result} that tests/test_readme.py and tests/test_end_to_end.py add for
-    every command or run they make; printed at the end of the session and, with SCOREDIST_README_TIMES=PATH, written
-    to PATH as a markdown table (the README's times and results are read from it)."""
-    rows: list[dict] = []
-    yield rows
-    if not rows:
+    return RUN_SUMMARY
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The commands table at the end of the session's output; with SCOREDIST_README_TIMES=PATH also written to PATH
+    as a markdown table (the README's times and results are read from it)."""
+    if not RUN_SUMMARY:
         return
     lines = ["| command | how | s | exit | result |", "|---|---|---|---|---|"]
-    for row in rows:
+    for row in RUN_SUMMARY:
         cells = [row["command"], row["how"], f"{row['seconds']:.1f}", str(row["rc"]), row["result"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    total = sum(row["seconds"] for row in rows)
-    lines.append(f"\n{len(rows)} commands, {total:.0f} s in all")
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
+    total = sum(row["seconds"] for row in RUN_SUMMARY)
+    text = "\n".join(lines) + f"\n\n{len(RUN_SUMMARY)} commands, {total:.0f} s in all\n"
+    terminalreporter.write_sep("=", "README, conf and script commands, and whole runs")
+    terminalreporter.write(text)
     path = os.environ.get("SCOREDIST_README_TIMES")
     if path:
         with open(path, "a") as f:

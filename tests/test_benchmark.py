@@ -339,7 +339,7 @@ def test_make_demo_installs_on_a_fresh_clone_and_then_only_when_pyproject_change
         shutil.copy(ROOT / name, tmp_path / name)
     dry_run = lambda target: (
         subprocess.run(  # noqa: E731
-            ["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, check=True
+            ["make", "-n", "--no-print-directory", target], cwd=tmp_path, capture_output=True, text=True, check=True
         ).stdout
     )
     install = "bash scripts/install.sh .venv"

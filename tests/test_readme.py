@@ -1194,7 +1194,9 @@ class Context:
             assert old in text, f"{old!r} is not in {text!r}"
             text = text.replace(old, self.fill(new, spec.name))
         if spec.make:
-            recipe = subprocess.run(["make", "-n", spec.make], cwd=ROOT, capture_output=True, text=True, check=True)
+            recipe = subprocess.run(
+                ["make", "-n", "--no-print-directory", spec.make], cwd=ROOT, capture_output=True, text=True, check=True
+            )
             lines = [x for x in recipe.stdout.splitlines() if x.strip()]
             assert lines[0] == "bash scripts/install.sh .venv", lines  # the install step: the venv is there
             steps = [lines[-1]]
