@@ -14,23 +14,15 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import scoredist.train as trainer
 from scoredist.checkpoint import replacing
 from scoredist.images import write_image
 from scoredist.train import train
+from tests.test_train import config  # the composed config of a run, as every trainer test builds it
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SHAPES = ("guidance=shapes", "renderer.height=32", "renderer.width=32")
-
-
-def config(*overrides: str, run_dir: Path | None = None):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["logger=none", "trainer.device=cpu", *overrides])
-    if run_dir is not None:
-        cfg.trainer.run_dir = str(run_dir)
-    return cfg
 
 
 def records(run_dir: Path) -> list[dict]:
