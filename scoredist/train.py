@@ -102,6 +102,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError("trainer.device=cuda but CUDA is not available here; use trainer.device=cpu (or auto)")
     if tr.precision not in PRECISIONS:
         raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {tr.precision!r}")
+    snapshot_steps(cfg)  # raises on a bad list
     check_text_values(cfg)
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -247,12 +248,49 @@ def row_prompts(render: Render, samples: list[Sample]) -> list[Prompt]:
     ]
 
 
+def snapshot_steps(cfg: DictConfig) -> set[int]:
+    """trainer.snapshot_steps: the steps at which every sample's current state is also written (a benchmark's
+    convergence curves, scoredist.eval.report). Positive integers; max_steps itself is the final sample, and steps
+    past it are reached only if the run is extended."""
+    steps = cfg.trainer.get("snapshot_steps") or []
+    bad = [s for s in steps if not isinstance(s, int) or isinstance(s, bool) or s < 1]
+    if bad:
+        raise ValueError(f"trainer.snapshot_steps must be positive integers (training steps), got {bad}")
+    return set(steps)
+
+
+class RowCounter:
+    """Rows the frozen guidance model evaluates: the NFE a GPU pays, counted beside wall time (issue 18).
+
+    Every loss reaches the model through `guidance.predict_noise` (CFG's conditions in one call, the bridge's extra
+    DDIM calls, the exact priors' VSD source through its ε_φ term), so wrapping that one method of this run's instance
+    counts them all without each loss reporting its own. A Stable Diffusion VSD source (the LoRA UNet) is not counted
+    here: its rows go through its own forward."""
+
+    def __init__(self, guidance):
+        self.rows = 0
+        inner = guidance.predict_noise
+
+        def counted(x_t, *args, **kwargs):
+            self.rows += int(x_t.shape[0])
+            return inner(x_t, *args, **kwargs)
+
+        guidance.predict_noise = counted
+
+    def take(self) -> int:
+        """The rows counted since the last call."""
+        rows, self.rows = self.rows, 0
+        return rows
+
+
 class Run:
     """What every chunk of a run shares: config, device, guidance, loss, schedule, run folder, logs."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, guidance, loss, schedule):
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         self.guidance, self.loss, self.schedule = guidance, loss, schedule
+        self.rows = RowCounter(guidance)
+        self.snapshot_steps = snapshot_steps(cfg)
         self.max_steps = cfg.trainer.max_steps
         self.nonfinite_total = 0
         self.wandb_id = None
@@ -294,6 +332,7 @@ class Chunk:
         self.streams = SampleStreams(samples, run.device)
         self.step = 0
         self.seconds = 0.0  # training time of this chunk, over every process that worked on it
+        self.guidance_rows = 0  # rows of the guidance model evaluated for this chunk's samples (all processes)
         # Without a host sync per step, an optimizer that takes `found_inf` (fused Adam/AdamW) skips a non-finite
         # step on the device; the trainer reads the counters only on logging steps.
         self.device_skips = getattr(self.optimizer, "_step_supports_amp_scaling", False) and run.device.type == "cuda"
@@ -317,6 +356,7 @@ class Chunk:
             "step": self.step,
             "max_steps": run.max_steps,
             "seconds": self.seconds,
+            "guidance_rows": self.guidance_rows,
             "renderer": self.renderer.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
@@ -348,6 +388,7 @@ class Chunk:
         set_rng_state(state["rng"])
         self.streams.load_state_dict(state["sample_rng"])
         self.step, self.seconds = state["step"], state.get("seconds", 0.0)
+        self.guidance_rows = state.get("guidance_rows", 0)
         run.nonfinite_total = state["nonfinite_total"]
 
     def checkpoint(self) -> None:
@@ -649,9 +690,12 @@ def train_chunk(run: Run, chunk: Chunk, bar, stop) -> bool:
     while chunk.step < run.max_steps:
         before = chunk.step  # the render of this step shows the parameters after `before` updates
         render, objective, t, logs, found = chunk.train_step()
+        chunk.guidance_rows += run.rows.take()
         counter.add(found)
         bar.update(1)
         step = chunk.step
+        if step in run.snapshot_steps and step < run.max_steps:  # the last step's state is the final sample
+            write_snapshot(run, chunk, chunk.seconds + time.perf_counter() - start)
         logging_step = step % tr.log_every == 0 or step == run.max_steps
         if logging_step or not chunk.device_skips:
             skipped = counter.read(chunk)
@@ -702,15 +746,49 @@ def preview(run: Run, chunk: Chunk, render_x: torch.Tensor, updates: int) -> Non
     run.logger.log_image("preview", frame, run.global_step(chunk.index, updates))
 
 
+@torch.no_grad()
+def eval_render(chunk: Chunk) -> tuple[Render, torch.Tensor, RowGroups]:
+    """The chunk's samples as they stand, rendered from fixed, repeatable views (a NeRF's front-first orbit) rather
+    than this step's random cameras: (render, model-space rows, which rows are whose). Leaves the renderer in eval
+    mode (the final outputs render more views in it); the caller switches it back to training."""
+    chunk.renderer.eval()
+    render = chunk.renderer()
+    return render, chunk.to_model(render.x), RowGroups(render.samples)
+
+
+def write_snapshot(run: Run, chunk: Chunk, seconds: float) -> None:
+    """snapshots/step_NNNNNN/<index>.png and .pt for every sample of the chunk at this step, and one snapshots.jsonl
+    line per sample (step, guidance rows and training seconds so far, per sample). A resume that runs a step again
+    writes it again; readers keep the last line per (step, index)."""
+    render, x, rows = eval_render(chunk)
+    chunk.renderer.train()
+    folder = run.run_dir / "snapshots" / f"step_{chunk.step:06d}"
+    lines = []
+    for s, sample in enumerate(chunk.samples):
+        idx = rows.rows_of[s]
+        image = save_png(chunk.to_rgb(render.x[idx]), folder / f"{sample.index:05d}.png")
+        tensor = save_tensor(x[idx], folder / f"{sample.index:05d}.pt")
+        lines.append(
+            {
+                "step": chunk.step,
+                "chunk": chunk.index,
+                "index": sample.index,
+                "prompt": sample.caption,
+                "seed": sample.seed,
+                "guidance_rows": chunk.guidance_rows / len(chunk.samples),
+                "seconds": seconds / len(chunk.samples),
+                "image": str(image.relative_to(run.run_dir)),
+                "tensor": str(tensor.relative_to(run.run_dir)),
+            }
+        )
+    with open(run.run_dir / "snapshots.jsonl", "a") as f:
+        f.write("".join(json_text(line) + "\n" for line in lines))
+
+
 def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool) -> None:
     """A finished chunk: its samples' images and samples.jsonl lines, then a checkpoint. The first chunk also writes
     the run's final.png, progress strip and video, eval.json and the renderer's own artifacts."""
-    renderer = chunk.renderer
-    renderer.eval()  # fixed, repeatable views (a NeRF's front-first orbit) rather than this step's random cameras
-    with torch.no_grad():
-        final = renderer()
-        x = chunk.to_model(final.x)
-    rows = RowGroups(final.samples)
+    final, x, rows = eval_render(chunk)
     per_sample_eval = {}
     records = []
     pictures = []
@@ -733,6 +811,7 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool)
                 "seed": sample.seed,
                 "steps": chunk.step,
                 "seconds": chunk.seconds / len(chunk.samples),
+                "guidance_rows": chunk.guidance_rows / len(chunk.samples),  # per sample: the NFE beside the time
                 "image": str(image.relative_to(run.run_dir)),
                 "tensor": str(tensor.relative_to(run.run_dir)),
                 "eval": finite_or_none(metrics),  # per-row values as lists, as in eval.json: one entry per view
@@ -741,7 +820,7 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool)
     if first:
         write_final_outputs(run, chunk, torch.cat(pictures), x, per_sample_eval)
     samples_file.write_chunk(records)
-    renderer.train()
+    chunk.renderer.train()
     chunk.checkpoint()
 
 

@@ -7,6 +7,7 @@ an ordinary run folder over the preset's prompts × samples, then results.md / r
     python scripts/benchmark.py preset=coco prompt_file=captions.txt \\
         benchmark.metrics.reference_images=coco_val2014/ benchmark.metrics.clip=clip-vit-base-patch32/
     python scripts/benchmark.py --commands                       # the same as train.py multiruns + collect.py
+    python scripts/benchmark.py --dry-run                        # what it would run and cost here, then exit
 
 Every other key=value is a train.py override applied to every run (conf/benchmark/<preset>.yaml lists the preset's
 settings). Without out=, a benchmark goes to outputs/benchmarks/<time>-<preset>/, and rerunning the same command
@@ -23,18 +24,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def parse(argv: list[str]) -> tuple[str, Path | None, bool, list[str]]:
-    preset, out, commands, overrides = "shapes", None, False, []
+def parse(argv: list[str]) -> tuple[str, Path | None, str | None, list[str]]:
+    """(preset, out folder or None, mode: None | "commands" | "dry-run", train.py overrides)."""
+    preset, out, mode, overrides = "shapes", None, None, []
     for arg in argv:
         if arg.startswith("preset="):
             preset = arg.split("=", 1)[1]
         elif arg.startswith("out="):
             out = Path(arg.split("=", 1)[1])
-        elif arg == "--commands":
-            commands = True
+        elif arg in ("--commands", "--dry-run"):
+            mode = arg.removeprefix("--")
         else:
             overrides.append(arg)
-    return preset, out, commands, overrides
+    return preset, out, mode, overrides
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -45,9 +47,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     from scoredist.errors import cli_errors
     from scoredist.eval.benchmark import Benchmark, continue_or_start
 
-    preset, out, commands, overrides = parse(argv)
+    preset, out, mode, overrides = parse(argv)
     with cli_errors():
-        if commands:
+        if mode == "dry-run":
+            bench = Benchmark(preset, overrides, out) if out is not None else continue_or_start(preset, overrides)
+            bench.check()
+            print(bench.preview())
+            return None
+        if mode == "commands":
             print("\n".join(Benchmark(preset, overrides, out or "unused").commands()))
             return None
         # without out=, a plain rerun of an interrupted benchmark's command continues it

@@ -10,6 +10,7 @@ Because each method is one ordinary run, the same table comes out of a Hydra mul
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from pathlib import Path
@@ -63,10 +64,23 @@ class Benchmark:
     def method_overrides(self, method: str) -> list[str]:
         return [str(o) for o in self.spec.methods[method]]
 
-    def config(self, method: str) -> DictConfig:
-        """The composed config of one row's run, writing to out_dir/<method>, logged in the benchmark's group."""
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds every row runs (benchmark.seeds; the config's seed when the preset has none)."""
+        return [int(s) for s in (self.spec.get("seeds") or [self.base.seed])]
+
+    def run_dir(self, method: str, seed: int) -> Path:
+        return self.out_dir / method / f"seed{seed}"
+
+    def config(self, method: str, seed: int | None = None) -> DictConfig:
+        """The composed config of one row's run for one seed, writing to out_dir/<method>/seed<k>, logged in the
+        benchmark's group, saving snapshots at the preset's curve steps."""
+        seed = self.seeds[0] if seed is None else seed
         cfg = compose_run(self.preset, [*self.method_overrides(method), *self.overrides])
-        cfg.trainer.run_dir = str(self.out_dir / method)
+        cfg.seed = seed
+        cfg.trainer.run_dir = str(self.run_dir(method, seed))
+        steps = [int(s) for s in (self.spec.get("curve_steps") or []) if int(s) < cfg.trainer.max_steps]
+        cfg.trainer.snapshot_steps = steps
         if "group" in cfg.logger:
             cfg.logger.group = cfg.logger.group or self.group
         return cfg
@@ -91,7 +105,7 @@ class Benchmark:
         return metrics
 
     def run(self) -> dict:
-        """Run every row not finished yet, then write and return the table."""
+        """Run every row not finished yet, time the trained rows side by side, then write and return the table."""
         metrics = self.check()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # one process per benchmark folder: a second plain rerun would otherwise continue the same rows alongside
@@ -100,14 +114,92 @@ class Benchmark:
             (self.out_dir / "command.txt").write_text(self.command_line() + "\n")
             for method in self.spec.rows:
                 self.run_method(method)
-            return self.table(metrics)
+            return self.table(metrics, self.timing())
+
+    def trained_rows(self) -> list[str]:
+        """The rows that train (not samples of the model itself)."""
+        return [m for m in self.spec.rows if not any(o.startswith("+sampler.") for o in self.method_overrides(m))]
+
+    def timing(self) -> dict[str, float]:
+        """Seconds per training step of every trained row from interleaved rounds (`scoredist.eval.timing`), measured
+        once per benchmark folder (timing.json) after the rows finished, so that a rerun of the table keeps them."""
+        path = self.out_dir / "timing.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        spec = self.spec.get("timing") or {}
+        rounds, steps = int(spec.get("rounds", 3)), int(spec.get("steps", 3))
+        if rounds < 1 or not self.trained_rows():
+            return {}
+        print(f"timing {len(self.trained_rows())} methods side by side: {rounds} rounds of {steps} steps each")
+        slices = self.calibrate(steps, rounds)
+        result = {m: s.seconds_per_step for m, s in slices.items()}
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    def calibrate(self, steps: int, rounds: int, warmup: int = 1) -> dict:
+        from scoredist.devices import pick_device
+        from scoredist.eval.timing import interleaved
+
+        device = pick_device(self.base.trainer.device)
+        guidance = instantiate(self.base.guidance, device=str(device), precision=self.base.trainer.precision)
+        configs = {m: self.config(m) for m in self.trained_rows()}
+        return interleaved(configs, steps, rounds, warmup, guidance)
+
+    def preview(self, steps: int = 2) -> str:
+        """`--dry-run`: what the benchmark would run and cost, calibrated by `steps` timed steps per trained row at
+        its real batch on this machine (nothing is written)."""
+        from scoredist.eval.lower_bound import guidance_rows, sampler_config
+
+        cfg = self.base
+        samples = expected_samples(cfg)
+        seeds = self.seeds
+        slices = self.calibrate(steps, rounds=1)
+        lines = [
+            f"benchmark preset={self.preset} in {self.out_dir}: {len(self.spec.rows)} rows × {len(seeds)} seeds "
+            f"({', '.join(map(str, seeds))}), {samples} samples per run ({samples * len(seeds)} per row), "
+            f"{cfg.trainer.max_steps} steps, batch {cfg.trainer.batch_size}",
+            "",
+            "| row | runs | samples | steps | guidance rows / sample | guidance rows, total | s / step | minutes |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        total = 0.0
+        for method in self.spec.rows:
+            runs = len(seeds)
+            if method in slices:
+                sl = slices[method]
+                chunks = -(-samples // int(cfg.trainer.batch_size))
+                per_sample = sl.rows_per_sample_step * cfg.trainer.max_steps
+                minutes = sl.seconds_per_step * cfg.trainer.max_steps * chunks * runs / 60
+                step_text = f"{sl.seconds_per_step:.3f}"
+            else:
+                sampler = sampler_config(self.config(method))
+                per_sample = guidance_rows(sampler)
+                minutes, step_text = float("nan"), "–"
+            total += 0.0 if minutes != minutes else minutes
+            minutes_text = "–" if minutes != minutes else f"{minutes:.1f}"
+            lines.append(
+                f"| {method} | {runs} | {samples * runs} | {cfg.trainer.max_steps if method in slices else '–'} | "
+                f"{per_sample:.0f} | {per_sample * samples * runs:.0f} | {step_text} | {minutes_text} |"
+            )
+        lines += [
+            "",
+            f"training: about {total:.0f} minutes here (from {steps} timed steps per row just now; the exact and DDIM "
+            "rows take seconds to a minute), then the table: nearest components, Fréchet distances, Inception "
+            "features of every sample and of as many exact samples, bootstrap intervals and the curves.",
+        ]
+        return "\n".join(lines)
 
     def run_method(self, method: str) -> None:
-        run_dir = self.out_dir / method
-        if self.finished(method):
-            print(f"{method}: already finished in {run_dir}")
+        for seed in self.seeds:
+            self.run_one(method, seed)
+
+    def run_one(self, method: str, seed: int) -> None:
+        run_dir = self.run_dir(method, seed)
+        name = f"{method} seed {seed}"
+        if self.finished_run(run_dir):
+            print(f"{name}: already finished in {run_dir}")
             return
-        cfg = self.config(method)
+        cfg = self.config(method, seed)
         start = time.perf_counter()
         if cfg.get("sampler") is not None:
             from scoredist.eval.lower_bound import write_lower_bound
@@ -119,16 +211,18 @@ class Benchmark:
             if (run_dir / "checkpoints").is_dir():
                 cfg.trainer.resume = str(run_dir)
             if train(cfg).interrupted:  # Ctrl-C / SIGTERM: the run checkpointed; stop here, a rerun continues
-                print(f"benchmark interrupted in {method}: rerun the same command to continue {self.out_dir}")
+                print(f"benchmark interrupted in {name}: rerun the same command to continue {self.out_dir}")
                 raise SystemExit(130)
-        print(f"{method}: {time.perf_counter() - start:.0f} s")
+        print(f"{name}: {time.perf_counter() - start:.0f} s")
+
+    def finished_run(self, run_dir: Path) -> bool:
+        """Every sample of one run written (a rerun of the benchmark skips it)."""
+        path = run_dir / "samples.jsonl"
+        return path.exists() and len(read_records(path)) == expected_samples(self.base)
 
     def finished(self, method: str) -> bool:
-        """Every sample of the row written (a rerun of the benchmark skips it)."""
-        path = self.out_dir / method / "samples.jsonl"
-        if not path.exists():
-            return False
-        return len(read_records(path)) == expected_samples(self.base)
+        """Every seed's run of the row finished."""
+        return all(self.finished_run(self.run_dir(method, seed)) for seed in self.seeds)
 
     def rows_done(self) -> int:
         return sum(self.finished(method) for method in self.spec.rows)
@@ -145,9 +239,9 @@ class Benchmark:
             return False
         return OmegaConf.to_container(OmegaConf.load(saved)) == OmegaConf.to_container(self.base)
 
-    def table(self, metrics) -> dict:
+    def table(self, metrics, timing: dict | None = None) -> dict:
         runs = collect_runs(self.out_dir, list(self.spec.rows))
-        return finish_table(self.out_dir, runs, metrics, self.title(), self.base.logger, self.group)
+        return finish_table(self.out_dir, runs, metrics, self.title(), self.base.logger, self.group, timing)
 
     def title(self) -> str:
         return f"Benchmark preset={self.preset}"
@@ -159,6 +253,8 @@ class Benchmark:
         """The same benchmark as separate commands: one Hydra multirun of train.py per distinct row override set
         (add hydra/launcher=joblib|local|slurm to any of them), the lower bound, and collect.py."""
         common = [f"+benchmark={self.preset}", *self.overrides]
+        if len(self.seeds) > 1:
+            common.append("seed=" + ",".join(map(str, self.seeds)))
         lines = []
         for method in self.spec.rows:
             if any(o.startswith("+sampler.") for o in self.method_overrides(method)):
@@ -199,11 +295,23 @@ def newest_first(root: Path) -> list[Path]:
     return sorted(folders, key=lambda p: (p / "benchmark.yaml").stat().st_mtime, reverse=True)
 
 
-def finish_table(out_dir: Path, runs, metrics, title: str, logger_cfg=None, group: str | None = None) -> dict:
+def finish_table(
+    out_dir: Path, runs, metrics, title: str, logger_cfg=None, group: str | None = None, timing: dict | None = None
+) -> dict:
     """Metrics of the runs → results files, printed table, and (with a logger config) one tracker run with the
-    table and the grids."""
+    table and the grids. Runs on the shapes prior laid out for pairing (every method the same captions, samples and
+    seeds) get the comparison with intervals (`scoredist.eval.report`); others the plain table."""
     if not runs:
         raise FileNotFoundError(f"no finished run folders under {out_dir}")
+    if comparable(runs, metrics):
+        from scoredist.eval.report import compare_runs
+
+        results = compare_runs(out_dir, runs, metrics, title, timing)
+        written = ", ".join(str(out_dir / name) for name in ("results.md", "results.json", "curves/"))
+        print(f"\n{results['markdown']}written: {written}")
+        if logger_cfg is not None:
+            log_comparison(logger_cfg, out_dir, results, group, title)
+        return results
     rows = evaluate_runs(runs, metrics)
     columns = columns_of(metrics)
     written = write_results(out_dir, rows, runs, columns, title)
@@ -214,14 +322,50 @@ def finish_table(out_dir: Path, runs, metrics, title: str, logger_cfg=None, grou
     return {"rows": rows, **written}
 
 
-def log_table(logger_cfg, out_dir: Path, rows, columns, grids, group, title) -> None:
+def comparable(runs, metrics) -> bool:
+    """Whether the runs can be compared with paired intervals: exact-prior metrics, and every method with the same
+    captions × samples per caption (at least 2) × seeds."""
+    from scoredist.eval.exact import ShapesMetrics
+    from scoredist.eval.report import group_by_method
+
+    if not isinstance(metrics, ShapesMetrics):
+        return False
+    layouts = set()
+    for method_runs in group_by_method(runs).values():
+        prompts = sorted(r["prompt"] for run in method_runs for r in run.records)
+        seeds = sorted(int(run.config.seed) for run in method_runs)
+        layouts.add((tuple(prompts), tuple(seeds)))
+    if len(layouts) != 1:
+        return False
+    prompts = next(iter(layouts))[0]
+    return min(prompts.count(p) for p in set(prompts)) >= 2
+
+
+def log_comparison(logger_cfg, out_dir: Path, results: dict, group, title) -> None:
+    """The comparison in the tracker: one row per method (estimates and interval ends as columns), the curves and
+    the grids as images."""
+    rows = []
+    for row in results["rows"]:
+        flat = {"label": row["label"], "guidance_rows_per_sample": row["guidance_rows_per_sample"]}
+        for key, cell in row["metrics"].items():
+            flat.update({key: cell["estimate"], f"{key}_low": cell["low"], f"{key}_high": cell["high"]})
+        rows.append(flat)
+    columns = tuple((k, k, "{}", "") for k in rows[0] if k != "label")
+    grids = {row["label"]: out_dir / results["grids"][row["method"]] for row in results["rows"]}
+    curves = [out_dir / p for p in results["curve_plots"]]
+    log_table(logger_cfg, out_dir, rows, columns, grids, group, title, curves)
+
+
+def log_table(logger_cfg, out_dir: Path, rows, columns, grids, group, title, artifacts=()) -> None:
     if "group" in logger_cfg and not logger_cfg.group:
         logger_cfg = OmegaConf.merge(logger_cfg, {"group": group})
     logger = instantiate(logger_cfg)
-    logger.start({"benchmark": title, "runs": [r["run_dir"] for r in rows]}, out_dir, f"table-{out_dir.name}")
+    logger.start({"benchmark": title, "runs": [r.get("run_dir") for r in rows]}, out_dir, f"table-{out_dir.name}")
     exit_code = 1
     try:
         logger.log_table("benchmark", rows, columns, grids)
+        if artifacts:
+            logger.log_artifacts(list(artifacts), 0)  # the convergence curves
         exit_code = 0
     finally:
         logger.finish(exit_code=exit_code)

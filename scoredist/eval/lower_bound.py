@@ -89,6 +89,13 @@ def exact_samples(guidance, chunk) -> torch.Tensor:
     return torch.stack(draws).float().to(guidance.alphas_cumprod.device)
 
 
+def guidance_rows(sampler) -> int:
+    """Rows of the model one sample costs: DDIM's steps (twice with CFG: ε(y) and ε(∅)); none for exact samples."""
+    if sampler.name == "exact":
+        return 0
+    return int(sampler.num_steps) * (1 if float(sampler.guidance_scale) == 1.0 else 2)
+
+
 def _sample_chunk(guidance, index: int, chunk, sampler, run_dir: Path, device) -> list[dict]:
     start = time.perf_counter()
     prompts = [s.caption for s in chunk]
@@ -114,6 +121,7 @@ def _sample_chunk(guidance, index: int, chunk, sampler, run_dir: Path, device) -
                 "seed": s.seed,
                 "steps": int(sampler.num_steps),
                 "seconds": seconds,
+                "guidance_rows": guidance_rows(sampler),
                 "image": str(image.relative_to(run_dir)),
                 "eval": evidence[i],
             }
