@@ -17,6 +17,7 @@ import re
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,6 +283,15 @@ class RowCounter:
         rows, self.rows = self.rows, 0
         return rows
 
+    @contextmanager
+    def paused(self):
+        """Rows evaluated inside are not the run's cost (a loss's diagnostics)."""
+        before = self.rows
+        try:
+            yield
+        finally:
+            self.rows = before
+
 
 class Run:
     """What every chunk of a run shares: config, device, guidance, loss, schedule, run folder, logs."""
@@ -424,6 +434,7 @@ class Chunk:
             if not found_now:
                 self.optimizer.step()
         logs.update(run.loss.after_step(run.guidance, x.detach(), prompts))
+        self.last_rows = (x.detach(), prompts)  # what `measure` looks at on a logging step
         logs["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step was taken with
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()  # skipped steps count too, so the schedule stays aligned with `step`
@@ -700,6 +711,8 @@ def train_chunk(run: Run, chunk: Chunk, bar, stop) -> bool:
         if logging_step or not chunk.device_skips:
             skipped = counter.read(chunk)
             if logging_step and not skipped:
+                with run.rows.paused():  # diagnostics, not the method's cost
+                    logs.update(run.loss.measure(run.guidance, *chunk.last_rows, step))
                 log_step(run, chunk, objective, t, logs, bar)
         if before % tr.image_every == 0:
             preview(run, chunk, render.x, before)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from scoredist.eval.benchmark import Benchmark, collect_from, compose_run, presets
 from scoredist.eval.collect import collect_runs
+from scoredist.eval.comparison import CURVE_METRICS
 from scoredist.images import save_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +37,14 @@ TINY = [
     "benchmark.lower_bound.num_steps=5",
     "benchmark.metrics.feature_net=null",
     "logger=none",
+    "benchmark.seeds=[0,1]",
+    "benchmark.curve_steps=[2]",
+    "benchmark.timing.rounds=1",
+    "benchmark.timing.steps=1",
 ]
-ROWS = ["Exact samples (floor)", "DDIM (lower bound)", "SDS", "NFSD", "CSD", "VSD", "Ours", "Bridge (k = 4)"]
+ROWS = ["Exact samples (floor)", "DDIM (lower bound)", "SDS", "NFSD", "CSD", "VSD", "VSD, exact source", "Ours",
+        "Bridge (k = 4)"]  # fmt: skip
+METHODS = ["exact", "ddim", "sds", "nfsd", "csd", "vsd", "vsd_exact", "ours", "bridge"]
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +58,23 @@ def table_rows(markdown: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()[2:] if line]
 
 
+def first_table(markdown: str) -> str:
+    """The first Markdown table of a report (its header line starts with "| method")."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
 def test_every_preset_composes_and_its_metrics_instantiate(tmp_path):
-    assert presets() == ["coco", "shapes"]
+    assert presets() == ["coco", "shapes", "shapes_full"]
     for preset in presets():
         coco = [f"benchmark.metrics.reference_images={tmp_path}", "benchmark.metrics.clip=none"]
         cfg = compose_run(preset, coco if preset == "coco" else [])
         assert set(cfg.benchmark.rows) <= set(cfg.benchmark.methods), preset
         for method in cfg.benchmark.rows:  # every row's overrides compose
             compose_run(preset, [str(o) for o in cfg.benchmark.methods[method]])
-        if preset == "shapes":
+        if preset.startswith("shapes"):
             metrics = instantiate(cfg.benchmark.metrics, feature_net=None)
             assert type(metrics).__name__ == "ShapesMetrics"
         else:
@@ -70,25 +85,41 @@ def test_every_preset_composes_and_its_metrics_instantiate(tmp_path):
             assert type(instantiate(cfg.benchmark.metrics)).__name__ == "ZeroShotFID"
 
 
-def test_the_tiny_benchmark_writes_the_table_with_the_seven_rows_and_the_floor(tiny_benchmark):
+def test_the_tiny_benchmark_writes_the_table_with_intervals_differences_curves_and_the_floor(tiny_benchmark):
     out, result = tiny_benchmark
     md = (out / "results.md").read_text()
-    rows = table_rows(md.split("\n", 2)[2])
-    assert [r[0] for r in rows] == ROWS
+    assert [r[0] for r in table_rows(first_table(md))] == ROWS
     data = json.loads((out / "results.json").read_text())
-    assert [r["label"] for r in data] == ROWS
-    for r in data:
-        assert r["samples_total"] == 4 and r["prompts_total"] == 2
-        assert r["fd_pixels"] > 0 and 0 <= r["fidelity"] <= 1 and 0 <= r["artifact_rate"] <= 1
-        assert (out / r["grid"]).is_file()
-        assert r["seconds_per_sample"] > 0
-    assert data[2]["time_vs_sds"] == pytest.approx(1.0)
+    assert [r["label"] for r in data["rows"]] == ROWS
+    assert data["design"]["samples_per_caption"] == [4, 4] and data["design"]["seeds"] == [0, 1]
+    for r in data["rows"]:
+        fd, fid = r["metrics"]["fd_pixels"], r["metrics"]["fidelity"]
+        assert fd["low"] <= fd["estimate"] <= fd["high"] and fd["estimate"] > 0
+        assert 0 <= fid["low"] <= fid["estimate"] <= fid["high"] <= 1
+        assert (out / data["grids"][r["method"]]).is_file()
+        assert set(r["per_seed"]) == {"0", "1"}
+        if r["method"] != "ours":  # every method against ours, paired
+            assert set(r["difference_vs_ours"]) == set(data["keys"])
+    cost = {r["method"]: r["guidance_rows_per_sample"] for r in data["rows"]}
+    assert cost["exact"] == 0 and cost["ddim"] == 5 and cost["sds"] == 2 * 3  # counted, not assumed
+    timing = json.loads((out / "timing.json").read_text())
+    assert set(timing) == set(METHODS[2:]) and all(v > 0 for v in timing.values())
     # exact samples of the prompt's own distribution: every sample shows its caption, and the floor is the lowest FD
-    assert data[0]["fidelity"] == 1.0
-    assert data[0]["fd_pixels"] < min(r["fd_pixels"] for r in data[2:])
-    for method in ("exact", "ddim", "sds", "ours", "bridge"):
-        assert (out / method / "samples.jsonl").is_file() and (out / method / "config.yaml").is_file()
+    rows = {r["method"]: r["metrics"] for r in data["rows"]}
+    assert rows["exact"]["fidelity"]["estimate"] == 1.0
+    assert rows["exact"]["fd_pixels"]["estimate"] < min(rows[m]["fd_pixels"]["estimate"] for m in METHODS[2:])
+    # curves: one PNG per metric; a trained row has a point per snapshot step and the end, a sampled row one
+    assert [Path(p).name for p in data["curve_plots"]] == [f"{k}.png" for k in CURVE_METRICS]
+    assert all((out / p).is_file() for p in data["curve_plots"])
+    assert [p["step"] for p in data["curves"]["sds"]["points"]] == [2, 3]
+    assert [p["guidance_rows"] for p in data["curves"]["sds"]["points"]] == [4.0, 6.0]
+    assert len(data["curves"]["exact"]["points"]) == 1
+    for method in METHODS:
+        for seed in (0, 1):
+            run = out / method / f"seed{seed}"
+            assert (run / "samples.jsonl").is_file() and OmegaConf.load(run / "config.yaml").seed == seed
     assert (out / "benchmark.yaml").is_file() and "benchmark.py" in (out / "command.txt").read_text()
+    assert "### What is significant" in md and "Ours vs SDS:" in md
 
 
 def test_collect_on_the_same_folders_gives_the_same_table(tiny_benchmark, tmp_path):
@@ -97,12 +128,19 @@ def test_collect_on_the_same_folders_gives_the_same_table(tiny_benchmark, tmp_pa
     assert table_rows(again["table"]) == table_rows(result["table"])
 
 
-def test_rerunning_skips_finished_rows(tiny_benchmark, capsys):
+def test_rerunning_adds_nothing_twice(tiny_benchmark, capsys):
     out, _ = tiny_benchmark
-    start = time.perf_counter()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("samples.jsonl")}
+    timing = (out / "timing.json").read_text()
     Benchmark("shapes", [*TINY, "benchmark.rows=[ddim,sds]"], out).run()
-    assert "sds: already finished" in capsys.readouterr().out
-    assert time.perf_counter() - start < 60
+    said = capsys.readouterr().out
+    assert "sds seed 0: already finished" in said and "sds seed 1: already finished" in said
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("samples.jsonl")} == before
+    assert (out / "timing.json").read_text() == timing
+    for run in out.glob("*/seed*"):
+        snaps = run / "snapshots.jsonl"
+        if snaps.exists():
+            assert len(snaps.read_text().splitlines()) == 4  # one step × 4 samples, written once
 
 
 def test_a_plain_rerun_of_an_interrupted_benchmark_continues_it(tmp_path, monkeypatch, capsys):
@@ -129,9 +167,10 @@ def test_a_plain_rerun_of_an_interrupted_benchmark_continues_it(tmp_path, monkey
     script.main(command)
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"continuing outputs/benchmarks/{first.name}: 1 of 2 rows done"
-    assert "exact: already finished" in out
+    assert "exact seed 0: already finished" in out
     assert [p.name for p in (tmp_path / "outputs" / "benchmarks").iterdir()] == [first.name]
-    assert len((first / "sds" / "samples.jsonl").read_text().splitlines()) == 4 and (first / "results.md").is_file()
+    assert len((first / "sds" / "seed1" / "samples.jsonl").read_text().splitlines()) == 4
+    assert (first / "results.md").is_file()
     finished = continue_or_start("shapes", command)  # a finished benchmark is measured again, in a new folder
     assert finished.out_dir != Path("outputs/benchmarks") / first.name and "continuing" not in capsys.readouterr().out
 
@@ -147,10 +186,11 @@ def test_a_missing_run_folder_is_skipped_with_a_warning(tiny_benchmark, tmp_path
     out, _ = tiny_benchmark
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("wandb"))
-    lines = (copy / "vsd" / "samples.jsonl").read_text().splitlines()
-    (copy / "vsd" / "samples.jsonl").write_text("\n".join(lines[:2]) + "\n")  # a run killed half-way
+    for seed in (0, 1):
+        lines = (copy / "vsd" / f"seed{seed}" / "samples.jsonl").read_text().splitlines()
+        (copy / "vsd" / f"seed{seed}" / "samples.jsonl").write_text("\n".join(lines[:2]) + "\n")  # killed half-way
     shutil.rmtree(copy / "csd")
-    with pytest.warns(UserWarning, match=r"skipping unfinished run .*vsd: 2 of 4 samples finished"):
+    with pytest.warns(UserWarning, match=r"skipping unfinished run .*vsd/seed0: 2 of 4 samples finished"):
         result = collect_from([copy], [], copy)
     assert [r[0] for r in table_rows(result["table"])] == [r for r in ROWS if r not in ("VSD", "CSD")]
 
@@ -223,9 +263,11 @@ def test_preset_coco_without_its_inputs_fails_at_once_saying_what_to_pass(tmp_pa
 
 def test_commands_give_the_multirun_equivalent():
     lines = Benchmark("shapes", ["trainer.max_steps=9"], "unused").commands()
-    assert lines[0] == "python scripts/sample.py +benchmark=shapes trainer.max_steps=9 +sampler.name=exact"
-    assert lines[1] == "python scripts/sample.py +benchmark=shapes trainer.max_steps=9 +sampler.name=ddim"
-    assert lines[2] == "python train.py -m +benchmark=shapes trainer.max_steps=9 loss=sds"
+    common = "+benchmark=shapes trainer.max_steps=9"
+    assert lines[0] == f"python scripts/sample.py -m {common} +sampler.name=exact benchmark.row=exact seed=0,1"
+    assert lines[1] == f"python scripts/sample.py -m {common} +sampler.name=ddim benchmark.row=ddim seed=0,1"
+    assert lines[2] == f"python train.py -m {common} loss=sds benchmark.row=sds seed=0,1"
+    assert f"python train.py -m {common} loss=vsd loss.source=particles benchmark.row=vsd_exact seed=0,1" in lines
     assert lines[-1].startswith("python scripts/collect.py")
 
 
@@ -247,7 +289,7 @@ def test_the_same_table_through_a_hydra_multirun_and_sample_py(tmp_path):
         [sys.executable, "scripts/collect.py", str(sweep), str(lower), "--out", str(tmp_path / "table")],
         cwd=ROOT, check=True, capture_output=True, text=True,
     )  # fmt: skip
-    rows = table_rows((tmp_path / "table" / "results.md").read_text().split("\n", 2)[2])
+    rows = table_rows(first_table((tmp_path / "table" / "results.md").read_text()))
     assert [r[0] for r in rows] == ["DDIM (lower bound)", "SDS", "Ours"], done.stdout
 
 

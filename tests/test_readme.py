@@ -196,6 +196,9 @@ BENCH_SHORT = (
     "benchmark.lower_bound.num_steps=5",
     "benchmark.metrics.feature_net=null",
     "logger=none",
+    "benchmark.curve_steps=[2]",
+    "benchmark.timing.rounds=1",
+    "benchmark.timing.steps=1",
 )
 # the +benchmark multiruns at one sample per prompt (what collect.py then gets from the README's seed sweeps, too)
 ONE_SAMPLE = tuple(
@@ -247,6 +250,13 @@ def nearest_rows(run: Path) -> list[dict]:
         ev = json.loads(line)["eval"]
         rows.append({k: v if isinstance(v, list) else [v] for k, v in ev.items()})
     return rows
+
+
+def check_nothing_written(folder: str) -> Callable:
+    def check(result):
+        assert not (result.out / folder).exists(), f"{result.text} wrote {folder}/"
+
+    return check
 
 
 def check_sweep_jobs(n: int) -> Callable:
@@ -306,8 +316,10 @@ def check_views(labels: list[str]) -> Callable:
 
 def check_results_rows(rows: list[str]) -> Callable:
     def check(result):
-        md = (result.out / "bench" / "results.md").read_text()
-        table = [x for x in md.splitlines() if x.startswith("| ") and not x.startswith("| method")]
+        md = (result.out / "bench" / "results.md").read_text().splitlines()
+        start = next(i for i, x in enumerate(md) if x.startswith("| method")) + 2  # the first table: the results
+        table = [x for x in md[start:] if x.startswith("| ")]
+        table = table[: next((i for i, x in enumerate(md[start:]) if not x.startswith("|")), len(table))]
         assert [x.strip("|").split("|")[0].strip() for x in table] == rows, md
 
     return check
@@ -462,6 +474,7 @@ def _table() -> dict[str, Spec]:
                         "NFSD",
                         "CSD",
                         "VSD",
+                        "VSD, exact source",
                         "Ours",
                         "Bridge (k = 4)",
                     ]
@@ -728,9 +741,36 @@ def _table() -> dict[str, Spec]:
                 always=("out={out}/bench",),
                 output=(
                     "python train.py -m +benchmark=shapes",
-                    "python scripts/sample.py +benchmark=shapes",
+                    "python scripts/sample.py -m +benchmark=shapes",
                     "python scripts/collect.py",
                 ),
+            ),
+        ),
+        (
+            "python scripts/benchmark.py --dry-run",
+            Spec(
+                "benchmark-dry-run",
+                always=("out={out}/bench",),
+                short=BENCH_SHORT,
+                output=("| sds | 2 | 8 | 3 | 6 | 48 |", "| exact | 2 | 8 | – | 0 | 0 |", "training: about"),
+                check=check_nothing_written("bench"),
+            ),
+        ),
+        (
+            "python scripts/benchmark.py preset=shapes_full --dry-run",
+            Spec(
+                "benchmark-full-dry-run",
+                always=("out={out}/bench",),
+                short=(*BENCH_SHORT, "benchmark.rows=[exact,sds,ours]"),
+                output=("rows × 3 seeds (0, 1, 2)", "| ours | 3 |"),
+                output_full=("| sds | 3 | 720 | 500 | 1000 | 720000 |",),
+            ),
+        ),
+        (
+            "python scripts/benchmark.py preset=shapes_full --commands",
+            Spec(
+                "benchmark-full-commands",
+                output=("python train.py -m +benchmark=shapes_full loss=sds benchmark.row=sds seed=0,1,2",),
             ),
         ),
         (

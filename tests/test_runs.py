@@ -643,7 +643,7 @@ def test_the_help_lists_every_conf_group_as_it_is_typed_and_the_launchers():
     assert "loss=sds|bridge|csd|dds|nfsd|ours|vsd" in lines  # the default first
     assert "lr_scheduler=cosine   (none by default)" in lines
     assert any(line.startswith("+experiment=demo|illusion|") for line in lines)
-    assert "+benchmark=coco|shapes" in lines  # these need the +: experiment=demo is refused
+    assert "+benchmark=coco|shapes|shapes_full" in lines  # these need the +: experiment=demo is refused
     assert not any(line.startswith(("experiment=", "benchmark=")) for line in lines)
     launchers = lines[-1].split("=")[1].split("|")
     assert lines[-1].startswith("hydra/launcher=basic|") and {"local", "slurm", "joblib"} <= set(launchers)

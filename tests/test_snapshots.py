@@ -58,3 +58,15 @@ def test_a_resumed_run_counts_guidance_rows_on_from_its_checkpoint(tmp_path):
 def test_snapshot_steps_that_are_not_steps_are_refused_by_name(tmp_path, steps):
     with pytest.raises(ValueError, match=r"trainer.snapshot_steps must be positive integers \(training steps\)"):
         train(config(*TWO, "trainer.max_steps=6", f"trainer.snapshot_steps={steps}", run_dir=tmp_path / "r"))
+
+
+def test_vsd_guidance_rows_count_its_source_fit_but_not_the_fit_ratio_measurement(tmp_path):
+    """VSD on the shapes prior: per sample and step ε(y), ε(∅), ψ's ε_φ term in the direction and in its fit (4 rows);
+    the fit ratio measured on every logging step adds none."""
+    common = (*TWO, "loss=vsd", "trainer.max_steps=3", "trainer.log_every=1")
+    measured = train(config(*common, run_dir=tmp_path / "a")).run_dir
+    quiet = train(config(*common, "loss.measure_fit=false", run_dir=tmp_path / "b")).run_dir
+    assert [r["guidance_rows"] for r in lines(measured / "samples.jsonl")] == [12.0] * 4
+    assert [r["guidance_rows"] for r in lines(quiet / "samples.jsonl")] == [12.0] * 4
+    assert all("vsd/fit_ratio_t0-250" in m for m in lines(measured / "metrics.jsonl"))
+    assert not any("vsd/fit_ratio_t0-250" in m for m in lines(quiet / "metrics.jsonl"))

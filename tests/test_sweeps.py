@@ -199,7 +199,7 @@ def test_the_help_shows_the_groups_as_they_are_typed_and_the_launchers(tmp_path)
     result = cli("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "loss=sds|bridge|csd|dds|nfsd|ours|vsd" in lines and "+benchmark=coco|shapes" in lines
+    assert "loss=sds|bridge|csd|dds|nfsd|ours|vsd" in lines and "+benchmark=coco|shapes|shapes_full" in lines
     assert any(line.startswith("+experiment=demo|illusion|") for line in lines)
     assert not any(line.startswith(("experiment", "benchmark")) for line in lines)  # Hydra's "experiment: demo, ..."
     (launchers,) = [line for line in lines if line.startswith("hydra/launcher=")]

@@ -81,6 +81,7 @@ class Benchmark:
         cfg.trainer.run_dir = str(self.run_dir(method, seed))
         steps = [int(s) for s in (self.spec.get("curve_steps") or []) if int(s) < cfg.trainer.max_steps]
         cfg.trainer.snapshot_steps = steps
+        cfg.benchmark.row = method  # the table's row name (two rows may share a loss: vsd and vsd_exact)
         if "group" in cfg.logger:
             cfg.logger.group = cfg.logger.group or self.group
         return cfg
@@ -253,14 +254,14 @@ class Benchmark:
         """The same benchmark as separate commands: one Hydra multirun of train.py per distinct row override set
         (add hydra/launcher=joblib|local|slurm to any of them), the lower bound, and collect.py."""
         common = [f"+benchmark={self.preset}", *self.overrides]
-        if len(self.seeds) > 1:
-            common.append("seed=" + ",".join(map(str, self.seeds)))
+        seeds = ["seed=" + ",".join(map(str, self.seeds))] if len(self.seeds) > 1 else []
         lines = []
         for method in self.spec.rows:
-            if any(o.startswith("+sampler.") for o in self.method_overrides(method)):
-                lines.append(shlex.join(["python", "scripts/sample.py", *common, *self.method_overrides(method)]))
+            row = [*self.method_overrides(method), f"benchmark.row={method}", *seeds]
+            if method not in self.trained_rows():
+                lines.append(shlex.join(["python", "scripts/sample.py", *(["-m"] if seeds else []), *common, *row]))
             else:
-                lines.append(shlex.join(["python", "train.py", "-m", *common, *self.method_overrides(method)]))
+                lines.append(shlex.join(["python", "train.py", "-m", *common, *row]))
         lines.append("python scripts/collect.py multirun/<the sweep folders> outputs/<the sample.py folder>")
         return lines
 
@@ -397,4 +398,12 @@ def collect_from(dirs: list[Path], overrides: list[str], out_dir: Path, log: boo
         raise ValueError(f"collect.py takes only benchmark.metrics.* overrides, got {bad}")
     metrics = instantiate(metrics_config(runs, overrides))
     logger_cfg = runs[0].config.logger if log else None
-    return finish_table(Path(out_dir), runs, metrics, f"Runs under {', '.join(map(str, dirs))}", logger_cfg)
+    # a benchmark folder's interleaved timing (measured once, when its rows finished) belongs to its table
+    timing = {
+        k: v
+        for d in dirs
+        if (Path(d) / "timing.json").is_file()
+        for k, v in json.loads((Path(d) / "timing.json").read_text()).items()
+    }
+    title = f"Runs under {', '.join(map(str, dirs))}"
+    return finish_table(Path(out_dir), runs, metrics, title, logger_cfg, timing=timing or None)

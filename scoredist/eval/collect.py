@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from scoredist.runs import _json_lines  # one reader of JSON-lines files (torn lines skipped)
 
 # Rows in the paper's order, then the rest; labels as the paper's table writes them.
-METHOD_ORDER = ("exact", "ddim", "sds", "nfsd", "csd", "vsd", "ours", "bridge", "dds")
+METHOD_ORDER = ("exact", "ddim", "sds", "nfsd", "csd", "vsd", "vsd_exact", "ours", "bridge", "dds")
 METHOD_LABELS = {
     "exact": "Exact samples (floor)",
     "ddim": "DDIM (lower bound)",
@@ -25,6 +25,7 @@ METHOD_LABELS = {
     "nfsd": "NFSD",
     "csd": "CSD",
     "vsd": "VSD",
+    "vsd_exact": "VSD, exact source",
     "ours": "Ours",
     "bridge": "Bridge",
     "dds": "DDS",
@@ -66,7 +67,11 @@ class RunFolder:
 def method_of(config) -> str | None:
     """What a run ran, the one name for it everywhere (table rows, wandb names and tags, sample.py's folders): a
     lower-bound folder's sampler ("ddim", or "exact"; its config has a `sampler` node), else the loss's module name
-    ("ours"). Takes a DictConfig or a plain dict; None when the config names neither."""
+    ("ours"); a benchmark row's own name where its preset set one (`benchmark.row`: "vsd_exact" is VSD's loss with
+    another source model). Takes a DictConfig or a plain dict; None when the config names neither."""
+    row = (config.get("benchmark") or {}).get("row")
+    if row:
+        return str(row)
     sampler = config.get("sampler")
     if sampler is not None:
         return str(sampler.get("name") or "ddim")

@@ -81,7 +81,17 @@ def method_samples(method: str, runs: list[RunFolder], prior, step: int | None =
         guidance_rows=_mean(r.get("guidance_rows") for r in records_all),
         seconds=_mean(r.get("seconds") for r in records_all),
         seeds=sorted({int(run.config.seed) for run in runs}),
+        source_rows=source_updates(runs[0].config),
     )
+
+
+def source_updates(config) -> float | None:
+    """Gradient steps of VSD's learned source model per sample and row (source_steps each step), from the config:
+    the cost VSD pays beside its guidance rows. None for other methods."""
+    loss = config.get("loss") or {}
+    if not str(loss.get("_target_", "")).endswith(".VSD") or loss.get("source", "learned") != "learned":
+        return None
+    return float(loss.get("source_steps", 1)) * float(config.trainer.max_steps)
 
 
 def caption_layout(samples: dict[str, MethodSamples]) -> tuple[list[str], list[int]]:
@@ -139,6 +149,7 @@ def compare_runs(
                 "label": finals[m].label,
                 "runs": [str(r.path) for r in groups[m]],
                 "guidance_rows_per_sample": finals[m].guidance_rows,
+                "source_updates_per_sample": finals[m].source_rows,
                 "seconds_per_sample": finals[m].seconds,
                 "seconds_per_step_interleaved": (timing or {}).get(m),
                 "metrics": summary["methods"][m],
@@ -288,8 +299,9 @@ def markdown_report(results: dict) -> str:
         f"per caption (seeds {', '.join(map(str, d['seeds']))}): {d['samples_per_method']} samples per method. "
         f"Cells: estimate [95 % percentile bootstrap interval], {d['resamples']} draws of captions with replacement "
         "and samples within each drawn caption; per-caption metrics (FD pixels, view coverage/KL, pairwise distance) "
-        "resample captions only; FD and FD∞ Inception use the first draws only (costly). NFE: guidance rows evaluated "
-        "per sample; time per step: interleaved rounds, median (absent: not measured).",
+        "resample captions only; FD and FD∞ Inception use the first draws only (costly). NFE: rows of the frozen model "
+        "evaluated per sample (counted by the trainer; VSD: also its source model's gradient steps); s / step: one "
+        "training step of the whole batch, median of interleaved rounds (absent: not trained).",
         "",
     ]
     lines.append(main_table(results))
@@ -331,7 +343,10 @@ def main_table(results: dict) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in results["rows"]:
         nfe, step = row["guidance_rows_per_sample"], row["seconds_per_step_interleaved"]
-        cells = [row["label"], "–" if nfe is None else f"{nfe:.0f}", f"{step:.3f}" if step else "–"]
+        nfe_text = "–" if nfe is None else f"{nfe:.0f}"
+        if row.get("source_updates_per_sample"):
+            nfe_text += f" + {row['source_updates_per_sample']:.0f} ψ updates"
+        cells = [row["label"], nfe_text, f"{step:.3f}" if step else "–"]
         lines.append("| " + " | ".join(cells + [cell_text(k, row["metrics"][k]) for k in keys]) + " |")
     return "\n".join(lines)
 

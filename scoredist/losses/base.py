@@ -132,6 +132,12 @@ class ScoreLoss:
         """Called after the parameter update with the detached render (VSD trains its source model here)."""
         return {}
 
+    def measure(self, guidance, x: torch.Tensor, prompts: Sequence[str], step: int) -> dict[str, float]:
+        """Diagnostics of the loss's own state on logging steps (VSD: how well its source model fits the renders),
+        with the step's detached render. Not part of the method: the trainer does not count the model rows spent
+        here as the run's cost. Default: nothing."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -453,45 +452,103 @@ def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ShapesSourceModel(SourceModel):
-    """VSD's ε_ψ for the shapes world: ε_ψ(x_t; y, t) = ε_φ(x_t; y, t) + r_ψ(x_t, t, y).
+    """VSD's ε_ψ for the shapes world: ε_ψ(x_t; y, t) = ε_φ(x_t; y, t) − κ_t · D_ψ(x_t, x̂0_φ, t, y).
 
-    ε_φ is the frozen exact prior (not a submodule: nothing of it is trained); r_ψ is a small conv net (~15k
-    parameters) conditioned on a sinusoidal time embedding and a learned embedding per prompt (prompts hashed by
-    CRC-32 into `prompt_slots` rows, so any prompt, "" included, has one without growing the parameter set). The last
-    conv is zero-initialised: the source model starts exactly at ε_φ(x_t; y), as a zero-initialised LoRA does.
+    ε_φ is the frozen exact prior (not a submodule: nothing of it is trained). The residual must represent
+    ε_q(x_t; y) − ε_φ(x_t; y), where q is the distribution of the current renders of y. When q is itself a mixture of
+    isotropic Gaussians of the prior's variance σ² (the renders, smoothed as in `ParticleScore`), both are
+    ε = (x_t − a E[x|x_t]) / b with E[x|x_t] = (b²/v) μ̄ + (aσ²/v) x_t (v = a²σ² + b², μ̄ the posterior mean of the
+    component means; mixture.py), so
+
+        ε_q − ε_φ = −κ_t (μ̄_q − μ̄_φ),        κ_t = a b / (a²σ² + b²)  (≤ 1/(2σ), → 0 at both ends).
+
+    D_ψ is a network for that difference of two images, O(1) at every t; κ_t carries the scale, so the net does not
+    have to learn a residual that is ~0.07 of its size at t = 999 and ~5 at t ≈ 100 (the former net, with no such
+    factor, fitted noise at high t: its ε_ψ was further from the particle score than ε_φ itself). D_ψ is a small
+    U-shaped conv net, because μ̄_q − μ̄_φ depends on the whole image (which render and which mode x_t is near):
+    - it sees x_t and the prior's own estimate x̂0_φ = (x_t − b ε_φ) / a;
+    - three resolutions (32², 16², 8²) with skips, and at 8² a globally pooled feature added back to every position, so
+      every output pixel depends on the entire 32×32 image (the former 3-conv net saw a 7×7 window);
+    - time (sinusoidal) and prompt scale and shift the features at three levels (FiLM);
+    - each distinct prompt text gets its own embedding slot, in order of first sight ("" is slot 0), at most
+      `prompt_slots`, persisted in state_dict (extra state): no two prompts share an embedding (the former CRC-32 slots
+      put "a yellow cylinder" and "an orange cube" of the benchmark in one);
+    - the last conv is zero-initialised: ε_ψ starts exactly at ε_φ(x_t; y), as a zero-initialised LoRA does.
     """
 
-    def __init__(self, prior: ShapesPrior, width: int = 32, prompt_slots: int = 64):
+    def __init__(self, prior: ShapesPrior, width: int = 24, prompt_slots: int = 64):
         super().__init__()
         self._prior = (prior,)  # a tuple hides it from nn.Module: not a parameter owner, not in state_dict
         self.width = width
         self.prompt_slots = prompt_slots
-        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.prompt_embedding = nn.Embedding(prompt_slots, width)
+        self.slots: dict[str, int] = {"": 0}  # prompt text → embedding row
+        w, w2 = width, 2 * width
+        self.time_mlp = nn.Sequential(nn.Linear(w, w2), nn.SiLU(), nn.Linear(w2, w2))
+        self.prompt_embedding = nn.Embedding(prompt_slots, w2)
         nn.init.normal_(self.prompt_embedding.weight, std=0.02)
-        self.conv_in = nn.Conv2d(3, width, 3, padding=1)
-        self.conv_mid = nn.Conv2d(width, width, 3, padding=1)
-        self.conv_out = nn.Conv2d(width, 3, 3, padding=1)
+        self.film = nn.Linear(w2, 2 * (w + w2 + w))  # scale and shift of the 32², 8² and last 32² features
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.conv_in = nn.Conv2d(6, w, 3, padding=1)  # [x_t, x̂0_φ] at 32²
+        self.down1 = nn.Conv2d(w, w2, 3, stride=2, padding=1)  # 16²
+        self.down2 = nn.Conv2d(w2, w2, 3, stride=2, padding=1)  # 8²
+        self.pooled = nn.Linear(w2, w2)  # the global branch
+        self.up1 = nn.Conv2d(w2 + w2, w, 3, padding=1)  # 16², with the skip from down1
+        self.up0 = nn.Conv2d(w + w, w, 3, padding=1)  # 32², with the skip from conv_in
+        self.conv_out = nn.Conv2d(w, 3, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
     def prompt_slot(self, prompts: Sequence[str]) -> torch.Tensor:
-        return torch.tensor([zlib.crc32(p.encode()) % self.prompt_slots for p in prompts], dtype=torch.long)
+        """Embedding rows of the prompts, assigning the next free row to a text seen for the first time."""
+        for p in prompts:
+            if p not in self.slots:
+                if len(self.slots) >= self.prompt_slots:
+                    raise ValueError(
+                        f"the shapes source model holds at most {self.prompt_slots} distinct prompts ('' included) "
+                        f"and has seen them all; {p!r} is one more. Raise prompt_slots or distil fewer prompts at once."
+                    )
+                self.slots[p] = len(self.slots)
+        return torch.tensor([self.slots[p] for p in prompts], dtype=torch.long)
 
-    def residual(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """r_ψ: (N, 3, R, R) → (N, 3, R, R)."""
-        emb = self.time_mlp(_timestep_embedding(t, self.width)) + self.prompt_embedding(
-            self.prompt_slot(prompts).to(x_t.device)
-        )
-        h = F.silu(self.conv_in(x_t) + emb[:, :, None, None])
-        h = F.silu(self.conv_mid(h))
-        return self.conv_out(h)
+    def get_extra_state(self) -> dict:
+        return {"slots": list(self.slots)}  # texts in slot order
+
+    def set_extra_state(self, state: dict) -> None:
+        self.slots = {text: i for i, text in enumerate(state["slots"])}
+
+    def residual(
+        self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str], eps_prior: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """−κ_t D_ψ: (N, 3, R, R) → (N, 3, R, R). eps_prior: ε_φ(x_t; y, t) if already computed (else it is)."""
+        if eps_prior is None:
+            eps_prior = self._prior[0].predict_noise(x_t, t, prompts)
+        abar = self._prior[0].alphas_cumprod.to(x_t.device)[t.to(x_t.device).long()].view(-1, 1, 1, 1)
+        x0 = ((x_t - (1 - abar).sqrt() * eps_prior) / abar.sqrt()).clamp(-2, 2)  # the prior's x̂0, kept in range
+        emb = F.silu(self.time_mlp(_timestep_embedding(t.to(x_t.device), self.width)))
+        emb = emb + self.prompt_embedding(self.prompt_slot(prompts).to(x_t.device))
+        w, w2 = self.width, 2 * self.width
+        film = list(self.film(emb).split([2 * w, 2 * w2, 2 * w], dim=1))
+
+        def modulate(h, i):
+            scale, shift = film[i].chunk(2, dim=1)
+            return F.silu(h * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+
+        h0 = modulate(self.conv_in(torch.cat([x_t, x0], dim=1)), 0)  # 32²
+        h1 = F.silu(self.down1(h0))  # 16²
+        h2 = self.down2(h1)  # 8²
+        h2 = modulate(h2 + self.pooled(h2.mean(dim=(2, 3)))[:, :, None, None], 1)  # every position sees the image
+        u1 = F.silu(self.up1(torch.cat([F.interpolate(h2, scale_factor=2.0, mode="nearest"), h1], dim=1)))
+        u0 = modulate(self.up0(torch.cat([F.interpolate(u1, scale_factor=2.0, mode="nearest"), h0], dim=1)), 2)
+        a, b2 = abar.sqrt(), 1 - abar
+        kappa = a * b2.sqrt() / (abar * self._prior[0].variance + b2)
+        return -kappa * self.conv_out(u0)
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str], cameras=None) -> torch.Tensor:
         """ε_ψ for each row (differentiable in ψ): x_t (N, 3, R, R), t (N,), N prompts → (N, 3, R, R) float32.
         cameras (VSD passes them for NeRF renders) are ignored: the view phrase in the prompt is the condition."""
         base = self._prior[0].predict_noise(x_t, t, prompts)
-        return base + self.residual(x_t.float(), t, prompts)
+        return base + self.residual(x_t.float(), t, prompts, eps_prior=base)
 
 
 # `vocabulary_message` is re-exported so that callers reporting a bad prompt can show the vocabulary.
