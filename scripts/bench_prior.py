@@ -2,6 +2,7 @@
 
     python scripts/bench_prior.py                      # the tables (about a minute on 2 cores)
     python scripts/bench_prior.py --train              # + a short train.py run before/after (two subprocesses each)
+    python scripts/bench_prior.py --train --train-benchmark   # ... one seed of a benchmark row instead
     python scripts/bench_prior.py --out table.md       # also write the markdown there
 
 Prints, as markdown: the machine and its float64/float32 matmul throughput on the table's own size (the floor of the
@@ -14,7 +15,8 @@ the end of a distillation run); "mixed" t is uniform in [20, 980] per row, as th
 
 `--train` times `train.py guidance=shapes loss=... ` end to end in fresh processes: "before" = the reference ε, the
 per-row nearest-component loop of before and banks rendered in the process (no disk cache); "after" = this code with a
-warm disk cache. Medians of `--train-repeats` runs, alternated.
+warm disk cache. Medians of `--train-repeats` runs, alternated. `--train-benchmark` runs one seed of a benchmark row
+instead (`+benchmark=shapes loss=...`: the preset's captions, samples, batch and steps unless --train-steps is given).
 """
 
 from __future__ import annotations
@@ -157,15 +159,19 @@ def patch_before() -> None:
 
 
 def train_runs(args) -> list[str]:
-    command = [
-        "guidance=shapes",
-        f"loss={args.train_loss}",
-        "prompt=[a red cube,a blue sphere]",
-        "samples_per_prompt=3",
-        "trainer.batch_size=6",
-        f"trainer.max_steps={args.train_steps}",
-        "logger=none",
-    ]
+    if args.train_benchmark:
+        steps = [] if args.train_steps is None else [f"trainer.max_steps={args.train_steps}"]
+        command = ["+benchmark=shapes", f"loss={args.train_loss}", *steps, "logger=none"]
+    else:
+        command = [
+            "guidance=shapes",
+            f"loss={args.train_loss}",
+            "prompt=[a red cube,a blue sphere]",
+            "samples_per_prompt=3",
+            "trainer.batch_size=6",
+            f"trainer.max_steps={args.train_steps or 30}",
+            "logger=none",
+        ]
     results: dict[str, list[float]] = {"before": [], "after": []}
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as out:
@@ -203,7 +209,10 @@ def main(argv=None) -> list[str]:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median)")
     parser.add_argument("--train", action="store_true", help="also time a short train.py run before/after")
     parser.add_argument("--train-loss", default="sds")
-    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument(
+        "--train-steps", type=int, default=None, help="default: 30; the preset's with --train-benchmark"
+    )
+    parser.add_argument("--train-benchmark", action="store_true", help="time one seed of a +benchmark=shapes row")
     parser.add_argument("--train-repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="also write the markdown to this file")
     args = parser.parse_args(argv)

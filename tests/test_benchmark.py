@@ -480,3 +480,24 @@ def test_nerf_scripts_turn_a_deleted_sketch_into_one_line(script, tmp_path, caps
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2 and "is not a run folder" in capsys.readouterr().err
+
+
+def test_the_comparison_goes_to_wandb_offline_with_its_table_and_curves(tiny_benchmark, tmp_path, monkeypatch):
+    """The table's own tracker run (a config naming the benchmark by its title): a table, the curves and the grids."""
+    from scoredist.eval.benchmark import finish_table
+    from scoredist.eval.exact import ShapesMetrics
+
+    home = tmp_path / "home"
+    for key, folder in [("HOME", home), ("XDG_DATA_HOME", home / "data"), ("XDG_CACHE_HOME", home / "cache")]:
+        monkeypatch.setenv(key, str(folder))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / "config"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out, _ = tiny_benchmark
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("wandb"))
+    logger = OmegaConf.load(ROOT / "conf" / "logger" / "wandb.yaml")
+    finish_table(copy, collect_runs(copy), ShapesMetrics(), "Benchmark preset=shapes", logger, "test-group")
+    (offline,) = (copy / "wandb").glob("offline-run-*")
+    media = offline / "files" / "media"
+    assert list((media / "table").glob("benchmark_*.table.json"))
+    assert {p.name.split("_")[0] for p in (media / "images" / "artifacts").glob("*.png")} >= {"fidelity", "fd"}

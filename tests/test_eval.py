@@ -266,11 +266,14 @@ def test_one_method_name_for_the_table_wandb_and_the_folders():
         ({**base, "sampler": {"name": "exact", "num_steps": 50}}, "exact"),
         ({**base, "sampler": {"name": "ddim"}}, "ddim"),
         ({**base, "sampler": {"num_steps": 50}}, "ddim"),
+        ({**base, "loss": {"_target_": "scoredist.losses.vsd.VSD"}, "benchmark": {"row": "vsd_exact"}}, "vsd_exact"),
+        ({**base, "benchmark": {"row": None}}, "ours"),  # a run of a preset outside scripts/benchmark.py
     ):
         assert method_of(config) == method_of(OmegaConf.create(config)) == method
         assert run_name(config, "x") == f"{method} | a red cube"
         assert run_tags(config)[0] == f"loss:{method}"
     assert method_of({"prompt": "a red cube"}) is None and run_name({"prompt": "a red cube"}, "x") == "x"
+    assert method_of({"benchmark": "Benchmark preset=shapes", "runs": []}) is None  # the table's own tracker run
 
 
 def test_one_sample_leaves_the_frechet_columns_empty_with_a_footnote_saying_why(prior, tmp_path):

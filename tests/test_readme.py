@@ -961,6 +961,26 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         (
+            "python scripts/bench_prior.py --train --train-benchmark",
+            Spec(
+                "bench-prior-train-benchmark",
+                short_flags=(
+                    "--rows",
+                    "4",
+                    "--t",
+                    "20",
+                    "--repeats",
+                    "1",
+                    "--train-steps",
+                    "2",
+                    "--train-repeats",
+                    "1",
+                ),
+                output=("+benchmark=shapes loss=sds trainer.max_steps=2 logger=none", "faster"),
+                output_full=("+benchmark=shapes loss=sds logger=none",),
+            ),
+        ),
+        (
             "python scripts/bench_prior.py --out table.md",
             Spec(
                 "bench-prior-out",

@@ -69,7 +69,8 @@ def method_of(config) -> str | None:
     lower-bound folder's sampler ("ddim", or "exact"; its config has a `sampler` node), else the loss's module name
     ("ours"); a benchmark row's own name where its preset set one (`benchmark.row`: "vsd_exact" is VSD's loss with
     another source model). Takes a DictConfig or a plain dict; None when the config names neither."""
-    row = (config.get("benchmark") or {}).get("row")
+    bench = config.get("benchmark")
+    row = bench.get("row") if hasattr(bench, "get") else None  # a tracker run's config may name a benchmark by title
     if row:
         return str(row)
     sampler = config.get("sampler")

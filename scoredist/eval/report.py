@@ -162,7 +162,7 @@ def compare_runs(
         "keys": list(keys),
         "baseline": baseline if baseline in evidence else None,
     }
-    results["curves"] = curves(groups, finals, prior, judge, captions, curve_resamples)
+    results["curves"] = curves(groups, finals, evidence, prior, judge, captions, curve_resamples)
     results["curve_plots"] = [str(p.relative_to(out_dir)) for p in plot_curves(results["curves"], out_dir / "curves")]
     results["grids"] = {
         m: str(method_grid(rs[0], out_dir / "grids" / f"{m}.png").relative_to(out_dir)) for m, rs in groups.items()
@@ -192,8 +192,9 @@ def per_seed(evidence, pooled, samples: MethodSamples, keys) -> dict:
     return out
 
 
-def curves(groups, finals, prior, judge, captions, resamples) -> dict:
-    """Per method, the curve metrics at every snapshot step and at the end, against guidance rows per sample."""
+def curves(groups, finals, final_evidence, prior, judge, captions, resamples) -> dict:
+    """Per method, the curve metrics at every snapshot step and at the end (its evidence already computed), against
+    guidance rows per sample."""
     out = {}
     sizes = [finals[next(iter(finals))].captions.count(c) for c in captions]
     plan = Plan(sizes, resamples, seed=1)
@@ -204,7 +205,7 @@ def curves(groups, finals, prior, judge, captions, resamples) -> dict:
             samples = finals[method] if step is None else method_samples(method, runs, prior, step)
             if samples is None:
                 continue
-            evidence = judge.of(samples, captions, with_features=False)
+            evidence = final_evidence[method] if step is None else judge.of(samples, captions, with_features=False)
             summary = summarise({method: evidence}, {}, plan, CURVE_METRICS, baseline=None)["methods"][method]
             final_step = max(int(r.config.trainer.max_steps) for r in runs) if "trainer" in runs[0].config else None
             points.append(
