@@ -163,3 +163,21 @@ def test_the_report_has_the_table_the_differences_and_the_seeds():
     assert "| Ours | 300 | – | 75 % [60 %, 90 %] | 1000 [900, 1100] | 2.0 [1.0, 3.0] |" in md
     assert "| SDS | +25 % [+10 %, +40 %]* | +100 [+20, +180]* | -1.0 [-2.0, +0.5] |" in md
     assert "| SDS | 1 | 50 % |" in md
+
+
+def test_a_bias_corrected_interval_keeps_the_spread_of_the_draws_around_the_estimate():
+    draws = [10.0, 11.0, 12.0, 13.0, 14.0]  # every resample larger than the data's value, as for a Fréchet distance
+    plain = interval(draws, 5.0, level=0.5)
+    assert not plain["low"] <= 5.0 <= plain["high"]
+    fixed = interval(draws, 5.0, level=0.5, bias_corrected=True)
+    assert fixed == {"estimate": 5.0, "low": 4.0, "high": 6.0}
+
+
+def test_the_pooled_fd_interval_of_samples_against_their_own_distribution_holds_the_estimate():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g)
+    e = evidence({}, {}, sizes=(10, 10, 10, 10), features=x)
+    out = summarise({"a": e}, {"a": PooledFeatures(x, y)}, Plan([10] * 4, 200), ("fd_features", "kid"), None)
+    for key in ("fd_features", "kid"):
+        cell = out["methods"]["a"][key]
+        assert cell["low"] <= cell["estimate"] <= cell["high"], (key, cell)

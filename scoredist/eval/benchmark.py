@@ -366,7 +366,7 @@ def log_table(logger_cfg, out_dir: Path, rows, columns, grids, group, title, art
     try:
         logger.log_table("benchmark", rows, columns, grids)
         if artifacts:
-            logger.log_artifacts(list(artifacts), 0)  # the convergence curves
+            logger.log_artifacts(list(artifacts), None)  # the convergence curves, at the step after the table
         exit_code = 0
     finally:
         logger.finish(exit_code=exit_code)

@@ -13,7 +13,8 @@ Metrics are of three kinds:
   distance): computed once per caption on all its samples, then averaged over the drawn captions — these resample
   captions only (a caption's Fréchet distance of a resampled set with repeated samples is not the same estimator);
 - pooled (KID, FD and FD∞ in Inception space, against exact samples of the same captions): recomputed on the drawn
-  samples (KID from precomputed kernel matrices; the Fréchet distances on fewer draws, `pooled_resamples`).
+  samples (KID from precomputed kernel matrices; the Fréchet distances on fewer draws, `pooled_resamples`), their
+  intervals bias-corrected (`interval`).
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def _drawn_samples(evidence: Evidence, draw) -> np.ndarray:
 
 def statistic(key: str, evidence: Evidence, pooled: PooledFeatures | None, draw) -> float:
     """One metric of one method on one draw (`Plan.draws[b]` or `Plan.whole`)."""
-    kind = next(m[4] for m in METRICS if m[0] == key)
+    kind = kind_of(key)
     if kind == "sample":
         return float(evidence.per_sample[key][_drawn_samples(evidence, draw)].mean())
     if kind == "caption":
@@ -245,13 +246,25 @@ def statistic(key: str, evidence: Evidence, pooled: PooledFeatures | None, draw)
     return pooled.fd_infinity(idx)
 
 
-def interval(values: list[float], estimate: float, level: float = 0.95) -> dict:
-    """{estimate, low, high} from bootstrap values (percentile interval; non-finite draws dropped)."""
+def interval(values: list[float], estimate: float, level: float = 0.95, bias_corrected: bool = False) -> dict:
+    """{estimate, low, high} from bootstrap values (percentile interval; non-finite draws dropped).
+
+    bias_corrected: shift the draws by their mean's offset from the estimate first. For statistics of a whole sample
+    set (Fréchet distances, KID) a resample with repeated samples is not a sample of the same kind: repeats shrink
+    the covariance, so every draw's FD is larger than the data's (measured: the percentile interval of 96 exact
+    samples' Inception FD was [88, 132] around an estimate of 70). The shift keeps the draws' spread and removes that
+    offset."""
     v = np.asarray([x for x in values if math.isfinite(x)])
     if v.size < 2 or not math.isfinite(estimate):
         return {"estimate": estimate if math.isfinite(estimate) else None, "low": None, "high": None}
+    if bias_corrected:
+        v = v - (v.mean() - estimate)
     low, high = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
     return {"estimate": estimate, "low": float(low), "high": float(high)}
+
+
+def kind_of(key: str) -> str:
+    return next(m[4] for m in METRICS if m[0] == key)
 
 
 def significant(cell: dict) -> bool:
@@ -274,13 +287,13 @@ def summarise(
     for method, evidence in methods.items():
         out["methods"][method], values[method] = {}, {}
         for key in keys:
-            kind = next(m[4] for m in METRICS if m[0] == key)
+            kind = kind_of(key)
             draws = plan.draws[:pooled_resamples] if kind == "pooled" and key != "kid" else plan.draws
             if key == "fd_infinity":
                 draws = plan.draws[: max(pooled_resamples // 2, 2)]
             values[method][key] = [statistic(key, evidence, pooled.get(method), d) for d in draws]
             estimate = statistic(key, evidence, pooled.get(method), plan.whole)
-            out["methods"][method][key] = interval(values[method][key], estimate, level)
+            out["methods"][method][key] = interval(values[method][key], estimate, level, kind == "pooled")
     if baseline in methods:
         for method in methods:
             if method == baseline:
@@ -290,7 +303,8 @@ def summarise(
                 a, b = values[baseline][key], values[method][key]
                 est_a, est_b = out["methods"][baseline][key]["estimate"], out["methods"][method][key]["estimate"]
                 estimate = est_a - est_b if est_a is not None and est_b is not None else math.nan
-                out["differences"][method][key] = interval([x - y for x, y in zip(a, b)], estimate, level)
+                diffs = [x - y for x, y in zip(a, b)]
+                out["differences"][method][key] = interval(diffs, estimate, level, kind_of(key) == "pooled")
     return out
 
 

@@ -296,11 +296,12 @@ def markdown_report(results: dict) -> str:
     d, keys, base = results["design"], results["keys"], results["baseline"]
     lines = [f"# {results['title']}", ""] if results["title"] else []
     lines += [
-        f"{len(d['captions'])} captions × {min(d['samples_per_caption'])}–{max(d['samples_per_caption'])} samples "
-        f"per caption (seeds {', '.join(map(str, d['seeds']))}): {d['samples_per_method']} samples per method. "
+        f"{len(d['captions'])} captions × {per_caption(d['samples_per_caption'])} samples per caption (seeds "
+        f"{', '.join(map(str, d['seeds']))}): {d['samples_per_method']} samples per method. "
         f"Cells: estimate [95 % percentile bootstrap interval], {d['resamples']} draws of captions with replacement "
         "and samples within each drawn caption; per-caption metrics (FD pixels, view coverage/KL, pairwise distance) "
-        "resample captions only; FD and FD∞ Inception use the first draws only (costly). NFE: rows of the frozen model "
+        "resample captions only; KID, FD and FD∞ Inception are bias-corrected (a resample with repeated samples "
+        "inflates a Fréchet distance), FD and FD∞ on the first draws only (costly). NFE: rows of the frozen model "
         "evaluated per sample (counted by the trainer; VSD: also its source model's gradient steps); s / step: one "
         "training step of the whole batch, median of interleaved rounds (absent: not trained).",
         "",
@@ -335,6 +336,10 @@ def markdown_report(results: dict) -> str:
     if results.get("curve_plots"):
         lines += ["", "## Convergence curves", ""] + [f"![{Path(p).stem}]({p})" for p in results["curve_plots"]]
     return "\n".join(lines) + "\n"
+
+
+def per_caption(sizes: list[int]) -> str:
+    return str(sizes[0]) if min(sizes) == max(sizes) else f"{min(sizes)}–{max(sizes)}"
 
 
 def main_table(results: dict) -> str:
