@@ -228,7 +228,7 @@ def plot_curves(curves_by_method: dict, folder: Path) -> list[Path]:
     for key in CURVE_METRICS:
         header, direction = next((m[1], m[3]) for m in METRICS if m[0] == key)
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-        for _method, curve in curves_by_method.items():
+        for method, curve in curves_by_method.items():
             pts = [p for p in curve["points"] if p[key]["estimate"] is not None]
             if not pts:
                 continue
@@ -238,7 +238,7 @@ def plot_curves(curves_by_method: dict, folder: Path) -> list[Path]:
                     linestyle="--",
                     linewidth=1,
                     label=curve["label"],
-                    color="grey" if curve["label"].startswith("Exact") else None,
+                    color="grey" if method == "exact" else "black",  # not a colour a trained row's line takes
                 )
                 continue
             pts = [p for p in pts if p["guidance_rows"] is not None]
