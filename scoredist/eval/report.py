@@ -6,7 +6,6 @@ writes the files.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -392,7 +391,3 @@ def verdicts(results: dict) -> list[str]:
             parts.append("no significant difference on " + ", ".join(same))
         out.append(f"{base_label} vs {row['label']}: " + ". ".join(parts) + ".")
     return out
-
-
-def load_results(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
