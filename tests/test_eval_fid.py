@@ -87,6 +87,10 @@ def test_fid_on_8_images_end_to_end_with_tiny_feature_networks(tmp_path):
     assert identical["samples"] == 8 and identical["references"] == 8
     assert abs(identical["fid"]) < 1e-6 and abs(identical["clip_fid"]) < 1e-6  # the same images: distance 0
     assert shifted["fid"] > 1e-3 and shifted["clip_fid"] > 1e-3
+    for key in ("fid", "clip_fid"):  # a bootstrap interval over the generated images, around the value
+        low, high = shifted[f"{key}_interval"]
+        assert low < shifted[key] < high
+    assert fid.evaluate_run(dark) == shifted  # seeded: the same interval again
     # torchmetrics' statistic equals the exact low-rank Fréchet distance of the same features
     ref_features = features(inception, read_square_images(refs, 24))
     dark_features = features(inception, read_square_images([dark.path / r["image"] for r in dark.records], 24))
@@ -122,3 +126,19 @@ def test_the_packaged_inception_network_loads_checked_and_gives_2048_features(mo
     monkeypatch.setattr(features_module, "INCEPTION_SHA1", "0" * 40)  # a file that is not the published one
     with pytest.raises(FileNotFoundError, match="SHA-1 mismatch"):
         PackagedInception(device="cpu")
+
+
+def test_the_plain_table_shows_intervals_and_the_cost_counted_by_the_run(tmp_path):
+    from scoredist.eval.table import evaluate_runs, markdown
+
+    refs = write_images(tmp_path / "refs", 8, seed=0)
+    run = write_run(tmp_path / "dark", write_images(tmp_path / "dark" / "samples", 8, seed=1, brightness=0.3))
+    for record in run.records:
+        record["guidance_rows"] = 400.0
+    fid = ZeroShotFID(reference_images=str(tmp_path / "refs"), inception=TinyFeatures(), clip="none", image_size=24)
+    (row,) = evaluate_runs([run], fid)
+    assert row["guidance_rows_per_sample"] == 400.0 and len(refs) == 8
+    columns = (*fid.columns, ("guidance_rows_per_sample", "NFE / sample", "{:.0f}", ""))
+    table = markdown([row], columns)
+    low, high = row["fid_interval"]
+    assert f"| {row['fid']:.2f} [{low:.2f}, {high:.2f}] | – | 400 |" in table

@@ -4,6 +4,11 @@
 The statistic is torchmetrics' FrechetInceptionDistance (running float64 sums of the features, the closed form at
 the end) with our feature networks injected (`scoredist.eval.features`): Inception pool3 for FID, CLIP's image
 embeddings for CLIP-FID. The reference side is computed once and shared by every method of a table.
+
+Each value comes with a 95 % bootstrap interval over the generated images (`resamples` draws with replacement, the
+reference side fixed): the networks are wrapped in a `FeatureRecorder`, which keeps the features torchmetrics asks for,
+so no image goes through a network twice. The draws are bias-corrected as the shapes benchmark's pooled statistics
+(`scoredist.eval.comparison.interval`): repeated images shrink the covariance and inflate every resampled FID.
 """
 
 from __future__ import annotations
@@ -16,7 +21,41 @@ from torch import nn
 
 from scoredist.eval.features import CLIPImageFeatures, PackagedInception
 from scoredist.eval.folders import image_files, read_rgb
-from scoredist.eval.frechet import too_few_samples
+from scoredist.eval.frechet import SampleMoments, frechet_distance, too_few_samples
+
+
+class FeatureRecorder(nn.Module):
+    """`net` as torchmetrics calls it, keeping every output (float64, CPU) until `take`."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.kept: list[torch.Tensor] = []
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        out = self.net(rgb)
+        self.kept.append(out.detach().double().cpu().reshape(out.shape[0], -1))
+        return out
+
+    def take(self) -> torch.Tensor:
+        out, self.kept = torch.cat(self.kept), []
+        return out
+
+
+def fid_interval(
+    generated: torch.Tensor, reference: SampleMoments, estimate: float, resamples: int = 200, seed: int = 0
+) -> tuple[float | None, float | None]:
+    """95 % bias-corrected bootstrap interval of a FID over the generated features (n, F), the reference fixed."""
+    from scoredist.eval.comparison import interval
+
+    g = torch.Generator().manual_seed(seed)
+    n = generated.shape[0]
+    draws = [
+        frechet_distance(SampleMoments.of(generated[torch.randint(0, n, (n,), generator=g)]), reference)
+        for _ in range(resamples)
+    ]
+    cell = interval(draws, estimate, bias_corrected=True)
+    return cell["low"], cell["high"]
 
 
 def _square(rgb: torch.Tensor, size: int) -> torch.Tensor:
@@ -60,6 +99,7 @@ class ZeroShotFID:
         image_size: int = 512,
         batch_size: int = 32,
         device: str = "auto",
+        resamples: int = 200,
     ):
         if not reference_images:
             raise FileNotFoundError(
@@ -79,20 +119,27 @@ class ZeroShotFID:
             self.nets["clip_fid"] = clip
         elif str(clip).lower() != "none":
             self.nets["clip_fid"] = CLIPImageFeatures(clip, device)
+        self.resamples = int(resamples)
         self._metrics = None
+        self._recorders: dict[str, FeatureRecorder] = {}
+        self._reference: dict[str, SampleMoments] = {}
 
     def metrics(self) -> dict:
         """One torchmetrics FID per feature network, the reference images already added (once)."""
         if self._metrics is None:
             from torchmetrics.image.fid import FrechetInceptionDistance
 
+            self._recorders = {k: FeatureRecorder(net) for k, net in self.nets.items()}
             self._metrics = {
-                k: FrechetInceptionDistance(feature=net, normalize=True, reset_real_features=False)
-                for k, net in self.nets.items()
+                k: FrechetInceptionDistance(feature=recorder, normalize=True, reset_real_features=False)
+                for k, recorder in self._recorders.items()
             }
+            for recorder in self._recorders.values():
+                recorder.kept = []  # what torchmetrics ran through the network to size its buffers
             for batch in self._batches(self.reference_files):
                 for metric in self._metrics.values():
                     metric.update(batch, real=True)
+            self._reference = {k: SampleMoments.of(r.take()) for k, r in self._recorders.items()}
         return self._metrics
 
     def _batches(self, files: list[Path]):
@@ -114,6 +161,8 @@ class ZeroShotFID:
             for metric in metrics.values():
                 metric.update(batch, real=False)
         result = {k: float(m.compute()) for k, m in metrics.items()}
+        for k, recorder in self._recorders.items():  # the interval from the features torchmetrics just saw
+            result[f"{k}_interval"] = fid_interval(recorder.take(), self._reference[k], result[k], self.resamples)
         result.setdefault("clip_fid", None)
         return {**result, "samples": len(files), "references": len(self.reference_files)}
 

@@ -19,6 +19,7 @@ from scoredist.images import save_png
 from scoredist.runs import finite_or_none, json_text
 
 TIME_COLUMNS = (
+    ("guidance_rows_per_sample", "NFE / sample", "{:.0f}", ""),
     ("seconds_per_sample", "s / sample", "{:.2f}", ""),
     ("time_vs_sds", "time ÷ SDS", "{:.2f}", ""),
 )
@@ -36,6 +37,7 @@ def evaluate_runs(runs: list[RunFolder], metrics) -> list[dict]:
                 "prompts_total": len(run.prompts()),
                 "samples_total": len(run.records),
                 "seconds_per_sample": run.seconds_per_sample(),
+                "guidance_rows_per_sample": guidance_rows(run),
                 **metrics.evaluate_run(run),
             }
         )
@@ -47,6 +49,12 @@ def evaluate_runs(runs: list[RunFolder], metrics) -> list[dict]:
     for r in rows:
         r["time_vs_sds"] = r["seconds_per_sample"] / sds if sds else None
     return rows
+
+
+def guidance_rows(run: RunFolder) -> float | None:
+    """Rows of the model one sample cost, as the trainer (or the sampler) counted them; None for older runs."""
+    rows = [float(r["guidance_rows"]) for r in run.records if r.get("guidance_rows") is not None]
+    return sum(rows) / len(rows) if rows else None
 
 
 def shares_text(shares: dict, top: int = 2) -> str:
@@ -87,8 +95,15 @@ def markdown(rows: list[dict], columns) -> str:
     headers = ["method"] + [f"{header} {arrow}".strip() for _, header, _, arrow in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        lines.append("| " + " | ".join([r["label"], *(cell(r.get(k), fmt) for k, _, fmt, _ in columns)]) + " |")
+        lines.append("| " + " | ".join([r["label"], *(interval_cell(r, k, fmt) for k, _, fmt, _ in columns)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def interval_cell(row: dict, key: str, fmt: str) -> str:
+    """The value, and its 95 % interval where the metrics gave one (`<key>_interval`: the zero-shot FIDs)."""
+    text = cell(row.get(key), fmt)
+    low, high = row.get(f"{key}_interval") or (None, None)
+    return text if low is None or high is None else f"{text} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
 def method_grid(run: RunFolder, path: Path, max_prompts: int = 12, max_per_prompt: int = 8, cell_size: int = 64):
