@@ -343,6 +343,7 @@ class Chunk:
         self.step = 0
         self.seconds = 0.0  # training time of this chunk, over every process that worked on it
         self.guidance_rows = 0  # rows of the guidance model evaluated for this chunk's samples (all processes)
+        self.last_rows = None  # (model-space rows, prompts) of the last step: what the loss's `measure` looks at
         # Without a host sync per step, an optimizer that takes `found_inf` (fused Adam/AdamW) skips a non-finite
         # step on the device; the trainer reads the counters only on logging steps.
         self.device_skips = getattr(self.optimizer, "_step_supports_amp_scaling", False) and run.device.type == "cuda"
@@ -434,7 +435,7 @@ class Chunk:
             if not found_now:
                 self.optimizer.step()
         logs.update(run.loss.after_step(run.guidance, x.detach(), prompts))
-        self.last_rows = (x.detach(), prompts)  # what `measure` looks at on a logging step
+        self.last_rows = (x.detach(), prompts)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step was taken with
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()  # skipped steps count too, so the schedule stays aligned with `step`

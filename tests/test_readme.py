@@ -330,6 +330,14 @@ EXTEND = 5  # CI: the extended resume runs this many steps more than the run it 
 
 def _table() -> dict[str, Spec]:
     shapes_run = dict(always=(RUN,), runs=("run",))
+    # a painting-to-real edit on the tiny SD pipeline, two steps: its run folder and edit.png
+    sd_edit = dict(
+        subst=(("painting.png", "{file:painting}"),),
+        always=(RUN, *TINY_SD),
+        short=("trainer.max_steps=2", "logger=none"),
+        runs=("run",),
+        files=("run/edit.png",),
+    )
     specs = [
         # --- README: the first block
         (
@@ -602,17 +610,7 @@ def _table() -> dict[str, Spec]:
         (
             'python train.py +experiment=painting2real input=painting.png prompt="a photo of a harbour at dusk" '
             'loss.source_prompt="an oil painting of a harbour at dusk"',
-            Spec(
-                "painting2real-sd",
-                subst=(("painting.png", "{file:painting}"),),
-                always=(RUN, *TINY_SD),
-                short=(
-                    "trainer.max_steps=2",
-                    "logger=none",
-                ),
-                runs=("run",),
-                files=("run/edit.png",),
-            ),
+            Spec("painting2real-sd", **sd_edit),
         ),
         (
             "python scripts/painting2real.py --experiment painting2real -- input=painting.png "
@@ -663,17 +661,7 @@ def _table() -> dict[str, Spec]:
         (
             'python train.py +experiment=painting2real_dds input=painting.png prompt="a photo of a harbour at dusk" '
             'loss.source_prompt="an oil painting of a harbour at dusk"',
-            Spec(
-                "painting2real-dds-sd",
-                subst=(("painting.png", "{file:painting}"),),
-                always=(RUN, *TINY_SD),
-                short=(
-                    "trainer.max_steps=2",
-                    "logger=none",
-                ),
-                runs=("run",),
-                files=("run/edit.png",),
-            ),
+            Spec("painting2real-dds-sd", **sd_edit),
         ),
         (
             "python train.py +experiment=sketch2real_sds",

@@ -119,7 +119,13 @@ class ShapesEvidence:
         self._view_index = {v: i for i, v in enumerate(prior.bank_views)}
 
     def view_weights(self, caption: str) -> np.ndarray:
-        """The caption's mixture weight on each of the bank's views (summed over the variants it selects)."""
+        """The caption's mixture weight on each of the bank's views (summed over the variants it selects; cached)."""
+        key = ("views", caption)
+        if key not in self._reference:
+            self._reference[key] = self._view_weights(caption)
+        return self._reference[key]
+
+    def _view_weights(self, caption: str) -> np.ndarray:
         mixture = self.prior.mixture_for(caption)
         _, labels = self.prior.components(caption)
         weights = np.zeros(len(self.prior.bank_views))

@@ -20,6 +20,7 @@ from scoredist.eval.comparison import (
     PooledFeatures,
     ShapesEvidence,
     artifact_shares,
+    kind_of,
     significant,
     statistic,
     summarise,
@@ -183,11 +184,7 @@ def per_seed(evidence, pooled, samples: MethodSamples, keys) -> dict:
             (g, np.array([j for j, i in enumerate(pos) if samples.keys[i][0] == seed], dtype=np.int64))
             for g, pos in enumerate(evidence.positions)
         ]
-        out[str(seed)] = {
-            k: statistic(k, evidence, pooled, draw)
-            for k in keys
-            if next(m[4] for m in METRICS if m[0] == k) == "sample" or k == "kid"
-        }
+        out[str(seed)] = {k: statistic(k, evidence, pooled, draw) for k in keys if kind_of(k) == "sample" or k == "kid"}
     return out
 
 

@@ -457,7 +457,7 @@ CAMERA_FEATURES = 16  # a flattened 4×4 camera-to-world matrix
 
 def camera_features(cameras: Sequence[Sequence[float] | None]) -> torch.Tensor:
     """(N, 16) float32: each row's flattened camera-to-world matrix; rows without a camera get zeros."""
-    from scoredist.renderers.cameras import Cameras, camera_to_world  # camera geometry lives with the renderer
+    from scoredist.cameras import Cameras, camera_to_world
 
     features = torch.zeros(len(cameras), CAMERA_FEATURES)
     rows = [i for i, c in enumerate(cameras) if c is not None]
