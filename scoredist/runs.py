@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -66,11 +67,14 @@ def fresh_folder(path: str) -> str:
 
 
 def safe_slug(text: str, max_chars: int = 64) -> str:
-    """A file-name-safe short form of a sweep job's overrides: characters other than letters, digits and `._,=+-`
-    become `_` (so no `/`, no `..` escapes), and a long or altered text is cut and tagged with a hash of the original,
-    so that two different jobs never share a name. The full overrides are in the job's .hydra/overrides.yaml."""
-    slug = re.sub(r"[^A-Za-z0-9._,=+-]+", "_", text).strip("._") or "job"
-    if slug == text and len(slug) <= max_chars:
+    """A file-name-safe short form of a sweep job's overrides that is also a plain Hydra value, so that the folder
+    can be typed back as `trainer.resume=<folder>` unquoted: `=` becomes `-` and `,` becomes `_` ("loss=sds,seed=1" →
+    "loss-sds_seed-1"); other characters than letters, digits and `._+-` become `_` (so no `/`, no `..` escapes), and
+    a long or otherwise altered text is cut and tagged with a hash of the original, so that two different jobs never
+    share a name. The full overrides are in the job's .hydra/overrides.yaml."""
+    readable = text.replace("=", "-").replace(",", "_")
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", readable).strip("._") or "job"
+    if slug == readable and len(slug) <= max_chars:
         return slug
     return f"{slug[:max_chars].rstrip('._')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
@@ -687,7 +691,7 @@ class RunFolderGuard(Callback):
         if folder.is_dir() and any(folder.iterdir()):
             exit_with_error(
                 f"{folder} already holds files (a previous run?); a new run never writes into another's folder. "
-                f"Continue that run with trainer.resume={folder}, or choose another {key}"
+                f"Continue that run with {shlex.quote(f'trainer.resume={folder}')}, or choose another {key}"
             )
         try:
             existed = folder.is_dir()

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import sys
 import time
 import warnings
@@ -605,7 +606,8 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
                     break
                 finish_chunk(run, chunk, samples_file, first=index == 0)
         if interrupted:
-            log.info(f"interrupted at chunk {chunk.index} step {chunk.step}: resume with trainer.resume={run_dir}")
+            hint = shlex.quote(f"trainer.resume={run_dir}")  # as typed in a shell (a folder with spaces, say)
+            log.info(f"interrupted at chunk {chunk.index} step {chunk.step}: resume with {hint}")
         elif todo:
             run.logger.log_samples(run_dir, samples_file.records)
             done = len(samples_file.records)

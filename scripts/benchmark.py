@@ -8,6 +8,8 @@ an ordinary run folder over the preset's prompts × samples, then results.md / r
         benchmark.metrics.reference_images=coco_val2014/ benchmark.metrics.clip=clip-vit-base-patch32/
     python scripts/benchmark.py --commands                       # the same as train.py multiruns + collect.py
     python scripts/benchmark.py --dry-run                        # what it would run and cost here, then exit
+    python scripts/benchmark.py --tune                           # the tuned setting: lr and scale per method
+                                                                 # chosen on seed 0, compared on seed 1
 
 Every other key=value is a train.py override applied to every run (conf/benchmark/<preset>.yaml lists the preset's
 settings). Without out=, a benchmark goes to outputs/benchmarks/<time>-<preset>/, and rerunning the same command
@@ -25,14 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse(argv: list[str]) -> tuple[str, Path | None, str | None, list[str]]:
-    """(preset, out folder or None, mode: None | "commands" | "dry-run", train.py overrides)."""
+    """(preset, out folder or None, mode: None | "commands" | "dry-run" | "tune", train.py overrides)."""
     preset, out, mode, overrides = "shapes", None, None, []
     for arg in argv:
         if arg.startswith("preset="):
             preset = arg.split("=", 1)[1]
         elif arg.startswith("out="):
             out = Path(arg.split("=", 1)[1])
-        elif arg in ("--commands", "--dry-run"):
+        elif arg in ("--commands", "--dry-run", "--tune"):
             mode = arg.removeprefix("--")
         else:
             overrides.append(arg)
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> dict | None:
             return None
         # without out=, a plain rerun of an interrupted benchmark's command continues it
         bench = Benchmark(preset, overrides, out) if out is not None else continue_or_start(preset, overrides)
+        if mode == "tune":  # scoredist.eval.tuning: in the benchmark's folder, beside its paper-setting rows
+            from scoredist.eval.tuning import Tuning
+
+            return Tuning(bench).run(bench.check())
         return bench.run()
 
 

@@ -745,6 +745,22 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         (
+            "python scripts/benchmark.py --tune",
+            Spec(
+                "benchmark-tune",
+                always=("out={out}/bench",),
+                short=(
+                    *BENCH_SHORT,
+                    "benchmark.seeds=[0,1]",
+                    "benchmark.rows=[sds,ours]",
+                    "benchmark.tuning.points=[[2.0,1.0]]",
+                    "benchmark.tuning.metric=fd_pixels",
+                ),
+                output=("| sds | 2 | 1 | `optimizer.lr=0.04 loss.guidance_scale=40` |", "written: "),
+                files=("bench/tuning/tuning.md", "bench/tuning/results.md", "bench/tuning/sds_tuned/seed1/final.png"),
+            ),
+        ),
+        (
             "python scripts/benchmark.py preset=shapes_full --dry-run",
             Spec(
                 "benchmark-full-dry-run",

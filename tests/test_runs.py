@@ -54,9 +54,10 @@ def test_fresh_folders_never_share_a_name_even_when_raced(tmp_path):
 
 
 def test_sweep_job_names_are_short_safe_and_distinct():
-    assert safe_slug("loss=sds,seed=1") == "loss=sds,seed=1"  # plain overrides stay readable
+    assert safe_slug("loss=sds,seed=1") == "loss-sds_seed-1"  # readable, and a plain Hydra value (no = or ,)
+    assert safe_slug("+benchmark=shapes,loss=ours") == "+benchmark-shapes_loss-ours"
     escape = safe_slug("prompt=../../etc/passwd")
-    assert "/" not in escape and not escape.startswith(".") and escape.startswith("prompt=.._.._etc_passwd-")
+    assert "/" not in escape and not escape.startswith(".") and escape.startswith("prompt-.._.._etc_passwd-")
     long = safe_slug("prompt=" + "a very long caption " * 40)
     assert len(long) <= 64 + 9 and long != safe_slug("prompt=" + "a very long caption " * 41)
     assert safe_slug("a b") != safe_slug("a_b")  # altered names carry a hash of the original

@@ -97,8 +97,11 @@ def test_a_sweep_runs_every_good_job_and_reports_the_bad_one(tmp_path):
     )
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert [name.split("-")[0] for name in jobs] == ["0", "2"]  # the failed job left no folder
-    assert all(re.fullmatch(r"\d+-[A-Za-z0-9._,=+-]+", name) and len(name) < 80 for name in jobs), jobs
+    assert all(re.fullmatch(r"\d+-[A-Za-z0-9._+-]+", name) and len(name) < 80 for name in jobs), jobs
     assert all(step_of(sweep / name) == 3 for name in jobs)
+    # a job folder is a plain Hydra value: `trainer.resume=<folder>` works typed as is (no = or , to quote)
+    resumed = cli(f"trainer.resume={sweep / jobs[0]}", "trainer.max_steps=5")
+    assert resumed.returncode == 0 and step_of(sweep / jobs[0]) == 5, resumed.stderr
     # the full overrides and config are kept in the job's record
     assert "trainer.batch_size=1" in OmegaConf.load(sweep / jobs[0] / ".hydra" / "overrides.yaml")
     assert OmegaConf.load(sweep / jobs[0] / "config.yaml").prompt == "a red cube"

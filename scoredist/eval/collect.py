@@ -18,6 +18,7 @@ from scoredist.runs import _json_lines  # one reader of JSON-lines files (torn l
 
 # Rows in the paper's order, then the rest; labels as the paper's table writes them.
 METHOD_ORDER = ("exact", "ddim", "sds", "nfsd", "csd", "vsd", "vsd_exact", "ours", "bridge", "dds")
+TUNED = "_tuned"  # the suffix of a row in a benchmark's tuned setting (scoredist.eval.tuning)
 METHOD_LABELS = {
     "exact": "Exact samples (floor)",
     "ddim": "DDIM (lower bound)",
@@ -47,11 +48,11 @@ class RunFolder:
     @property
     def label(self) -> str:
         """The method as a table row names it, e.g. "Bridge (k = 4)" or "DDIM (lower bound)"."""
-        method = self.method
+        method = self.method.removesuffix(TUNED)
         label = METHOD_LABELS.get(method, method)
         if method == "bridge":
             label += f" (k = {self.config.loss.num_steps})"
-        return label
+        return label + (", tuned" if self.method.endswith(TUNED) else "")
 
     def prompts(self) -> list[str]:
         """Distinct prompts in sample order."""
@@ -141,4 +142,6 @@ def collect_runs(roots, methods: list[str] | None = None) -> list[RunFolder]:
             where = ", ".join(str(r) for r in roots)
             warnings.warn(f"no finished run of method {missing!r} under {where}: its row is left out", stacklevel=2)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(runs, key=lambda r: (order.get(r.method, len(order)), str(r.path)))
+    # a tuned row (scripts/benchmark.py --tune) right after its paper-setting row
+    base = {r.path: r.method.removesuffix(TUNED) for r in runs}
+    return sorted(runs, key=lambda r: (order.get(base[r.path], len(order)), r.method.endswith(TUNED), str(r.path)))

@@ -1,0 +1,208 @@
+"""The tuned setting of a benchmark (issue 18, item 7): each method's learning rate and guidance scale chosen on one
+seed, then compared on other seeds with the paper setting beside it.
+
+The paper setting gives every method one optimiser and its own published guidance scale; a reviewer then asks
+whether a method loses only because that setting suits it less. `python scripts/benchmark.py --tune` answers it:
+
+1. choose: every trained row listed in `benchmark.tuning.scales` runs on `tuning.choose_seed` at each point of
+   `tuning.points` ([lr factor, scale factor] on the preset's learning rate and on every guidance scale of the row's
+   loss, the keys in `tuning.scales`), beside the paper point (the benchmark's own run of that seed). Each point is
+   scored by `tuning.metric` (its estimate over that seed's samples, with the comparison's bootstrap interval), and
+   the best per method is its tuned setting (ties keep the paper point).
+2. report: the tuned rows `<method>_tuned` run on `tuning.report_seeds`, and one paired comparison over those seeds
+   holds both settings (the paper rows' own runs of those seeds and the tuned rows), differences against the tuned
+   row of `tuning.baseline`. The choosing seed is left out of it: a point chosen on a seed looks better there.
+
+Everything goes under <benchmark folder>/tuning/: choose/ (the grid's runs and their comparison), the tuned rows'
+run folders, tuning.md (the choice and the comparison) and results.json / results.md / curves/ / grids/ of the
+comparison. A rerun skips every finished run, as the benchmark does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from omegaconf import OmegaConf, open_dict
+
+from scoredist.eval.benchmark import Benchmark
+from scoredist.eval.collect import TUNED, collect_runs
+from scoredist.eval.comparison import METRICS, kind_of
+from scoredist.runs import RunLock
+
+CHOOSE_RESAMPLES = 300  # bootstrap draws for the grid's intervals (the choice uses the estimate)
+
+
+class Tuning:
+    """The tuned setting of one benchmark (`bench`: its preset, overrides and folder)."""
+
+    def __init__(self, bench: Benchmark):
+        self.bench = bench
+        self.spec = bench.spec.get("tuning")
+        if self.spec is None:
+            raise ValueError(f"preset={bench.preset} has no benchmark.tuning node: --tune needs one (see shapes.yaml)")
+        if self.metric not in {key for key, *_ in METRICS}:
+            raise ValueError(f"benchmark.tuning.metric {self.metric!r} is not one of {[k for k, *_ in METRICS]}")
+        self.folder = bench.out_dir / "tuning"
+        # the grid's and the tuned rows' runs: a benchmark of the same preset in tuning/, rows added below
+        self.grid = Benchmark(bench.preset, bench.overrides, self.folder)
+        with open_dict(self.grid.spec):
+            self.grid.spec.curve_steps = []  # the choice needs the final samples only
+
+    @property
+    def metric(self) -> str:
+        return str(self.spec.metric)
+
+    @property
+    def lower_is_better(self) -> bool:
+        direction = next(d for key, _, _, d, _ in METRICS if key == self.metric)
+        return direction != "↑"
+
+    def methods(self) -> list[str]:
+        """The trained rows that have guidance-scale keys in `tuning.scales`, in the benchmark's order."""
+        return [m for m in self.bench.trained_rows() if m in self.spec.scales]
+
+    def points(self) -> list[tuple[float, float]]:
+        return [(float(lr), float(scale)) for lr, scale in self.spec.points]
+
+    @staticmethod
+    def point_name(method: str, lr_factor: float, scale_factor: float) -> str:
+        return f"{method}-lr{lr_factor:g}x-scale{scale_factor:g}x"  # a folder name: ASCII only
+
+    def point_overrides(self, method: str, lr_factor: float, scale_factor: float) -> list[str]:
+        """The overrides that make a grid point of a row (beside the row's own): the scaled lr and guidance scales,
+        e.g. ["optimizer.lr=0.04", "loss.w1=20", "loss.w2=20"]."""
+        cfg = self.bench.config(method)
+        scaled = [f"optimizer.lr={_num(cfg.optimizer.lr * lr_factor)}"]
+        for key in self.spec.scales[method]:
+            value = OmegaConf.select(cfg, str(key))
+            if value is None:
+                raise ValueError(f"benchmark.tuning.scales.{method} names {key}, which {method}'s config does not have")
+            scaled.append(f"{key}={_num(value * scale_factor)}")
+        return scaled
+
+    def add_row(self, name: str, overrides: list[str]) -> None:
+        with open_dict(self.grid.spec):
+            self.grid.spec.methods[name] = overrides
+
+    def plan(self) -> str:
+        methods, points = self.methods(), self.points()
+        choose, report = int(self.spec.choose_seed), [int(s) for s in self.spec.report_seeds]
+        return (
+            f"tuning {len(methods)} methods ({', '.join(methods)}): {len(points)} points each besides the paper "
+            f"point on seed {choose} ({len(methods) * len(points)} runs), then the tuned rows on seeds {report} "
+            f"({len(methods) * len(report)} runs); chosen by {self.metric}"
+        )
+
+    def run(self, metrics) -> dict:
+        """Choose, then report (module docstring). Returns {"choice": ..., "comparison": results dict}."""
+        if kind_of(self.metric) == "pooled" and getattr(metrics, "feature_net", None) is None:
+            raise ValueError(
+                f"benchmark.tuning.metric={self.metric} needs Inception features, but benchmark.metrics.feature_net "
+                "is null: set a feature network or choose by another metric, e.g. benchmark.tuning.metric=fd_pixels"
+            )
+        print(self.plan())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.bench.out_dir):  # as a benchmark: one process per folder
+            choice = self.choose(metrics)
+            comparison = self.report(metrics, choice)
+        text = choice_markdown(choice, self.metric) + "\n" + comparison["markdown"]
+        (self.folder / "tuning.md").write_text(text)
+        print(f"\n{choice_markdown(choice, self.metric)}\nwritten: {self.folder / 'tuning.md'}")
+        return {"choice": choice, "comparison": comparison}
+
+    def choose(self, metrics) -> dict:
+        """Run every grid point on the choosing seed and pick each method's best. Returns {method: {"points": [...],
+        "chosen": name}} with each point's name, factors, overrides and metric cell."""
+        from scoredist.eval.report import compare_runs
+
+        seed = int(self.spec.choose_seed)
+        candidates: dict[str, list[dict]] = {}
+        run_dirs = []
+        for method in self.methods():
+            self.bench.run_one(method, seed)  # the paper point: the benchmark's own run of this seed
+            run_dirs.append(self.bench.run_dir(method, seed))
+            candidates[method] = [{"name": method, "lr": 1.0, "scale": 1.0, "overrides": []}]
+            for lr, scale in self.points():
+                name = self.point_name(method, lr, scale)
+                overrides = self.point_overrides(method, lr, scale)
+                self.add_row(name, [*self.bench.method_overrides(method), *overrides])
+                self.grid.run_one(name, seed)
+                run_dirs.append(self.grid.run_dir(name, seed))
+                candidates[method].append({"name": name, "lr": lr, "scale": scale, "overrides": overrides})
+        scored = compare_runs(
+            self.folder / "choose",
+            collect_runs(run_dirs),
+            metrics,
+            f"Tuning: the grid on seed {seed}",
+            resamples=CHOOSE_RESAMPLES,
+            curve_resamples=CHOOSE_RESAMPLES,
+            baseline="",
+        )
+        cells = {row["method"]: row["metrics"][self.metric] for row in scored["rows"]}
+        choice = {}
+        for method, points in candidates.items():
+            for point in points:
+                point["cell"] = cells[point["name"]]
+            best = min(points, key=lambda p: self._badness(p["cell"]))  # min keeps the first (the paper point) on ties
+            choice[method] = {"points": points, "chosen": best["name"]}
+        (self.folder / "choice.json").write_text(json.dumps(choice, indent=2) + "\n")
+        return choice
+
+    def _badness(self, cell: dict) -> float:
+        value = cell.get("estimate")
+        if value is None or not math.isfinite(value):
+            return math.inf
+        return value if self.lower_is_better else -value
+
+    def report(self, metrics, choice: dict) -> dict:
+        """The tuned rows on the report seeds and the comparison of both settings there."""
+        from scoredist.eval.report import compare_runs
+
+        seeds = [int(s) for s in self.spec.report_seeds]
+        with open_dict(self.grid.spec):
+            self.grid.spec.curve_steps = list(self.bench.spec.get("curve_steps") or [])
+        run_dirs = []
+        for method, picked in choice.items():
+            chosen = next(p for p in picked["points"] if p["name"] == picked["chosen"])
+            self.add_row(method + TUNED, [*self.bench.method_overrides(method), *chosen["overrides"]])
+            for seed in seeds:
+                self.bench.run_one(method, seed)
+                self.grid.run_one(method + TUNED, seed)
+                run_dirs += [self.bench.run_dir(method, seed), self.grid.run_dir(method + TUNED, seed)]
+        runs = collect_runs(run_dirs)
+        title = f"Benchmark preset={self.bench.preset}: paper and tuned settings on seeds {seeds}"
+        return compare_runs(self.folder, runs, metrics, title, baseline=self.spec.baseline + TUNED)
+
+
+def _num(value: float) -> str:
+    """A number as an override writes it: shortest round-trip form (0.04, 20.0 → 20)."""
+    return f"{float(value):.12g}"
+
+
+def choice_markdown(choice: dict, metric: str) -> str:
+    header = METRICS_HEADER.get(metric, metric)
+    lines = [
+        f"### Tuned setting: the grid on the choosing seed ({header}; the point with ✓ is the row's tuned setting)",
+        "",
+        f"| method | lr × | scale × | overrides | {header} [95 %] | chosen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, picked in choice.items():
+        for p in picked["points"]:
+            cell = p["cell"]
+            value = _cell(cell, metric)
+            mark = "✓" if p["name"] == picked["chosen"] else ""
+            overrides = " ".join(p["overrides"]) or "(paper setting)"
+            lines.append(f"| {method} | {p['lr']:g} | {p['scale']:g} | `{overrides}` | {value} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+METRICS_HEADER = {key: header for key, header, *_ in METRICS}
+
+
+def _cell(cell: dict, metric: str) -> str:
+    from scoredist.eval.report import cell_text
+
+    return cell_text(metric, cell)
