@@ -70,13 +70,25 @@ def safe_slug(text: str, max_chars: int = 64) -> str:
     """A file-name-safe short form of a sweep job's overrides that is also a plain Hydra value, so that the folder
     can be typed back as `trainer.resume=<folder>` unquoted: `=` becomes `-` and `,` becomes `_` ("loss=sds,seed=1" →
     "loss-sds_seed-1"); other characters than letters, digits and `._+-` become `_` (so no `/`, no `..` escapes), and
-    a long or otherwise altered text is cut and tagged with a hash of the original, so that two different jobs never
-    share a name. The full overrides are in the job's .hydra/overrides.yaml."""
+    a long or otherwise altered text is cut and tagged with a hash of the original. The slug only describes: a sweep's
+    job folders are told apart by the job number before it ("a=b" and "a-b" give the same slug). The full overrides
+    are in the job's .hydra/overrides.yaml."""
     readable = text.replace("=", "-").replace(",", "_")
     slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", readable).strip("._") or "job"
     if slug == readable and len(slug) <= max_chars:
         return slug
     return f"{slug[:max_chars].rstrip('._')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def resume_hint(folder) -> str:
+    """`trainer.resume=<folder>` as a shell takes it and Hydra parses it: plain where the path is a plain Hydra value,
+    else in Hydra's double quotes (a folder made before job names were plain values, "0-loss=sds,seed=1", or one with
+    spaces), the whole argument shell-quoted."""
+    text = str(folder)
+    if re.fullmatch(r"[A-Za-z0-9._+/-]+", text):
+        return f"trainer.resume={text}"
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return shlex.quote(f'trainer.resume="{escaped}"')
 
 
 def register_resolvers() -> None:
@@ -691,7 +703,7 @@ class RunFolderGuard(Callback):
         if folder.is_dir() and any(folder.iterdir()):
             exit_with_error(
                 f"{folder} already holds files (a previous run?); a new run never writes into another's folder. "
-                f"Continue that run with {shlex.quote(f'trainer.resume={folder}')}, or choose another {key}"
+                f"Continue that run with {resume_hint(folder)}, or choose another {key}"
             )
         try:
             existed = folder.is_dir()

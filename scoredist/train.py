@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import re
-import shlex
 import sys
 import time
 import warnings
@@ -59,6 +58,7 @@ from scoredist.runs import (
     record_resume,
     remove_if_unstarted,
     report_config_changes,
+    resume_hint,
     rng_state,
     run_folder,
     save_config,
@@ -606,8 +606,7 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
                     break
                 finish_chunk(run, chunk, samples_file, first=index == 0)
         if interrupted:
-            hint = shlex.quote(f"trainer.resume={run_dir}")  # as typed in a shell (a folder with spaces, say)
-            log.info(f"interrupted at chunk {chunk.index} step {chunk.step}: resume with {hint}")
+            log.info(f"interrupted at chunk {chunk.index} step {chunk.step}: resume with {resume_hint(run_dir)}")
         elif todo:
             run.logger.log_samples(run_dir, samples_file.records)
             done = len(samples_file.records)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from omegaconf import OmegaConf
 
 from scoredist.checkpoint import load_checkpoint
 from scoredist.renderers.image import ImageRenderer
+from scoredist.runs import resume_hint
 from scoredist.train import train
 from tests.test_train import ROOT, config
 
@@ -102,6 +104,12 @@ def test_a_sweep_runs_every_good_job_and_reports_the_bad_one(tmp_path):
     # a job folder is a plain Hydra value: `trainer.resume=<folder>` works typed as is (no = or , to quote)
     resumed = cli(f"trainer.resume={sweep / jobs[0]}", "trainer.max_steps=5")
     assert resumed.returncode == 0 and step_of(sweep / jobs[0]) == 5, resumed.stderr
+    # a folder named as sweeps named them before ("=" and ","): the printed hint works as printed
+    old_style = (sweep / jobs[1]).rename(sweep / "2-loss=sds,seed=1")
+    hint = resume_hint(old_style)
+    assert hint == f"'trainer.resume=\"{old_style}\"'"
+    resumed = cli(*shlex.split(hint), "trainer.max_steps=4")
+    assert resumed.returncode == 0 and step_of(old_style) == 4, resumed.stderr
     # the full overrides and config are kept in the job's record
     assert "trainer.batch_size=1" in OmegaConf.load(sweep / jobs[0] / ".hydra" / "overrides.yaml")
     assert OmegaConf.load(sweep / jobs[0] / "config.yaml").prompt == "a red cube"

@@ -10,8 +10,12 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).parent))
 from test_benchmark import TINY, load_benchmark_script  # noqa: E402
 
+from scoredist.eval.benchmark import Benchmark  # noqa: E402
+from scoredist.eval.tuning import Tuning, best_point  # noqa: E402
+
+# optimizer.lr=0.01 moves the paper point: the grid's factors apply to it (and the user's value never undoes a point)
 TUNE = [*TINY, "benchmark.rows=[sds,csd,ours]", "benchmark.tuning.points=[[2.0,1.0],[1.0,0.5]]",
-        "benchmark.tuning.metric=fd_pixels"]  # fmt: skip
+        "benchmark.tuning.metric=fd_pixels", "optimizer.lr=0.01"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +32,20 @@ def run_config(folder: Path):
 def test_grid_points_are_the_scaled_settings_written_literally(tuned):
     out, result = tuned
     points = {p["name"]: p for picked in result["choice"].values() for p in picked["points"]}
-    assert points["sds-lr2x-scale1x"]["overrides"] == ["optimizer.lr=0.04", "loss.guidance_scale=40"]
-    assert points["csd-lr1x-scale0.5x"]["overrides"] == ["optimizer.lr=0.02", "loss.w1=20", "loss.w2=20"]
+    assert points["sds-lr2x-scale1x"]["overrides"] == ["optimizer.lr=0.02", "loss.guidance_scale=40"]
+    assert points["csd-lr1x-scale0.5x"]["overrides"] == ["optimizer.lr=0.01", "loss.w1=20", "loss.w2=20"]
     assert points["ours-lr1x-scale0.5x"]["overrides"] == [
-        "optimizer.lr=0.02",
+        "optimizer.lr=0.01",
         "loss.guidance_scale=20",
         "loss.stage_one.guidance_scale=20",
     ]
-    assert points["sds"]["overrides"] == []  # the paper point: the benchmark's own run
+    # the paper point: the benchmark's own run, its values written out
+    assert points["sds"]["overrides"] == ["optimizer.lr=0.01", "loss.guidance_scale=40"] and points["sds"]["paper"]
     cfg = run_config(out / "tuning" / "csd-lr1x-scale0.5x" / "seed0")
-    assert (cfg.optimizer.lr, cfg.loss.w1, cfg.loss.w2, cfg.seed) == (0.02, 20.0, 20.0, 0)
+    assert (cfg.optimizer.lr, cfg.loss.w1, cfg.loss.w2, cfg.seed) == (0.01, 20.0, 20.0, 0)
     cfg = run_config(out / "tuning" / "ours-lr2x-scale1x" / "seed0")
-    assert (cfg.optimizer.lr, cfg.loss.guidance_scale, cfg.loss.stage_one.guidance_scale) == (0.04, 40.0, 40.0)
+    assert (cfg.optimizer.lr, cfg.loss.guidance_scale, cfg.loss.stage_one.guidance_scale) == (0.02, 40.0, 40.0)
+    assert run_config(out / "sds" / "seed0").optimizer.lr == 0.01
     assert (out / "sds" / "seed0" / "samples.jsonl").exists()  # the paper point ran in the benchmark's own folder
 
 
@@ -57,7 +63,8 @@ def test_each_method_gets_its_best_point_on_the_choosing_seed(tuned):
         for override in chosen["overrides"]:  # the tuned row runs exactly the chosen point's settings
             key, value = override.split("=")
             assert OmegaConf.select(tuned_cfg, key) == pytest.approx(float(value)), override
-    assert "✓" in (out / "tuning" / "tuning.md").read_text()
+    text = (out / "tuning" / "tuning.md").read_text()
+    assert "✓" in text and "| sds | 1 | 1 | `optimizer.lr=0.01 loss.guidance_scale=40 (paper setting)` |" in text
 
 
 def test_both_settings_are_compared_on_the_report_seeds_only(tuned):
@@ -77,6 +84,33 @@ def test_both_settings_are_compared_on_the_report_seeds_only(tuned):
     assert "Tuned setting" in text and "SDS, tuned" in text
 
 
+def test_best_point_follows_the_metric_direction_and_keeps_the_paper_point_on_ties():
+    def points(*estimates):
+        return [{"name": f"p{i}", "cell": {"estimate": e}} for i, e in enumerate(estimates)]
+
+    assert best_point(points(3.0, 2.0, 5.0), "kid")["name"] == "p1"  # lower is better
+    assert best_point(points(3.0, 2.0, 5.0), "log_density")["name"] == "p2"  # higher is better
+    assert best_point(points(2.0, 2.0, 2.0), "fd_pixels")["name"] == "p0"  # a tie keeps the paper point
+    assert best_point(points(None, float("nan"), 4.0), "kid")["name"] == "p2"  # no estimate never wins
+    assert best_point(points(None, None), "kid")["name"] == "p0"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("benchmark.tuning.metric=view_coverage", "cannot choose"),
+        ("benchmark.tuning.report_seeds=[0,1]", "other seeds than choose_seed"),
+        ("benchmark.tuning.baseline=bridge", "not among the tuned rows"),
+        ("benchmark.rows=[exact,ddim]", "nothing to tune"),
+        ("benchmark.tuning.scales.sds=[loss.no_such_scale]", "not a number in sds's config"),
+    ],
+)
+def test_a_tuning_node_that_cannot_work_is_refused_before_anything_runs(override, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        Tuning(Benchmark("shapes", [*TUNE, override], tmp_path / "b"))
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_rerun_runs_nothing_again_and_a_pooled_metric_needs_features(tuned, capsys):
     out, _ = tuned
     before = {p: p.stat().st_mtime_ns for p in out.rglob("samples.jsonl")}
@@ -88,3 +122,8 @@ def test_a_rerun_runs_nothing_again_and_a_pooled_metric_needs_features(tuned, ca
         load_benchmark_script().main(["--tune", f"out={out}", *TUNE, "benchmark.tuning.metric=kid"])
     assert stop.value.code == 2
     assert "benchmark.tuning.metric=kid needs Inception features" in capsys.readouterr().err
+    # other base settings: the finished grid runs are not this grid's points, and are refused, not reused
+    with pytest.raises(SystemExit) as stop:
+        load_benchmark_script().main(["--tune", f"out={out}", *TUNE, "optimizer.lr=0.005"])
+    assert stop.value.code == 2
+    assert "seed0 was run with optimizer.lr=0.01, not 0.005: remove that folder" in capsys.readouterr().err

@@ -64,6 +64,10 @@ class Benchmark:
     def method_overrides(self, method: str) -> list[str]:
         return [str(o) for o in self.spec.methods[method]]
 
+    def run_overrides(self, method: str) -> list[str]:
+        """What composes a row's run: the row's overrides, then the user's (which win)."""
+        return [*self.method_overrides(method), *self.overrides]
+
     @property
     def seeds(self) -> list[int]:
         """The seeds every row runs (benchmark.seeds; the config's seed when the preset has none)."""
@@ -76,7 +80,7 @@ class Benchmark:
         """The composed config of one row's run for one seed, writing to out_dir/<method>/seed<k>, logged in the
         benchmark's group, saving snapshots at the preset's curve steps."""
         seed = self.seeds[0] if seed is None else seed
-        cfg = compose_run(self.preset, [*self.method_overrides(method), *self.overrides])
+        cfg = compose_run(self.preset, self.run_overrides(method))
         cfg.seed = seed
         cfg.trainer.run_dir = str(self.run_dir(method, seed))
         steps = [int(s) for s in (self.spec.get("curve_steps") or []) if int(s) < cfg.trainer.max_steps]

@@ -144,4 +144,6 @@ def collect_runs(roots, methods: list[str] | None = None) -> list[RunFolder]:
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     # a tuned row (scripts/benchmark.py --tune) right after its paper-setting row
     base = {r.path: r.method.removesuffix(TUNED) for r in runs}
-    return sorted(runs, key=lambda r: (order.get(base[r.path], len(order)), r.method.endswith(TUNED), str(r.path)))
+    return sorted(
+        runs, key=lambda r: (order.get(base[r.path], len(order)), base[r.path], r.method.endswith(TUNED), str(r.path))
+    )

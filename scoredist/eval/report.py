@@ -153,7 +153,7 @@ def compare_runs(
                 "seconds_per_sample": finals[m].seconds,
                 "seconds_per_step_interleaved": (timing or {}).get(m),
                 "metrics": summary["methods"][m],
-                "difference_vs_" + baseline: summary["differences"].get(m),
+                **({"difference_vs_" + baseline: summary["differences"].get(m)} if baseline in evidence else {}),
                 "artifacts": artifact_shares(evidence[m]),
                 "per_seed": per_seed(evidence[m], pooled[m], finals[m], keys),
             }

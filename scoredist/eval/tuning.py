@@ -15,7 +15,9 @@ whether a method loses only because that setting suits it less. `python scripts/
 
 Everything goes under <benchmark folder>/tuning/: choose/ (the grid's runs and their comparison), the tuned rows'
 run folders, tuning.md (the choice and the comparison) and results.json / results.md / curves/ / grids/ of the
-comparison. A rerun skips every finished run, as the benchmark does.
+comparison. A rerun skips every finished run, as the benchmark does; a tuned row already run at another point (the
+grid or the metric changed) is refused, never reported as the new choice. Only the optimiser's lr and the keys in
+`tuning.scales` move: VSD's `loss.lora_lr` and CSD's `loss.w2_end` keep the paper setting.
 """
 
 from __future__ import annotations
@@ -34,6 +36,26 @@ from scoredist.runs import RunLock
 CHOOSE_RESAMPLES = 300  # bootstrap draws for the grid's intervals (the choice uses the estimate)
 
 
+class GridRows(Benchmark):
+    """The grid's and the tuned rows' runs, in <benchmark>/tuning/: a row is its paper row's overrides, the user's,
+    then the point's (last, so that they win: `--tune optimizer.lr=0.01` moves the paper point, not the grid)."""
+
+    def __init__(self, bench: Benchmark):
+        super().__init__(bench.preset, bench.overrides, bench.out_dir / "tuning")
+        self.points: dict[str, tuple[str, list[str]]] = {}  # row → (its paper row, the point's overrides)
+        with open_dict(self.spec):
+            self.spec.curve_steps = []  # the choice needs the final samples only
+
+    def add(self, name: str, paper_row: str, overrides: list[str]) -> None:
+        self.points[name] = (paper_row, list(overrides))
+
+    def method_overrides(self, method: str) -> list[str]:
+        return super().method_overrides(self.points[method][0]) if method in self.points else []
+
+    def run_overrides(self, method: str) -> list[str]:
+        return [*super().run_overrides(method), *self.points[method][1]]
+
+
 class Tuning:
     """The tuned setting of one benchmark (`bench`: its preset, overrides and folder)."""
 
@@ -42,25 +64,48 @@ class Tuning:
         self.spec = bench.spec.get("tuning")
         if self.spec is None:
             raise ValueError(f"preset={bench.preset} has no benchmark.tuning node: --tune needs one (see shapes.yaml)")
-        if self.metric not in {key for key, *_ in METRICS}:
-            raise ValueError(f"benchmark.tuning.metric {self.metric!r} is not one of {[k for k, *_ in METRICS]}")
         self.folder = bench.out_dir / "tuning"
-        # the grid's and the tuned rows' runs: a benchmark of the same preset in tuning/, rows added below
-        self.grid = Benchmark(bench.preset, bench.overrides, self.folder)
-        with open_dict(self.grid.spec):
-            self.grid.spec.curve_steps = []  # the choice needs the final samples only
+        self.grid = GridRows(bench)
+        self.check()
+
+    def check(self) -> None:
+        """Everything that can be wrong with the tuning node, before anything runs."""
+        directions = {key: direction for key, _, _, direction, _ in METRICS}
+        if directions.get(self.metric, "") == "":
+            choosable = [k for k, d in directions.items() if d]
+            raise ValueError(
+                f"benchmark.tuning.metric={self.metric} cannot choose (lower or higher is not better); "
+                f"choose one of {', '.join(choosable)}"
+            )
+        if int(self.spec.choose_seed) in [int(s) for s in self.spec.report_seeds] or not self.spec.report_seeds:
+            raise ValueError(
+                "benchmark.tuning.report_seeds must be other seeds than choose_seed (a point chosen on a "
+                "seed looks better there)"
+            )
+        if not self.methods():
+            raise ValueError(
+                f"none of benchmark.rows {list(self.bench.spec.rows)} has guidance-scale keys in "
+                f"benchmark.tuning.scales ({', '.join(self.spec.scales)}): nothing to tune"
+            )
+        if self.spec.baseline not in self.methods():
+            raise ValueError(
+                f"benchmark.tuning.baseline={self.spec.baseline} is not among the tuned rows {self.methods()}"
+            )
+        for method in self.methods():
+            cfg = self.bench.config(method)
+            for key in self.spec.scales[method]:
+                if not isinstance(OmegaConf.select(cfg, str(key)), (int, float)):
+                    raise ValueError(
+                        f"benchmark.tuning.scales.{method} names {key}, which is not a number in {method}'s config"
+                    )
 
     @property
     def metric(self) -> str:
         return str(self.spec.metric)
 
-    @property
-    def lower_is_better(self) -> bool:
-        direction = next(d for key, _, _, d, _ in METRICS if key == self.metric)
-        return direction != "↑"
-
     def methods(self) -> list[str]:
-        """The trained rows that have guidance-scale keys in `tuning.scales`, in the benchmark's order."""
+        """The trained rows that have guidance-scale keys in `tuning.scales`, in the benchmark's order (the others
+        are not tuned and stay out of the tuned comparison)."""
         return [m for m in self.bench.trained_rows() if m in self.spec.scales]
 
     def points(self) -> list[tuple[float, float]]:
@@ -77,14 +122,8 @@ class Tuning:
         scaled = [f"optimizer.lr={_num(cfg.optimizer.lr * lr_factor)}"]
         for key in self.spec.scales[method]:
             value = OmegaConf.select(cfg, str(key))
-            if value is None:
-                raise ValueError(f"benchmark.tuning.scales.{method} names {key}, which {method}'s config does not have")
             scaled.append(f"{key}={_num(value * scale_factor)}")
         return scaled
-
-    def add_row(self, name: str, overrides: list[str]) -> None:
-        with open_dict(self.grid.spec):
-            self.grid.spec.methods[name] = overrides
 
     def plan(self) -> str:
         methods, points = self.methods(), self.points()
@@ -105,6 +144,10 @@ class Tuning:
         print(self.plan())
         self.folder.mkdir(parents=True, exist_ok=True)
         with RunLock(self.bench.out_dir):  # as a benchmark: one process per folder
+            # what a plain rerun (no out=) looks for to continue this folder; and the command, for the record
+            OmegaConf.save(self.bench.base, self.bench.out_dir / "benchmark.yaml", resolve=False)
+            command = self.bench.command_line().replace(" preset=", " --tune preset=", 1)
+            (self.folder / "command.txt").write_text(command + "\n")
             choice = self.choose(metrics)
             comparison = self.report(metrics, choice)
         text = choice_markdown(choice, self.metric) + "\n" + comparison["markdown"]
@@ -123,11 +166,14 @@ class Tuning:
         for method in self.methods():
             self.bench.run_one(method, seed)  # the paper point: the benchmark's own run of this seed
             run_dirs.append(self.bench.run_dir(method, seed))
-            candidates[method] = [{"name": method, "lr": 1.0, "scale": 1.0, "overrides": []}]
+            paper = {"name": method, "lr": 1.0, "scale": 1.0, "overrides": self.point_overrides(method, 1.0, 1.0)}
+            self.refuse_stale(self.bench.run_dir(method, seed), paper["overrides"])
+            candidates[method] = [{**paper, "paper": True}]
             for lr, scale in self.points():
                 name = self.point_name(method, lr, scale)
                 overrides = self.point_overrides(method, lr, scale)
-                self.add_row(name, [*self.bench.method_overrides(method), *overrides])
+                self.grid.add(name, method, overrides)
+                self.refuse_stale(self.grid.run_dir(name, seed), overrides)
                 self.grid.run_one(name, seed)
                 run_dirs.append(self.grid.run_dir(name, seed))
                 candidates[method].append({"name": name, "lr": lr, "scale": scale, "overrides": overrides})
@@ -145,16 +191,25 @@ class Tuning:
         for method, points in candidates.items():
             for point in points:
                 point["cell"] = cells[point["name"]]
-            best = min(points, key=lambda p: self._badness(p["cell"]))  # min keeps the first (the paper point) on ties
-            choice[method] = {"points": points, "chosen": best["name"]}
+            choice[method] = {"points": points, "chosen": best_point(points, self.metric)["name"]}
         (self.folder / "choice.json").write_text(json.dumps(choice, indent=2) + "\n")
         return choice
 
-    def _badness(self, cell: dict) -> float:
-        value = cell.get("estimate")
-        if value is None or not math.isfinite(value):
-            return math.inf
-        return value if self.lower_is_better else -value
+    @staticmethod
+    def refuse_stale(run_dir: Path, overrides: list[str]) -> None:
+        """A finished run made with other values than a point's (the settings, the grid or the metric changed since)
+        is never reported as that point: refuse, saying what to do."""
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            return
+        cfg = OmegaConf.load(saved)
+        for override in overrides:
+            key, value = override.split("=", 1)
+            if OmegaConf.select(cfg, key) != float(value):
+                raise ValueError(
+                    f"{saved.parent} was run with {key}={OmegaConf.select(cfg, key)}, not {value}: remove that folder "
+                    "to run it again, or tune into another out="
+                )
 
     def report(self, metrics, choice: dict) -> dict:
         """The tuned rows on the report seeds and the comparison of both settings there."""
@@ -166,9 +221,11 @@ class Tuning:
         run_dirs = []
         for method, picked in choice.items():
             chosen = next(p for p in picked["points"] if p["name"] == picked["chosen"])
-            self.add_row(method + TUNED, [*self.bench.method_overrides(method), *chosen["overrides"]])
+            self.grid.add(method + TUNED, method, chosen["overrides"])
             for seed in seeds:
+                self.refuse_stale(self.bench.run_dir(method, seed), picked["points"][0]["overrides"])  # the paper's
                 self.bench.run_one(method, seed)
+                self.refuse_stale(self.grid.run_dir(method + TUNED, seed), chosen["overrides"])
                 self.grid.run_one(method + TUNED, seed)
                 run_dirs += [self.bench.run_dir(method, seed), self.grid.run_dir(method + TUNED, seed)]
         runs = collect_runs(run_dirs)
@@ -176,8 +233,22 @@ class Tuning:
         return compare_runs(self.folder, runs, metrics, title, baseline=self.spec.baseline + TUNED)
 
 
+def best_point(points: list[dict], metric: str) -> dict:
+    """The point whose cell["estimate"] is best by the metric's direction (METRICS); ties and points without an
+    estimate keep the earlier point, the paper point first."""
+    higher = next(d for key, _, _, d, _ in METRICS if key == metric) == "↑"
+
+    def badness(point: dict) -> float:
+        value = point["cell"].get("estimate") if point.get("cell") else None
+        if value is None or not math.isfinite(value):
+            return math.inf
+        return -value if higher else value
+
+    return min(points, key=badness)  # min keeps the first of equals
+
+
 def _num(value: float) -> str:
-    """A number as an override writes it: shortest round-trip form (0.04, 20.0 → 20)."""
+    """A number as an override writes it, 12 significant digits (0.04; 20.0 → 20)."""
     return f"{float(value):.12g}"
 
 
@@ -194,7 +265,7 @@ def choice_markdown(choice: dict, metric: str) -> str:
             cell = p["cell"]
             value = _cell(cell, metric)
             mark = "✓" if p["name"] == picked["chosen"] else ""
-            overrides = " ".join(p["overrides"]) or "(paper setting)"
+            overrides = " ".join(p["overrides"]) + (" (paper setting)" if p.get("paper") else "")
             lines.append(f"| {method} | {p['lr']:g} | {p['scale']:g} | `{overrides}` | {value} | {mark} |")
     return "\n".join(lines) + "\n"
 
