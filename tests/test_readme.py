@@ -799,6 +799,16 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         (
+            "python scripts/collect.py DIR --baseline sds",
+            Spec(
+                "collect-baseline",
+                subst=(("DIR", "{out:benchmark}/bench"),),
+                always=("--out", "{out}/table"),
+                files=("table/results.md",),
+                output=("## SDS − method (paired",),
+            ),
+        ),
+        (
             "python scripts/collect.py DIR benchmark.metrics.reference_images=coco_val2014/",
             Spec(
                 "collect-coco",

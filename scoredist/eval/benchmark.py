@@ -304,7 +304,14 @@ def newest_first(root: Path) -> list[Path]:
 
 
 def finish_table(
-    out_dir: Path, runs, metrics, title: str, logger_cfg=None, group: str | None = None, timing: dict | None = None
+    out_dir: Path,
+    runs,
+    metrics,
+    title: str,
+    logger_cfg=None,
+    group: str | None = None,
+    timing: dict | None = None,
+    baseline: str = "ours",
 ) -> dict:
     """Metrics of the runs → results files, printed table, and (with a logger config) one tracker run with the
     table and the grids. Runs on the shapes prior laid out for pairing (every method the same captions, samples and
@@ -314,7 +321,7 @@ def finish_table(
     if comparable(runs, metrics):
         from scoredist.eval.report import compare_runs
 
-        results = compare_runs(out_dir, runs, metrics, title, timing)
+        results = compare_runs(out_dir, runs, metrics, title, timing, baseline=baseline)
         written = ", ".join(str(out_dir / name) for name in ("results.md", "results.json", "curves/"))
         print(f"\n{results['markdown']}written: {written}")
         if logger_cfg is not None:
@@ -395,8 +402,11 @@ def metrics_config(runs, overrides: list[str]) -> DictConfig:
     return cfg.benchmark.metrics
 
 
-def collect_from(dirs: list[Path], overrides: list[str], out_dir: Path, log: bool = False) -> dict:
-    """scripts/collect.py: the table of the finished runs under `dirs` (unfinished ones skipped with a warning)."""
+def collect_from(
+    dirs: list[Path], overrides: list[str], out_dir: Path, log: bool = False, baseline: str | None = None
+) -> dict:
+    """scripts/collect.py: the table of the finished runs under `dirs` (unfinished ones skipped with a warning);
+    paired differences against the row `baseline` (default: ours, where there is one) where the runs can be paired."""
     runs = collect_runs(dirs)
     if not runs:
         raise FileNotFoundError(f"no finished run folders under {', '.join(map(str, dirs))}")
@@ -413,4 +423,8 @@ def collect_from(dirs: list[Path], overrides: list[str], out_dir: Path, log: boo
         for k, v in json.loads((Path(d) / "timing.json").read_text()).items()
     }
     title = f"Runs under {', '.join(map(str, dirs))}"
-    return finish_table(Path(out_dir), runs, metrics, title, logger_cfg, timing=timing or None)
+    if baseline is not None and baseline not in {r.method for r in runs}:
+        raise ValueError(f"--baseline {baseline} names no row of these runs: {sorted({r.method for r in runs})}")
+    return finish_table(
+        Path(out_dir), runs, metrics, title, logger_cfg, timing=timing or None, baseline=baseline or "ours"
+    )
