@@ -164,10 +164,11 @@ class Tuning:
         candidates: dict[str, list[dict]] = {}
         run_dirs = []
         for method in self.methods():
-            self.bench.run_one(method, seed)  # the paper point: the benchmark's own run of this seed
-            run_dirs.append(self.bench.run_dir(method, seed))
+            # the paper point: the benchmark's own run of this seed
             paper = {"name": method, "lr": 1.0, "scale": 1.0, "overrides": self.point_overrides(method, 1.0, 1.0)}
             self.refuse_stale(self.bench.run_dir(method, seed), paper["overrides"])
+            self.bench.run_one(method, seed)
+            run_dirs.append(self.bench.run_dir(method, seed))
             candidates[method] = [{**paper, "paper": True}]
             for lr, scale in self.points():
                 name = self.point_name(method, lr, scale)
