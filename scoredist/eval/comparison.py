@@ -273,6 +273,11 @@ def kind_of(key: str) -> str:
     return next(m[4] for m in METRICS if m[0] == key)
 
 
+def direction_of(key: str) -> str:
+    """ "↓" (lower is better), "↑" or "" (neither) for a metric; "" for a key that is no metric."""
+    return next((m[3] for m in METRICS if m[0] == key), "")
+
+
 def significant(cell: dict) -> bool:
     return cell["low"] is not None and not (cell["low"] <= 0.0 <= cell["high"])
 

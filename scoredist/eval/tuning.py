@@ -30,7 +30,8 @@ from omegaconf import OmegaConf, open_dict
 
 from scoredist.eval.benchmark import Benchmark
 from scoredist.eval.collect import TUNED, collect_runs
-from scoredist.eval.comparison import METRICS, kind_of
+from scoredist.eval.comparison import METRICS, direction_of, kind_of
+from scoredist.eval.report import cell_text, compare_runs
 from scoredist.runs import RunLock
 
 CHOOSE_RESAMPLES = 300  # bootstrap draws for the grid's intervals (the choice uses the estimate)
@@ -70,9 +71,8 @@ class Tuning:
 
     def check(self) -> None:
         """Everything that can be wrong with the tuning node, before anything runs."""
-        directions = {key: direction for key, _, _, direction, _ in METRICS}
-        if directions.get(self.metric, "") == "":
-            choosable = [k for k, d in directions.items() if d]
+        if not direction_of(self.metric):
+            choosable = [key for key, *_ in METRICS if direction_of(key)]
             raise ValueError(
                 f"benchmark.tuning.metric={self.metric} cannot choose (lower or higher is not better); "
                 f"choose one of {', '.join(choosable)}"
@@ -158,8 +158,6 @@ class Tuning:
     def choose(self, metrics) -> dict:
         """Run every grid point on the choosing seed and pick each method's best. Returns {method: {"points": [...],
         "chosen": name}} with each point's name, factors, overrides and metric cell."""
-        from scoredist.eval.report import compare_runs
-
         seed = int(self.spec.choose_seed)
         candidates: dict[str, list[dict]] = {}
         run_dirs = []
@@ -214,8 +212,6 @@ class Tuning:
 
     def report(self, metrics, choice: dict) -> dict:
         """The tuned rows on the report seeds and the comparison of both settings there."""
-        from scoredist.eval.report import compare_runs
-
         seeds = [int(s) for s in self.spec.report_seeds]
         with open_dict(self.grid.spec):
             self.grid.spec.curve_steps = list(self.bench.spec.get("curve_steps") or [])
@@ -237,7 +233,7 @@ class Tuning:
 def best_point(points: list[dict], metric: str) -> dict:
     """The point whose cell["estimate"] is best by the metric's direction (METRICS); ties and points without an
     estimate keep the earlier point, the paper point first."""
-    higher = next(d for key, _, _, d, _ in METRICS if key == metric) == "↑"
+    higher = direction_of(metric) == "↑"
 
     def badness(point: dict) -> float:
         value = point["cell"].get("estimate") if point.get("cell") else None
@@ -254,7 +250,7 @@ def _num(value: float) -> str:
 
 
 def choice_markdown(choice: dict, metric: str) -> str:
-    header = METRICS_HEADER.get(metric, metric)
+    header = next(h for key, h, *_ in METRICS if key == metric)
     lines = [
         f"### Tuned setting: the grid on the choosing seed ({header}; the point with ✓ is the row's tuned setting)",
         "",
@@ -263,18 +259,8 @@ def choice_markdown(choice: dict, metric: str) -> str:
     ]
     for method, picked in choice.items():
         for p in picked["points"]:
-            cell = p["cell"]
-            value = _cell(cell, metric)
             mark = "✓" if p["name"] == picked["chosen"] else ""
             overrides = " ".join(p["overrides"]) + (" (paper setting)" if p.get("paper") else "")
+            value = cell_text(metric, p["cell"])
             lines.append(f"| {method} | {p['lr']:g} | {p['scale']:g} | `{overrides}` | {value} | {mark} |")
     return "\n".join(lines) + "\n"
-
-
-METRICS_HEADER = {key: header for key, header, *_ in METRICS}
-
-
-def _cell(cell: dict, metric: str) -> str:
-    from scoredist.eval.report import cell_text
-
-    return cell_text(metric, cell)
