@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scoredist.checkpoint import checkpoint_path, run_folder_of, temporary_path
 from scoredist.errors import OutputError, RunLockedError, user_error
@@ -260,19 +260,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# The signals that ask a run to stop cleanly: Ctrl-C; SIGTERM (kill, scancel, a requeue or preemption by SLURM);
+# SIGUSR2 (submitit's warning before a SLURM time limit, and its preemption signal: scoredist.cluster requeues).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
 @contextmanager
 def stop_requests():
-    """SIGINT / SIGTERM set a flag instead of killing the loop, so the step in flight finishes and a checkpoint is
-    written. A second Ctrl-C interrupts at once."""
+    """A stop signal sets a flag instead of killing the loop, so the step in flight finishes and a checkpoint is
+    written; requested["signal"] names the first one. A second Ctrl-C interrupts at once. The handlers in place before
+    (submitit's, in a cluster job) are put back on exit."""
     requested = {"signal": None}
 
     def handler(signum, frame):
         if requested["signal"] is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        requested["signal"] = signal.Signals(signum).name
-        print(f"\n{requested['signal']} received: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
+        requested["signal"] = requested["signal"] or signal.Signals(signum).name
+        print(
+            f"\n{signal.Signals(signum).name} received: finishing this step and writing a checkpoint (Ctrl-C again "
+            "to abort)",
+            file=sys.stderr,
+        )
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield requested
     finally:
@@ -609,6 +619,8 @@ def run_job(cfg: DictConfig, train) -> dict:
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     logging.captureWarnings(True)  # warnings go to the console and train.log like every other message
+    if sweep:
+        continue_requeued_run(cfg, run_dir)
     try:
         result = train(cfg)
     except Exception as e:
@@ -625,8 +637,30 @@ def run_job(cfg: DictConfig, train) -> dict:
             raise SystemExit(2) from None
         return {"status": "failed", "error": message}
     if result.interrupted:
+        from scoredist import cluster
+
+        if result.stopped_by == "SIGUSR2" and cluster.in_submitit_job():
+            cluster.requeue()  # the scheduler's warning: the job goes back in the queue and continues there
         raise SystemExit(130)  # Ctrl-C ends a sweep too
     return {"status": "finished", "run_dir": str(result.run_dir)}
+
+
+def continue_requeued_run(cfg: DictConfig, run_dir: Path) -> None:
+    """A sweep job whose folder holds a checkpoint already has run before: the scheduler stopped it (a time limit,
+    a preemption, `scontrol requeue`) and started it again with the same config. It continues its run at that
+    checkpoint instead of training again from step 0 over its own record (the sweep's folder was new, so nothing
+    else can have written there). Stopped before its first checkpoint, it starts over: the earlier attempt's partial
+    record (metrics, images) is removed first; train.log keeps both attempts."""
+    if cfg.trainer.resume or not run_dir.is_dir():
+        return
+    if checkpoint_path(run_dir).is_file():
+        log.info(f"{run_dir} holds this job's run from an earlier start (requeued): continuing it from its checkpoint")
+        with open_dict(cfg):
+            cfg.trainer.resume = str(run_dir)
+        return
+    for path in run_dir.iterdir():
+        if path.name not in (".hydra", "train.log"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def report_error(message: str, run_dir: Path) -> None:
@@ -647,6 +681,14 @@ def record_traceback(error: BaseException, run_dir: Path) -> None:
     first step has none), so the run's record says how it ended."""
     if run_dir.is_dir():
         TRACEBACKS.error("error: the run stopped on an error that is not a setting's (a bug?):", exc_info=error)
+
+
+def finished_job_records(sweep_dir: Path) -> dict[int, dict]:
+    """<sweep>/jobs.jsonl as {job number: its last record}, in job order (a job requeued by a scheduler may have
+    ended more than once)."""
+    path = sweep_dir / "jobs.jsonl"
+    records = [r for _, r in _json_lines(path) if r is not None and "num" in r] if path.exists() else []
+    return dict(sorted({int(r["num"]): r for r in records}.items()))
 
 
 class RunFolderGuard(Callback):
@@ -676,18 +718,22 @@ class RunFolderGuard(Callback):
         if not isinstance(outcome, dict):  # an exception that escaped the job (not a user error)
             outcome = {"status": "failed", "error": f"{type(outcome).__name__}: {outcome}"}
         record = {"num": config.hydra.job.num, "overrides": list(config.hydra.overrides.task), **outcome}
+        folder = Path(config.hydra.runtime.output_dir)
+        if outcome.get("status") != "finished" and folder.is_dir():  # a failed new job has none (train removed it)
+            record["folder"] = str(folder)
         with open(Path(config.hydra.sweep.dir) / "jobs.jsonl", "a") as f:
             f.write(json_text(record, default=str) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        path = Path(config.hydra.sweep.dir) / "jobs.jsonl"
-        jobs = [r for _, r in _json_lines(path) if r is not None] if path.exists() else []
+        from scoredist.cluster import jobs_summary
+
+        jobs = list(finished_job_records(Path(config.hydra.sweep.dir)).values())
         failed = [r for r in jobs if r.get("status") != "finished"]
         print(
             f"sweep {config.hydra.sweep.dir}: {len(jobs) - len(failed)} of {len(jobs)} jobs finished", file=sys.stderr
         )
-        for r in failed:
-            print(f"  failed: job {r['num']} ({' '.join(r['overrides'])}): {r.get('error')}", file=sys.stderr)
+        for line in jobs_summary(jobs):
+            print(line, file=sys.stderr)
         if failed:
             raise SystemExit(1)
 

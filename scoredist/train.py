@@ -89,6 +89,7 @@ class RunResult:
     step: int  # steps completed in the last chunk that ran
     interrupted: bool
     samples_done: int = 0
+    stopped_by: str | None = None  # the signal that interrupted the run (SIGINT, SIGTERM, SIGUSR2)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -596,13 +597,14 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
         dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not every step
     )
-    interrupted, exit_code, chunk = False, 1, None
+    interrupted, exit_code, chunk, stopped_by = False, 1, None, None
     try:
         with stop_requests() as stop:
             for index in todo:
                 chunk = first if index == todo[0] else Chunk(run, index, chunks[index])
                 interrupted = train_chunk(run, chunk, bar, stop)
                 if interrupted:
+                    stopped_by = stop["signal"]
                     break
                 finish_chunk(run, chunk, samples_file, first=index == 0)
         if interrupted:
@@ -620,6 +622,7 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
         step=chunk.step if chunk is not None else (resume or {}).get("step", 0),
         interrupted=interrupted,
         samples_done=len(samples_file.records),
+        stopped_by=stopped_by,
     )
 
 

@@ -1,0 +1,261 @@
+"""Sweeps on a live SLURM cluster through the real launcher (hydra/launcher=slurm_cpu), never a mock: one sweep whose
+jobs the test cancels, requeues, preempts (SIGUSR2) and feeds a bad prompt, checked against its uninterrupted twin;
+a job that outlives its time limit; a submission the cluster refuses.
+
+They run where a cluster is up (`bash ../shared/slurm/start-local-slurm.sh`; .ci/run starts one) and skip otherwise.
+SLURM holds a requeued job for 120 s before it may start again (its BeginTime); the tests move that start to now
+(`scontrol update StartTime=now`) so that they take minutes, not ten: what happens to the job is the same."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoredist.checkpoint import load_checkpoint
+from tests.test_readme import slurm_env, slurm_partition
+from tests.test_train import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+TRAIN = [sys.executable, str(ROOT / "train.py")]
+# One CPU and 1 GB per job, so two run at once on the 2-core test node.
+SMALL = ("hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1")
+DEMO = ("+experiment=demo", "trainer.log_every=10", "trainer.image_every=1000")
+
+
+@pytest.fixture(scope="module")
+def env():
+    if shutil_which("sbatch") is None or slurm_partition() is None:
+        pytest.skip("needs a SLURM cluster: none is up here (bash ../shared/slurm/start-local-slurm.sh starts one)")
+    return {**os.environ, **slurm_env(), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+def shutil_which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)
+
+
+def slurm(env, *command: str) -> str:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{' '.join(command)}: {done.stderr}"
+    return done.stdout
+
+
+class StartNow(threading.Thread):
+    """Moves a requeued job's start (SLURM holds it 120 s) to now, for the jobs of the arrays it is given."""
+
+    def __init__(self, env, arrays: set[str]):
+        super().__init__(daemon=True)
+        self.env, self.arrays, self.stop = env, arrays, threading.Event()
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            out = subprocess.run(
+                ["squeue", "-h", "-r", "-t", "PD", "-o", "%i %r"], env=self.env, capture_output=True, text=True
+            ).stdout
+            for line in out.splitlines():
+                job, reason = line.split()
+                if job.split("_")[0] in self.arrays and reason == "BeginTime":
+                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=self.env)
+
+
+def sweep_array(sweep: Path, timeout: float = 60) -> str:
+    """The SLURM array id of a sweep, from submitit's job folders."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = [p.name for p in (sweep / ".submitit").glob("*") if re.fullmatch(r"\d+(_\d+)?", p.name)]
+        if ids:
+            return ids[0].split("_")[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no job of {sweep} was submitted")
+
+
+def logged_step(folder: Path) -> int:
+    path = folder / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def job_folder(sweep: Path, num: int) -> Path | None:
+    found = sorted(sweep.glob(f"{num}-*"))
+    return found[0] if found else None
+
+
+def when_running(sweep: Path, num: int, at_step: int, driver: subprocess.Popen, timeout: float = 240) -> None:
+    """Until job `num` has logged `at_step` steps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        folder = job_folder(sweep, num)
+        if folder is not None and logged_step(folder) >= at_step:
+            return
+        assert driver.poll() is None, driver.communicate()[1]
+        assert time.monotonic() < deadline, f"job {num} did not reach step {at_step}"
+        time.sleep(0.3)
+
+
+def sacct_states(env, array: str) -> dict[str, str]:
+    out = slurm(env, "sacct", "-n", "-P", "-X", "-j", array, "-o", "JobID,State")
+    return {job: state.split()[0] for job, state in (line.split("|") for line in out.splitlines())}
+
+
+def steps_and_values(folder: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["objective"]) for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
+
+
+def interrupted_step(folder: Path) -> int:
+    return int(re.findall(r"interrupted at chunk 0 step (\d+)", (folder / "train.log").read_text())[-1])
+
+
+@pytest.fixture(scope="module")
+def scheduled(env, tmp_path_factory):
+    """One sweep of five jobs, two at a time: 0 runs undisturbed; 1 is requeued (`scontrol requeue`: SIGTERM, then
+    SLURM queues it again); 2 is preempted (SIGUSR2, submitit's requeue); 3 is cancelled (scancel); 4 has a prompt
+    the prior does not know. Jobs 0–3 are the same run."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    sweep = cwd / "sweep"
+    prompts = ",".join(['"a red cube"'] * 4 + ['"a purple unicorn"'])
+    driver = subprocess.Popen(
+        [*TRAIN, "-m", *SMALL, *DEMO, "trainer.max_steps=400", f"prompt={prompts}", f"hydra.sweep.dir={sweep}"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    array = sweep_array(sweep)
+    start_now = StartNow(env, {array})
+    start_now.start()
+    try:
+        when_running(sweep, 1, 60, driver)
+        slurm(env, "scontrol", "requeue", f"{array}_1")
+        when_running(sweep, 2, 60, driver)
+        slurm(env, "scancel", "--signal=USR2", f"{array}_2")
+        when_running(sweep, 3, 60, driver)
+        slurm(env, "scancel", f"{array}_3")
+        out, err = driver.communicate(timeout=600)
+    finally:
+        start_now.stop.set()
+        if driver.poll() is None:
+            driver.kill()
+            slurm(env, "scancel", array)
+    return {"sweep": sweep, "array": array, "code": driver.returncode, "err": err, "env": env, "cwd": cwd}
+
+
+def test_the_sweep_reports_the_cancelled_and_the_failed_job_while_the_others_finish(scheduled):
+    err, array = scheduled["err"], scheduled["array"]
+    assert scheduled["code"] == 1, err
+    assert "3 of 5 jobs finished" in err, err
+    assert re.search(rf"failed: job 3 \(.*\) \[SLURM {array}_3 CANCELLED\]: SLURM job cancelled", err), err
+    assert re.search(rf"failed: job 4 \(.*a purple unicorn.*\) \[SLURM {array}_4 FAILED\]: .*purple", err), err
+    records = [json.loads(line) for line in (scheduled["sweep"] / "jobs.jsonl").read_text().splitlines()]
+    assert [(r["num"], r["status"], r["state"]) for r in records] == [
+        (0, "finished", "COMPLETED"),
+        (1, "finished", "COMPLETED"),
+        (2, "finished", "COMPLETED"),
+        (3, "failed", "CANCELLED"),
+        (4, "failed", "FAILED"),
+    ]
+    assert [r["slurm_job"] for r in records] == [f"{array}_{n}" for n in range(5)]
+    cancelled = records[3]
+    assert any("CANCELLED" in line for line in cancelled["log"]), cancelled["log"]
+    assert cancelled["resume"] == f"python train.py trainer.resume={job_folder(scheduled['sweep'], 3)}"
+
+
+def test_sacct_records_the_bad_prompt_failed_and_the_rest_as_they_ended(scheduled):
+    states = sacct_states(scheduled["env"], scheduled["array"])
+    array = scheduled["array"]
+    assert states == {
+        f"{array}_0": "COMPLETED",
+        f"{array}_1": "COMPLETED",
+        f"{array}_2": "COMPLETED",
+        f"{array}_3": "CANCELLED",
+        f"{array}_4": "FAILED",
+    }
+
+
+@pytest.mark.parametrize("num", [1, 2], ids=["requeued", "preempted"])
+def test_a_requeued_or_preempted_job_resumes_at_its_step_and_ends_as_the_undisturbed_one(scheduled, num):
+    sweep = scheduled["sweep"]
+    folder, twin = job_folder(sweep, num), job_folder(sweep, 0)
+    stopped = interrupted_step(folder)
+    assert 60 <= stopped < 400
+    resumes = [json.loads(line) for line in (folder / "resumes.jsonl").read_text().splitlines()]
+    assert [(r["chunk"], r["step"], r["changes"]) for r in resumes] == [(0, stopped, {})]
+    assert not (twin / "resumes.jsonl").exists()
+    # no step logged twice, and the same steps and values as the undisturbed run (the same process setup: bitwise)
+    assert steps_and_values(folder) == steps_and_values(twin)
+    ours, theirs = (load_checkpoint(f / "checkpoints" / "last.pt") for f in (folder, twin))
+    assert ours["step"] == theirs["step"] == 400
+    for key, tensor in theirs["renderer"].items():
+        assert torch.equal(ours["renderer"][key], tensor), key
+    assert (folder / "final.png").is_file() and len((folder / "samples.jsonl").read_text().splitlines()) == 1
+    if num == 2:  # the preemption went through submitit's protocol: checkpoint(), then `scontrol requeue`
+        assert "Requeued job" in (folder / "train.log").read_text()
+
+
+def test_the_cancelled_job_resumes_with_the_printed_command(scheduled):
+    record = json.loads((scheduled["sweep"] / "jobs.jsonl").read_text().splitlines()[3])
+    command = shlex.split(record["resume"])
+    assert command[:2] == ["python", "train.py"]
+    env = {k: v for k, v in scheduled["env"].items() if k != "SLURM_CONF"}
+    done = subprocess.run([*TRAIN, *command[2:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    folder = Path(record["folder"])
+    assert load_checkpoint(folder / "checkpoints" / "last.pt")["step"] == 400
+    assert [s for s, _ in steps_and_values(folder)] == list(range(10, 401, 10))
+
+
+def test_a_run_longer_than_its_time_limit_is_requeued_at_its_step_and_finishes(env, tmp_path):
+    """A 1-minute limit on a ~90 s run: SIGUSR2 comes before the limit (signal_delay_s), the run checkpoints, submitit
+    requeues it, the next start continues at that step; the job ends COMPLETED."""
+    sweep = tmp_path / "sweep"
+    driver = subprocess.Popen(
+        [*TRAIN, "-m", *SMALL, *DEMO, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+         "trainer.max_steps=2400", "trainer.log_every=100", "loss=sds", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    array = sweep_array(sweep)
+    start_now = StartNow(env, {array})
+    start_now.start()
+    try:
+        _, err = driver.communicate(timeout=600)
+    finally:
+        start_now.stop.set()
+        if driver.poll() is None:
+            driver.kill()
+            slurm(env, "scancel", array)
+    assert driver.returncode == 0, err
+    folder = job_folder(sweep, 0)
+    log = (folder / "train.log").read_text()
+    resumes = [json.loads(line) for line in (folder / "resumes.jsonl").read_text().splitlines()]
+    assert len(resumes) >= 1 and log.count("this job is timed-out") == len(resumes), log
+    stops = [int(s) for s in re.findall(r"interrupted at chunk 0 step (\d+)", log)]
+    assert [r["step"] for r in resumes] == stops and stops == sorted(stops) and 0 < stops[0], log
+    assert [s for s, _ in steps_and_values(folder)] == list(range(100, 2401, 100))
+    assert sacct_states(env, array) == {array: "COMPLETED"}
+
+
+def test_a_refused_submission_is_one_line_naming_the_fix_and_leaves_no_folder(env, tmp_path):
+    """The GPU launcher on a cluster without GPUs."""
+    done = subprocess.run(
+        [*TRAIN, "-m", "hydra/launcher=slurm", *DEMO, "loss=sds,ours"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: SLURM refused the sweep's jobs: ") and "hydra/launcher=slurm_cpu" in last, last
+    assert "Traceback" not in done.stderr and "sbatch: error" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+    too_big = subprocess.run(
+        [*TRAIN, "-m", *SMALL, "hydra.launcher.cpus_per_task=64", *DEMO, "loss=sds,ours"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert too_big.returncode == 2
+    assert re.search(r"64 CPUs asked, a node has \d+: hydra.launcher.cpus_per_task=\d+", too_big.stderr), too_big.stderr
+    assert list(tmp_path.iterdir()) == []
