@@ -56,6 +56,7 @@ class SweepJob:
     state: str = "PENDING"
     ended_polls: int = 0
     done: bool = False
+    device: int | None = None  # the GPU a local job was given (scoredist.local_sweep)
 
     @property
     def job_id(self) -> str:
@@ -102,12 +103,25 @@ def make_executor(launcher):
 
     kind = launcher._EXECUTOR
     params = dict(launcher.params)
+    params["signal_delay_s"] = warning_delay(params)
     folder = params.pop("submitit_folder")
     init = {f"{kind}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
     executor = submitit.AutoExecutor(folder=folder, cluster=kind, **init)
     shared = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in shared else f"{kind}_{k}": v for k, v in params.items()})
     return executor
+
+
+def warning_delay(params: dict) -> int:
+    """signal_delay_s, but at most a quarter of the time limit. SLURM checks limits every 30 s and sends the warning
+    at the first check that finds the limit within delay + 30 s, so a delay near half a short limit warns at the
+    first check after the start, while Python is still importing (SIGUSR2 then kills the process): a 1-minute limit
+    with 30 s did. A quarter of it (15 s) warns 15 to 45 s after the start."""
+    delay, limit_s = int(params.get("signal_delay_s", 120)), int(params.get("timeout_min", 60)) * 60
+    if 4 * delay > limit_s:
+        log.info(f"signal_delay_s={delay} is over a quarter of the {limit_s} s limit: warning {limit_s // 4} s before")
+        return limit_s // 4
+    return delay
 
 
 def submit(launcher, job_overrides, initial_job_idx: int) -> list[SweepJob]:
@@ -256,13 +270,13 @@ def wait(jobs: list[SweepJob], poll_s: float = POLL_S) -> None:
             time.sleep(poll_s)
 
 
-def job_returns(launcher, jobs: list[SweepJob]) -> list:
+def job_returns(launcher, jobs: list[SweepJob], scheduler: str = "SLURM") -> list:
     """One JobReturn per job for Hydra's sweeper, none of which raises: the run's outcome for a job with a result,
     a failed outcome (its SLURM state) for the others; then jobs.jsonl completed with what only the driver knows."""
     from hydra.core.utils import JobReturn, JobStatus
 
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
-    final = scheduler_states([j.job_id for j in jobs])
+    final = scheduler_states([j.job_id for j in jobs]) if scheduler == "SLURM" else {}
     returns = []
     for j in jobs:
         j.state = final.get(j.job_id, j.state)
@@ -274,11 +288,11 @@ def job_returns(launcher, jobs: list[SweepJob]) -> list:
             except Exception as e:  # the run failed (JobFailed) or raised: its own record says how
                 outcome = {"status": "failed", "error": last_line(str(e))}
         if not isinstance(outcome, dict):
-            outcome = {"status": "failed", "error": ended_without_result(j.state)}
+            outcome = {"status": "failed", "error": ended_without_result(j.state, scheduler)}
         job_return = JobReturn(overrides=j.overrides, status=JobStatus.COMPLETED)
         job_return.return_value = outcome
         returns.append(job_return)
-    complete_records(sweep_dir, jobs)
+    complete_records(sweep_dir, jobs, scheduler)
     return returns
 
 
@@ -287,7 +301,7 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else text
 
 
-def ended_without_result(state: str) -> str:
+def ended_without_result(state: str, scheduler: str = "SLURM") -> str:
     what = {
         "CANCELLED": "cancelled (scancel) before it finished",
         "TIMEOUT": "reached its time limit (and max_num_timeout requeues)",
@@ -296,10 +310,10 @@ def ended_without_result(state: str) -> str:
         "PREEMPTED": "preempted and not requeued",
         "UNKNOWN": "ended; SLURM no longer knows how (no accounting)",
     }
-    return f"SLURM job {what.get(state, state.lower())}"
+    return f"{scheduler} job {what.get(state, state.lower())}"
 
 
-def complete_records(sweep_dir: Path, jobs: list[SweepJob]) -> None:
+def complete_records(sweep_dir: Path, jobs: list[SweepJob], scheduler: str = "SLURM") -> None:
     """Rewrite jobs.jsonl with one record per job, in job order: the job's own record where it wrote one (the last,
     a requeued job may have ended more than once), else one saying how it ended; each with its SLURM id and state,
     and for a job that did not finish its folder, the last lines of its log and how to resume it."""
@@ -310,8 +324,10 @@ def complete_records(sweep_dir: Path, jobs: list[SweepJob]) -> None:
     for j in jobs:
         record = own.get(j.num) or {"num": j.num, "overrides": j.overrides, "status": "failed"}
         if record.get("status") != "finished" and "error" not in record:
-            record["error"] = ended_without_result(j.state)
-        record.update(slurm_job=j.job_id, state=j.state)
+            record["error"] = ended_without_result(j.state, scheduler)
+        record.update(scheduler=scheduler, job_id=j.job_id, state=j.state)
+        if j.device is not None:
+            record["device"] = j.device
         if record.get("status") != "finished":
             folder = record.get("folder") or job_folder(sweep_dir.resolve(), j.num)
             record.update(folder=folder, log=log_tail(j.job, folder), resume=resume_command(folder))
@@ -369,8 +385,8 @@ def jobs_summary(records: list[dict]) -> list[str]:
     for r in records:
         if r.get("status") == "finished":
             continue
-        slurm = f" [SLURM {r['slurm_job']} {r.get('state')}]" if r.get("slurm_job") else ""
-        out.append(f"  failed: job {r['num']} ({' '.join(r['overrides'])}){slurm}: {r.get('error')}")
+        where = f" [{r['scheduler']} {r['job_id']} {r.get('state')}]" if r.get("job_id") else ""
+        out.append(f"  failed: job {r['num']} ({' '.join(r['overrides'])}){where}: {r.get('error')}")
         if r.get("folder"):
             out.append(f"    folder: {r['folder']}")
         if r.get("resume"):

@@ -696,8 +696,8 @@ class RunFolderGuard(Callback):
 
     - A new run or sweep never writes into a folder that already holds something (an explicit hydra.run.dir or
       hydra.sweep.dir pointing at an old run), and a folder that cannot be created is a one-line error.
-    - Each sweep job's outcome is appended to <sweep>/jobs.jsonl; at the end the sweep prints a summary of the failed
-      jobs and exits non-zero if there were any.
+    - Each sweep job's outcome is appended to <sweep>/jobs.jsonl (with when it ran and the GPUs it saw); at the end
+      the sweep prints a summary of the failed jobs and exits non-zero if there were any.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
@@ -709,6 +709,9 @@ class RunFolderGuard(Callback):
             exit_with_error("trainer.resume continues one run; resume the runs of a sweep one at a time")
         self._claim(config, "hydra.sweep.dir")
 
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        self._job_started = time.time()
+
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         from hydra.types import RunMode
 
@@ -718,6 +721,10 @@ class RunFolderGuard(Callback):
         if not isinstance(outcome, dict):  # an exception that escaped the job (not a user error)
             outcome = {"status": "failed", "error": f"{type(outcome).__name__}: {outcome}"}
         record = {"num": config.hydra.job.num, "overrides": list(config.hydra.overrides.task), **outcome}
+        # when and where it ran: the job's own clock and the devices it was given (a local sweep's one GPU each)
+        record.update(started=getattr(self, "_job_started", None), ended=time.time())
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+            record["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         folder = Path(config.hydra.runtime.output_dir)
         if outcome.get("status") != "finished" and folder.is_dir():  # a failed new job has none (train removed it)
             record["folder"] = str(folder)

@@ -263,6 +263,7 @@ def check_sweep_jobs(n: int) -> Callable:
     def check(result):
         jobs = [json.loads(x) for x in (result.out / "sweep" / "jobs.jsonl").read_text().splitlines()]
         assert [j["status"] for j in jobs] == ["finished"] * n, jobs
+        assert all(j.get("state", "COMPLETED") == "COMPLETED" for j in jobs), jobs  # a SLURM sweep's: its jobs' end
 
     return check
 
@@ -439,6 +440,32 @@ def _table() -> dict[str, Spec]:
                 short=("trainer.max_steps=3",),
                 runs=("sweep/*-*",),
                 check=check_sweep_jobs(2),
+            ),
+        ),
+        (
+            "python train.py -m hydra/launcher=slurm_cpu +experiment=demo loss=sds,ours seed=0,1",
+            Spec(
+                "slurm-cpu-sweep",
+                slurm=True,
+                always=(SWEEP,),
+                short=("trainer.max_steps=3", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *WORLD),
+                runs=("sweep/*-*",),
+                check=check_sweep_jobs(4),
+            ),
+        ),
+        (
+            "python train.py -m hydra/launcher=slurm_cpu +experiment=demo loss=sds trainer.max_steps=3000 "
+            "hydra.launcher.timeout_min=1",
+            Spec(
+                "slurm-time-limit",
+                slurm=True,
+                always=(SWEEP,),
+                # the requeues at the limit take minutes (tests/test_slurm.py runs a shorter one through them); SLURM
+                # may send a 1-minute limit's warning early, and a requeued job waits 2 minutes: 5 minutes here
+                short=("trainer.max_steps=3", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *WORLD),
+                short_subst=(("timeout_min=1", "timeout_min=5"),),
+                runs=("sweep/*-*",),
+                check=check_sweep_jobs(1),
             ),
         ),
         (
@@ -668,11 +695,13 @@ def _table() -> dict[str, Spec]:
             Spec("sketch2real-sds", **shapes_run, short=NERF_SHORT, files=("run/model.obj",)),
         ),
         (
-            "python train.py -m hydra/launcher=local loss=sds,ours seed=0,1,2",
+            "python train.py -m hydra/launcher=local +experiment=demo loss=sds,ours seed=0,1",
             Spec(
                 "local-launcher",
-                skip=SD + "; the submitit launcher's path runs with `hydra/launcher=slurm` when the "
-                "local SLURM cluster is up",
+                always=(SWEEP,),
+                short=("trainer.max_steps=3", "hydra.launcher.cpu_jobs=2", *WORLD),
+                runs=("sweep/*-*",),
+                check=check_sweep_jobs(4),
             ),
         ),
         # --- scripts' docstrings

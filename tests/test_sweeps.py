@@ -242,3 +242,24 @@ def test_the_wandb_runs_of_a_seed_sweep_are_told_apart_by_name_and_tag_and_stage
         assert f"| seed={1 - seed}".encode() not in data and str(sweep).encode() in data  # the group: the sweep
         assert list(record.parent.glob("artifacts/staging/*"))  # the samples table's files, inside the run
     assert not list((home / "data").glob("wandb/artifacts/staging/*"))
+
+
+def test_a_local_sweep_runs_one_job_per_device_at_a_time_each_seeing_only_its_own(tmp_path):
+    """hydra/launcher=local with two devices: four jobs, two at a time, each job's CUDA_VISIBLE_DEVICES its one
+    device (read in the job: jobs.jsonl), and a device's second job only after its first ended. (On this CPU machine
+    the jobs train on the CPU; the assignment is what a GPU machine gets.)"""
+    sweep = tmp_path / "sweep"
+    result = cli(
+        "-m", "hydra/launcher=local", "hydra.launcher.devices=[0,1]", "+experiment=demo", "trainer.max_steps=40",
+        "loss=sds,ours", "seed=0,1", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "running 4 jobs on this machine, GPUs [0, 1]" in result.stderr
+    jobs = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
+    assert [(j["num"], j["status"], j["state"]) for j in jobs] == [(n, "finished", "COMPLETED") for n in range(4)]
+    assert all(j["cuda_visible_devices"] == str(j["device"]) for j in jobs), jobs
+    by_device = {d: sorted((j["started"], j["ended"]) for j in jobs if j["device"] == d) for d in (0, 1)}
+    assert [len(runs) for runs in by_device.values()] == [2, 2]
+    assert all(first[1] <= second[0] for first, second in by_device.values())  # one at a time on a device
+    (a_start, a_end), (b_start, b_end) = by_device[0][0], by_device[1][0]
+    assert a_start < b_end and b_start < a_end  # the two devices' first jobs ran at once
