@@ -10,6 +10,8 @@ an ordinary run folder over the preset's prompts × samples, then results.md / r
     python scripts/benchmark.py --dry-run                        # what it would run and cost here, then exit
     python scripts/benchmark.py --tune                           # the tuned setting: lr and scale per method
                                                                  # chosen on seed 0, compared on seed 1
+    python scripts/benchmark.py launcher=slurm_cpu               # each row x seed a job of one SLURM array
+                                                                 # (launcher.partition=... etc. set its jobs)
 
 Every other key=value is a train.py override applied to every run (conf/benchmark/<preset>.yaml lists the preset's
 settings). Without out=, a benchmark goes to outputs/benchmarks/<time>-<preset>/, and rerunning the same command
@@ -26,19 +28,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def parse(argv: list[str]) -> tuple[str, Path | None, str | None, list[str]]:
-    """(preset, out folder or None, mode: None | "commands" | "dry-run" | "tune", train.py overrides)."""
-    preset, out, mode, overrides = "shapes", None, None, []
+def parse(argv: list[str]) -> tuple[str, Path | None, str | None, list[str], str | None, list[str]]:
+    """(preset, out folder or None, mode: None | "commands" | "dry-run" | "tune", train.py overrides, launcher or
+    None, launcher.KEY=VALUE overrides)."""
+    preset, out, mode, overrides, launcher, launcher_overrides = "shapes", None, None, [], None, []
     for arg in argv:
         if arg.startswith("preset="):
             preset = arg.split("=", 1)[1]
         elif arg.startswith("out="):
             out = Path(arg.split("=", 1)[1])
+        elif arg.startswith("launcher="):
+            launcher = arg.split("=", 1)[1]
+        elif arg.startswith("launcher."):
+            launcher_overrides.append(arg)
         elif arg in ("--commands", "--dry-run", "--tune"):
             mode = arg.removeprefix("--")
         else:
             overrides.append(arg)
-    return preset, out, mode, overrides
+    return preset, out, mode, overrides, launcher, launcher_overrides
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     from scoredist.errors import cli_errors
     from scoredist.eval.benchmark import Benchmark, continue_or_start
 
-    preset, out, mode, overrides = parse(argv)
+    preset, out, mode, overrides, launcher, launcher_overrides = parse(argv)
     with cli_errors():
         if mode == "dry-run":
             bench = Benchmark(preset, overrides, out) if out is not None else continue_or_start(preset, overrides)
@@ -65,7 +72,10 @@ def main(argv: list[str] | None = None) -> dict | None:
             from scoredist.eval.tuning import Tuning
 
             return Tuning(bench).run(bench.check())
-        return bench.run()
+        results = bench.run(launcher, launcher_overrides)
+        if results is None:  # a shard did not finish on the cluster: named above; a rerun submits only those
+            raise SystemExit(1)
+        return results
 
 
 if __name__ == "__main__":

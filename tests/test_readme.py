@@ -205,6 +205,9 @@ ONE_SAMPLE = tuple(
     {"samples_per_prompt=2": "samples_per_prompt=1", "trainer.batch_size=4": "trainer.batch_size=2"}.get(a, a)
     for a in BENCH_SHORT
 )
+# a SLURM job on the 2-CPU test node: one CPU and 1 GB, so two run at once
+SLURM_SHORT = ("trainer.max_steps=3", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *WORLD)
+SLURM_BENCH_JOB = ("launcher.cpus_per_task=1", "launcher.mem_gb=1")
 RUN = "hydra.run.dir={out}/run"
 SWEEP = "hydra.sweep.dir={out}/sweep"
 GPU_SD = (
@@ -443,12 +446,23 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         (
+            "python scripts/benchmark.py launcher=slurm_cpu",
+            Spec(
+                "benchmark-slurm",
+                slurm=True,
+                always=("out={out}/bench",),
+                short=(*BENCH_SHORT, "benchmark.rows=[ddim,sds,ours]", *SLURM_BENCH_JOB),
+                files=("bench/results.md", "bench/results.json", "bench/shards.jsonl"),
+                check=check_results_rows(["DDIM (lower bound)", "SDS", "Ours"]),
+            ),
+        ),
+        (
             "python train.py -m hydra/launcher=slurm_cpu +experiment=demo loss=sds,ours seed=0,1",
             Spec(
                 "slurm-cpu-sweep",
                 slurm=True,
                 always=(SWEEP,),
-                short=("trainer.max_steps=3", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *WORLD),
+                short=SLURM_SHORT,
                 runs=("sweep/*-*",),
                 check=check_sweep_jobs(4),
             ),
@@ -462,7 +476,7 @@ def _table() -> dict[str, Spec]:
                 always=(SWEEP,),
                 # the requeues at the limit take minutes (tests/test_slurm.py runs a shorter one through them); SLURM
                 # may send a 1-minute limit's warning early, and a requeued job waits 2 minutes: 5 minutes here
-                short=("trainer.max_steps=3", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *WORLD),
+                short=SLURM_SHORT,
                 short_subst=(("timeout_min=1", "timeout_min=5"),),
                 runs=("sweep/*-*",),
                 check=check_sweep_jobs(1),

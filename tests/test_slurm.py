@@ -49,20 +49,27 @@ def slurm(env, *command: str) -> str:
 
 
 class StartNow(threading.Thread):
-    """Moves a requeued job's start (SLURM holds it 120 s) to now, for the jobs of the arrays it is given."""
+    """Moves a requeued job's start (SLURM holds it 120 s) to now, for the jobs of the arrays it is given, once it
+    has been held for `settle_s`: the job's previous start must have ended in SLURM's books first, else its end can
+    be taken for the new start's (seen: a requeued job allocated again 0.3 s after the requeue, then FAILED)."""
+
+    settle_s = 5.0
 
     def __init__(self, env, arrays: set[str]):
         super().__init__(daemon=True)
         self.env, self.arrays, self.stop = env, arrays, threading.Event()
+        self.held_since: dict[str, float] = {}
 
     def run(self):
         while not self.stop.wait(1.0):
             out = subprocess.run(
                 ["squeue", "-h", "-r", "-t", "PD", "-o", "%i %r"], env=self.env, capture_output=True, text=True
             ).stdout
-            for line in out.splitlines():
-                job, reason = line.split()
-                if job.split("_")[0] in self.arrays and reason == "BeginTime":
+            held = {job for job, reason in (line.split() for line in out.splitlines()) if reason == "BeginTime"}
+            now = time.monotonic()
+            self.held_since = {job: self.held_since.get(job, now) for job in held}
+            for job, since in self.held_since.items():
+                if job.split("_")[0] in self.arrays and now - since >= self.settle_s:
                     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=self.env)
 
 
@@ -100,6 +107,23 @@ def when_running(sweep: Path, num: int, at_step: int, driver: subprocess.Popen, 
         time.sleep(0.3)
 
 
+def preempt(env, job: str, sweep: Path, num: int, timeout: float = 60) -> None:
+    """SIGUSR2 to a running job's step, as a preemption sends it. `scancel --signal` retries for as long as SLURM
+    answers "Job can not be altered now" (it may, while the job acts on the signal), which would signal the job's
+    next start too: it is stopped once the job has been requeued."""
+    sender = subprocess.Popen(
+        ["scancel", "--signal=USR2", job], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while "Requeued job" not in (job_folder(sweep, num) / "train.log").read_text():
+            assert time.monotonic() < deadline, f"{job} was not requeued after SIGUSR2"
+            time.sleep(0.2)
+    finally:
+        sender.kill()
+        sender.wait()
+
+
 def sacct_states(env, array: str) -> dict[str, str]:
     out = slurm(env, "sacct", "-n", "-P", "-X", "-j", array, "-o", "JobID,State")
     return {job: state.split()[0] for job, state in (line.split("|") for line in out.splitlines())}
@@ -134,19 +158,31 @@ def sweep_driver(env, cwd: Path, sweep: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def scheduled(env, tmp_path_factory):
+def time_limited(env, tmp_path_factory):
+    """A 1-minute limit on a ~90 s run, started before `scheduled` and running beside it (one CPU each): SLURM warns
+    (SIGUSR2, signal_delay_s: a quarter of the limit), the run checkpoints, submitit requeues it, the next start
+    continues at that step."""
+    cwd = tmp_path_factory.mktemp("time-limit")
+    sweep = cwd / "sweep"
+    overrides = ("hydra.launcher.timeout_min=1", "trainer.max_steps=2400", "trainer.log_every=100", "loss=sds")
+    with sweep_driver(env, cwd, sweep, *overrides) as (driver, array):
+        yield {"sweep": sweep, "array": array, "driver": driver}
+
+
+@pytest.fixture(scope="module")
+def scheduled(env, tmp_path_factory, time_limited):
     """One sweep of five jobs, two at a time: 0 runs undisturbed; 1 is requeued (`scontrol requeue`: SIGTERM, then
     SLURM queues it again); 2 is preempted (SIGUSR2, submitit's requeue); 3 is cancelled (scancel); 4 has a prompt
     the prior does not know. Jobs 0–3 are the same run."""
     cwd = tmp_path_factory.mktemp("sweep")
     sweep = cwd / "sweep"
     prompts = ",".join(['"a red cube"'] * 4 + ['"a purple unicorn"'])
-    with sweep_driver(env, cwd, sweep, "trainer.max_steps=400", f"prompt={prompts}") as (driver, array):
-        when_running(sweep, 1, 60, driver)
+    with sweep_driver(env, cwd, sweep, "trainer.max_steps=300", f"prompt={prompts}") as (driver, array):
+        when_running(sweep, 1, 40, driver)
         slurm(env, "scontrol", "requeue", f"{array}_1")
-        when_running(sweep, 2, 60, driver)
-        slurm(env, "scancel", "--signal=USR2", f"{array}_2")
-        when_running(sweep, 3, 60, driver)
+        when_running(sweep, 2, 40, driver)
+        preempt(env, f"{array}_2", sweep, 2)
+        when_running(sweep, 3, 40, driver)
         slurm(env, "scancel", f"{array}_3")
         _, err = driver.communicate(timeout=600)
     return {"sweep": sweep, "array": array, "code": driver.returncode, "err": err, "env": env, "cwd": cwd}
@@ -189,14 +225,14 @@ def test_a_requeued_or_preempted_job_resumes_at_its_step_and_ends_as_the_undistu
     sweep = scheduled["sweep"]
     folder, twin = job_folder(sweep, num), job_folder(sweep, 0)
     stopped = interrupted_step(folder)
-    assert 60 <= stopped < 400
+    assert 40 <= stopped < 300
     resumes = [json.loads(line) for line in (folder / "resumes.jsonl").read_text().splitlines()]
     assert [(r["chunk"], r["step"], r["changes"]) for r in resumes] == [(0, stopped, {})]
     assert not (twin / "resumes.jsonl").exists()
     # no step logged twice, and the same steps and values as the undisturbed run (the same process setup: bitwise)
     assert steps_and_values(folder) == steps_and_values(twin)
     ours, theirs = (load_checkpoint(f / "checkpoints" / "last.pt") for f in (folder, twin))
-    assert ours["step"] == theirs["step"] == 400
+    assert ours["step"] == theirs["step"] == 300
     for key, tensor in theirs["renderer"].items():
         assert torch.equal(ours["renderer"][key], tensor), key
     assert (folder / "final.png").is_file() and len((folder / "samples.jsonl").read_text().splitlines()) == 1
@@ -212,17 +248,14 @@ def test_the_cancelled_job_resumes_with_the_printed_command(scheduled):
     done = subprocess.run([*TRAIN, *command[2:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     folder = Path(record["folder"])
-    assert load_checkpoint(folder / "checkpoints" / "last.pt")["step"] == 400
-    assert [s for s, _ in steps_and_values(folder)] == list(range(10, 401, 10))
+    assert load_checkpoint(folder / "checkpoints" / "last.pt")["step"] == 300
+    assert [s for s, _ in steps_and_values(folder)] == list(range(10, 301, 10))
 
 
-def test_a_run_longer_than_its_time_limit_is_requeued_at_its_step_and_finishes(env, tmp_path):
-    """A 1-minute limit on a ~90 s run: SIGUSR2 comes before the limit (signal_delay_s, at most half the limit), the
-    run checkpoints, submitit requeues it, the next start continues at that step; the job ends COMPLETED."""
-    sweep = tmp_path / "sweep"
-    overrides = ("hydra.launcher.timeout_min=1", "trainer.max_steps=2400", "trainer.log_every=100", "loss=sds")
-    with sweep_driver(env, tmp_path, sweep, *overrides) as (driver, array):
-        _, err = driver.communicate(timeout=600)
+def test_a_run_longer_than_its_time_limit_is_requeued_at_its_step_and_finishes(env, time_limited):
+    """The job ends COMPLETED after one or more requeues, each continuing at the step the last start stopped at."""
+    driver, sweep, array = time_limited["driver"], time_limited["sweep"], time_limited["array"]
+    _, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err
     folder = job_folder(sweep, 0)
     log = (folder / "train.log").read_text()
@@ -290,3 +323,57 @@ def test_without_accounting_a_cancelled_job_ends_the_wait_and_is_named(no_accoun
     assert driver.returncode == 1, err
     assert "1 of 2 jobs finished" in err
     assert re.search(rf"failed: job 1 \(.*\) \[SLURM {array}_1 CANCELLED\]: SLURM job cancelled", err), err
+
+
+BENCH = (
+    "prompt=[a red cube,a blue sphere]", "samples_per_prompt=2", "trainer.max_steps=3", "trainer.batch_size=4",
+    "guidance.resolution=16", "guidance.num_azimuths=4", "guidance.elevations=[15.0]", "guidance.supersample=1",
+    "benchmark.lower_bound.num_steps=5", "benchmark.metrics.feature_net=null", "logger=none",
+    "benchmark.curve_steps=[2]", "benchmark.timing.rounds=1", "benchmark.timing.steps=1",
+    "benchmark.rows=[ddim,sds,ours]", "benchmark.seeds=[0,1]",
+)  # fmt: skip
+BENCH_SLURM = ("launcher=slurm_cpu", "launcher.cpus_per_task=1", "launcher.mem_gb=1")
+
+
+def benchmark(env, out: Path, *args: str, wait: bool = True):
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), f"out={out}", *BENCH, *args]
+    if not wait:
+        return subprocess.Popen(
+            command, cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
+
+
+def table_without_times(out: Path) -> dict:
+    """results.json less what differs between two runs of the same benchmark: times and the folders' names."""
+    results = json.loads((out / "results.json").read_text())
+    for row in results["rows"]:
+        for key in [k for k in row if "second" in k]:
+            del row[key]
+        row["runs"] = ["/".join(Path(r).parts[-2:]) for r in row["runs"]]  # <row>/seed<k>
+    return results
+
+
+def test_the_benchmark_as_one_array_of_shards_cancelled_then_rerun_gives_the_local_table(env, tmp_path):
+    """Every row × seed a job of one array; cancelled at once, the command names the missing shards and exits 1; the
+    same command again submits only those, and the table equals the one a local run of the same settings makes."""
+    local = benchmark(env, tmp_path / "local")
+    assert local.returncode == 0, local.stderr
+    out = tmp_path / "cluster"
+    first = benchmark(env, out, *BENCH_SLURM, wait=False)
+    array = sweep_array(out)
+    slurm(env, "scancel", array)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 1, err
+    manifest = [json.loads(line) for line in (out / "shards.jsonl").read_text().splitlines()]
+    assert [(m["row"], m["seed"]) for m in manifest] == [(r, s) for r in ("ddim", "sds", "ours") for s in (0, 1)]
+    missing = [m for m in manifest if not m["finished"]]
+    assert missing and all(m["state"] == "CANCELLED" for m in missing), manifest
+    for m in missing:
+        assert f"missing: {m['row']} seed {m['seed']} (SLURM {m['job_id']} CANCELLED)" in err, err
+    again = benchmark(env, out, *BENCH_SLURM)
+    assert again.returncode == 0, again.stderr
+    assert f"submitted the {len(missing)} unfinished of 6 shards as SLURM array" in again.stderr
+    manifest = [json.loads(line) for line in (out / "shards.jsonl").read_text().splitlines()]
+    assert all(m["finished"] for m in manifest)
+    assert table_without_times(out) == table_without_times(tmp_path / "local")

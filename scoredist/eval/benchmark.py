@@ -109,16 +109,22 @@ class Benchmark:
             resolve_pretrained(pretrained)  # WeightsNotFoundError saying what to pass
         return metrics
 
-    def run(self) -> dict:
-        """Run every row not finished yet, time the trained rows side by side, then write and return the table."""
+    def run(self, launcher: str | None = None, launcher_overrides: tuple[str, ...] = ()) -> dict | None:
+        """Run every row not finished yet (here, or as one SLURM array of row × seed shards with `launcher`), time
+        the trained rows side by side, then write and return the table. None when a shard did not finish."""
         metrics = self.check()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # one process per benchmark folder: a second plain rerun would otherwise continue the same rows alongside
         with RunLock(self.out_dir):
             OmegaConf.save(self.base, self.out_dir / "benchmark.yaml", resolve=False)
             (self.out_dir / "command.txt").write_text(self.command_line() + "\n")
+            if launcher is not None:
+                from scoredist.eval.shards import run_shards
+
+                if not run_shards(self, launcher, list(launcher_overrides)):
+                    return None
             for method in self.spec.rows:
-                self.run_method(method)
+                self.run_method(method)  # (every shard finished on the cluster: each says so)
             return self.table(metrics, self.timing())
 
     def trained_rows(self) -> list[str]:
@@ -218,7 +224,12 @@ class Benchmark:
 
             if (run_dir / "checkpoints").is_dir():
                 cfg.trainer.resume = str(run_dir)
-            if train(cfg).interrupted:  # Ctrl-C / SIGTERM: the run checkpointed; stop here, a rerun continues
+            result = train(cfg)
+            if result.interrupted:  # Ctrl-C / SIGTERM / SIGUSR2: the run checkpointed; stop here, a rerun continues
+                from scoredist import cluster
+
+                if result.stopped_by == "SIGUSR2" and cluster.in_submitit_job():
+                    cluster.requeue()  # a shard's job at its time limit or preempted (scoredist.eval.shards)
                 print(f"benchmark interrupted in {name}: rerun the same command to continue {self.out_dir}")
                 raise SystemExit(130)
         print(f"{name}: {time.perf_counter() - start:.0f} s")
