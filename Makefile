@@ -23,7 +23,7 @@ demo: $(INSTALLED)  ## distil "a red cube" with loss=ours on the exact offline p
 	$(PY) train.py +experiment=demo
 
 test: $(INSTALLED)  ## the test suite (CPU only, a few minutes)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint:  ## ruff check + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -258,16 +258,21 @@ def wait(jobs: list[SweepJob], poll_s: float = POLL_S) -> None:
                 j.done = (ended and j.has_result()) or j.ended_polls >= ENDED_POLLS
             else:
                 j.ended_polls = 0
-        counts = {}
-        for j in jobs:
-            key = "done" if j.done else j.state.lower()
-            counts[key] = counts.get(key, 0) + 1
-        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        summary = progress(jobs)
         if summary != said:
             print(f"[{time.strftime('%H:%M:%S')}] jobs: {summary}", file=sys.stderr)
             said = summary
         if not all(j.done for j in jobs):
             time.sleep(poll_s)
+
+
+def progress(jobs: list[SweepJob]) -> str:
+    """How many jobs are in each state ("1 done, 2 pending, 1 running")."""
+    counts: dict[str, int] = {}
+    for j in jobs:
+        key = "done" if j.done else j.state.lower()
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
 def job_returns(launcher, jobs: list[SweepJob], scheduler: str = "SLURM") -> list:
@@ -317,9 +322,9 @@ def complete_records(sweep_dir: Path, jobs: list[SweepJob], scheduler: str = "SL
     """Rewrite jobs.jsonl with one record per job, in job order: the job's own record where it wrote one (the last,
     a requeued job may have ended more than once), else one saying how it ended; each with its SLURM id and state,
     and for a job that did not finish its folder, the last lines of its log and how to resume it."""
-    from scoredist.runs import finished_job_records, json_text, rewrite_lines
+    from scoredist.runs import json_text, last_job_records, rewrite_lines
 
-    own = finished_job_records(sweep_dir)
+    own = last_job_records(sweep_dir)
     lines = []
     for j in jobs:
         record = own.get(j.num) or {"num": j.num, "overrides": j.overrides, "status": "failed"}

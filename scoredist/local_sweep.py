@@ -27,6 +27,7 @@ def slots(params: dict) -> list[int | None]:
 
 
 def launch(launcher, job_overrides, initial_job_idx: int) -> list:
+    """The driver: start jobs while a slot is free, collect them as they end, then one JobReturn per job."""
     import submitit
     from hydra.core.singleton import Singleton
 
@@ -41,13 +42,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
     while todo or running:
         while todo and free:
             num, overrides = todo.pop(0)
-            device = free.pop(0)
-            gpus = {"gpus_per_node": 1, "visible_gpus": [device]} if device is not None else {"gpus_per_node": 0}
-            executor.update_parameters(**gpus)
-            job = executor.submit(
-                launcher, overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()
-            )
-            sweep_job = SweepJob(num, overrides, job, state="RUNNING", device=device)
+            sweep_job = start(executor, launcher, num, overrides, free.pop(0), Singleton.get_state())
             jobs.append(sweep_job)
             running.append(sweep_job)
         for sweep_job in list(running):
@@ -58,6 +53,14 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
                 free.append(sweep_job.device)
         time.sleep(0.5)
     return job_returns(launcher, sorted(jobs, key=lambda j: j.num), scheduler="local")
+
+
+def start(executor, launcher, num: int, overrides: list[str], device: int | None, singletons) -> SweepJob:
+    """Job `num` in a process of its own that sees only `device` (CUDA_VISIBLE_DEVICES), or no GPU for None."""
+    gpus = {"gpus_per_node": 1, "visible_gpus": [device]} if device is not None else {"gpus_per_node": 0}
+    executor.update_parameters(**gpus)
+    job = executor.submit(launcher, overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", singletons)
+    return SweepJob(num, overrides, job, state="RUNNING", device=device)
 
 
 def local_state(sweep_job: SweepJob) -> str:

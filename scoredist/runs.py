@@ -683,7 +683,7 @@ def record_traceback(error: BaseException, run_dir: Path) -> None:
         TRACEBACKS.error("error: the run stopped on an error that is not a setting's (a bug?):", exc_info=error)
 
 
-def finished_job_records(sweep_dir: Path) -> dict[int, dict]:
+def last_job_records(sweep_dir: Path) -> dict[int, dict]:
     """<sweep>/jobs.jsonl as {job number: its last record}, in job order (a job requeued by a scheduler may have
     ended more than once)."""
     path = sweep_dir / "jobs.jsonl"
@@ -734,7 +734,7 @@ class RunFolderGuard(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from scoredist.cluster import jobs_summary
 
-        jobs = list(finished_job_records(Path(config.hydra.sweep.dir)).values())
+        jobs = list(last_job_records(Path(config.hydra.sweep.dir)).values())
         failed = [r for r in jobs if r.get("status") != "finished"]
         print(
             f"sweep {config.hydra.sweep.dir}: {len(jobs) - len(failed)} of {len(jobs)} jobs finished", file=sys.stderr

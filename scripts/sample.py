@@ -75,11 +75,11 @@ def sample(cfg) -> SimpleNamespace:
         write_lower_bound(cfg, run_dir)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {run_dir} is unfinished (collect.py skips it); run it again", file=sys.stderr)
-        return SimpleNamespace(interrupted=True, run_dir=run_dir)
+        return SimpleNamespace(interrupted=True, run_dir=run_dir, stopped_by="SIGINT")
     except Exception:
         remove_if_unstarted(run_dir)
         raise
-    return SimpleNamespace(interrupted=False, run_dir=run_dir)
+    return SimpleNamespace(interrupted=False, run_dir=run_dir, stopped_by=None)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

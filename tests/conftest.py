@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 # Before anything imports huggingface_hub (it reads these once, at import): every load must come from disk.
@@ -23,6 +24,11 @@ import pytest  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):
+    # under pytest-xdist (make test: two workers) a worker hands its commands table to the controller, whose terminal
+    # summary prints them all (pytest_testnodedown)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["run_summary"] = json.dumps(RUN_SUMMARY)
     if _OWN_CACHE is not None:
         import shutil
 
@@ -62,6 +68,12 @@ RUN_SUMMARY: list[dict] = []
 @pytest.fixture(scope="session")
 def run_summary():
     return RUN_SUMMARY
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist, in the controller: a worker's rows of the commands table."""
+    RUN_SUMMARY.extend(json.loads(getattr(node, "workeroutput", {}).get("run_summary", "[]")))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -155,7 +155,7 @@ def test_a_plain_rerun_of_an_interrupted_benchmark_continues_it(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     command = [*TINY, "benchmark.rows=[exact,sds]"]
     with monkeypatch.context() as m:  # Ctrl-C in the sds row: train() returns an interrupted run
-        m.setattr(scoredist.train, "train", lambda cfg: types.SimpleNamespace(interrupted=True))
+        m.setattr(scoredist.train, "train", lambda cfg: types.SimpleNamespace(interrupted=True, stopped_by="SIGINT"))
         with pytest.raises(SystemExit) as stop:
             script.main(command)
     assert stop.value.code == 130
