@@ -393,7 +393,7 @@ def test_make_demo_installs_on_a_fresh_clone_and_then_only_when_pyproject_change
     for name in ("pyproject.toml", "scripts/install.sh"):
         os.utime(tmp_path / name, (past, past))
     assert dry_run("demo").splitlines() == [".venv/bin/python train.py +experiment=demo"]  # installed: no pip
-    assert dry_run("test").splitlines() == [".venv/bin/python -m pytest -q"]
+    assert dry_run("test").splitlines() == [".venv/bin/python -m pytest -q -n 2 --dist loadfile"]
     (tmp_path / "pyproject.toml").touch()  # a new dependency
     assert dry_run("demo").splitlines() == [
         install,

@@ -265,7 +265,10 @@ def test_a_run_longer_than_its_time_limit_is_requeued_at_its_step_and_finishes(e
     stops = [int(s) for s in re.findall(r"interrupted at chunk 0 step (\d+)", log)]
     assert [r["step"] for r in resumes] == stops and stops == sorted(stops) and 0 < stops[0], log
     assert [s for s, _ in steps_and_values(folder)] == list(range(100, 2401, 100))
-    assert sacct_states(env, array) == {array: "COMPLETED"}
+    record = json.loads((sweep / "jobs.jsonl").read_text())
+    assert record["status"] == "finished" and record["job_id"] == array, record
+    # (not sacct's state: when a start ends within a few seconds of its own limit's warning, SLURM's SIGUSR2 can reach
+    # srun as it tears down and the job is booked FAILED, 12:0, after the run wrote its result: seen once in CI)
 
 
 def test_a_refused_submission_is_one_line_naming_the_fix_and_leaves_no_folder(env, tmp_path):
