@@ -75,13 +75,15 @@ def in_submitit_job() -> bool:
     return owner is not None and type(owner).__module__.startswith("submitit")
 
 
-def requeue() -> None:
-    """Hand a run that stopped on SIGUSR2 (and wrote its checkpoint) to submitit's handler for that signal, which the
-    trainer's stop request had replaced: it calls the launcher's checkpoint() (the same job again), requeues the job
-    with `scontrol requeue` and exits; past max_num_timeout it raises instead (the job is over, and FAILED)."""
-    handler = signal.getsignal(signal.SIGUSR2)
+def requeue_if_warned(stopped_by: str | None) -> None:
+    """A run stopped by the scheduler's warning (SIGUSR2) inside a submitit job, its checkpoint written: hand it to
+    submitit's handler for that signal, which the trainer's stop request had replaced. It calls the launcher's
+    checkpoint() (the same job again), requeues the job with `scontrol requeue` and exits; past max_num_timeout it
+    raises instead (the job is over, and FAILED). Any other stop (Ctrl-C, SIGTERM, outside submitit) returns."""
+    if stopped_by != "SIGUSR2" or not in_submitit_job():
+        return
     log.info("stopped by the scheduler's warning (SIGUSR2): requeuing this job; it continues from its checkpoint")
-    handler(signal.SIGUSR2, None)
+    signal.getsignal(signal.SIGUSR2)(signal.SIGUSR2, None)
 
 
 def end_job(job_return) -> None:
@@ -158,18 +160,11 @@ def submit(launcher, job_overrides, initial_job_idx: int) -> list[SweepJob]:
 
 def remove_sweep_folder(sweep_dir: Path) -> None:
     """Remove a sweep folder this command created (and the dated parents it created on the way, left empty)."""
-    import shutil
-
-    from scoredist.runs import CREATED, CREATED_PARENTS
+    from scoredist.runs import CREATED, remove_created
 
     folder = sweep_dir.resolve()
-    if folder not in CREATED:
-        return
-    shutil.rmtree(folder, ignore_errors=True)
-    for parent in folder.parents:
-        if parent not in CREATED_PARENTS or any(parent.iterdir()):
-            break
-        parent.rmdir()
+    if folder in CREATED:
+        remove_created(folder)
 
 
 def rejection(error: str, params: dict) -> str:

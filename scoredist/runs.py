@@ -228,12 +228,17 @@ def remove_if_unstarted(run_dir: Path) -> bool:
     ours = run_dir in CREATED or run_dir.parent in CREATED  # a new run's folder, or a job folder of a new sweep
     if not ours or not run_dir.is_dir() or any(p.name not in UNSTARTED for p in run_dir.iterdir()):
         return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in run_dir.parents:
+    remove_created(run_dir)
+    return True
+
+
+def remove_created(folder: Path) -> None:
+    """Delete a folder this process created, and the parents it created on the way that are left empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.parents:
         if parent not in CREATED_PARENTS or any(parent.iterdir()):
             break
         parent.rmdir()
-    return True
 
 
 def run_folder(cfg: DictConfig) -> Path:
@@ -637,10 +642,9 @@ def run_job(cfg: DictConfig, train) -> dict:
             raise SystemExit(2) from None
         return {"status": "failed", "error": message}
     if result.interrupted:
-        from scoredist import cluster
+        from scoredist.cluster import requeue_if_warned
 
-        if result.stopped_by == "SIGUSR2" and cluster.in_submitit_job():
-            cluster.requeue()  # the scheduler's warning: the job goes back in the queue and continues there
+        requeue_if_warned(result.stopped_by)  # the scheduler's warning: back in the queue, continuing there
         raise SystemExit(130)  # Ctrl-C ends a sweep too
     return {"status": "finished", "run_dir": str(result.run_dir)}
 

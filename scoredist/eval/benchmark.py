@@ -226,10 +226,9 @@ class Benchmark:
                 cfg.trainer.resume = str(run_dir)
             result = train(cfg)
             if result.interrupted:  # Ctrl-C / SIGTERM / SIGUSR2: the run checkpointed; stop here, a rerun continues
-                from scoredist import cluster
+                from scoredist.cluster import requeue_if_warned
 
-                if result.stopped_by == "SIGUSR2" and cluster.in_submitit_job():
-                    cluster.requeue()  # a shard's job at its time limit or preempted (scoredist.eval.shards)
+                requeue_if_warned(result.stopped_by)  # a shard's job at its limit or preempted (eval.shards)
                 print(f"benchmark interrupted in {name}: rerun the same command to continue {self.out_dir}")
                 raise SystemExit(130)
         print(f"{name}: {time.perf_counter() - start:.0f} s")
