@@ -91,6 +91,19 @@ def split_chunks(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
     return [list(samples[i : i + size]) for i in range(0, len(samples), size)]
 
 
+def shard_chunks(num_chunks: int, shard: int, shards: int) -> range:
+    """The chunks that shard `shard` of `shards` trains (trainer.shard / trainer.shards): a contiguous share, the
+    shares' lengths differing by at most one. Chunks seed their own streams, so a shard's samples are bitwise those
+    of the same chunks in an unsharded run."""
+    return range(shard * num_chunks // shards, (shard + 1) * num_chunks // shards)
+
+
+def shard_sample_indices(num_samples: int, chunk_size: int, shard: int, shards: int) -> range:
+    """The sample indices of one shard of a run of `num_samples` samples in chunks of `chunk_size`."""
+    chunks = shard_chunks(-(-num_samples // chunk_size), shard, shards)
+    return range(chunks.start * chunk_size, min(chunks.stop * chunk_size, num_samples))
+
+
 class SampleStreams:
     """The per-step random draws of a chunk's samples: one generator per sample, on the run's device.
 

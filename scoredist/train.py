@@ -74,6 +74,7 @@ from scoredist.samples import (
     make_samples,
     read_prompts,
     row_groups,
+    shard_chunks,
     split_chunks,
 )
 
@@ -103,6 +104,11 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.device must be auto, cpu or cuda, got {tr.device!r}")
     if str(tr.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("trainer.device=cuda but CUDA is not available here; use trainer.device=cpu (or auto)")
+    shards, shard = tr.get("shards", 1), tr.get("shard", 0)
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise ValueError(f"trainer.shards must be a positive integer, got {shards!r}")
+    if not isinstance(shard, int) or isinstance(shard, bool) or not 0 <= shard < shards:
+        raise ValueError(f"trainer.shard must be one of 0 … {shards - 1} (trainer.shards={shards}), got {shard!r}")
     if tr.precision not in PRECISIONS:
         raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {tr.precision!r}")
     snapshot_steps(cfg)  # raises on a bad list
@@ -308,6 +314,7 @@ class Run:
         self.wandb_id = None
         self.logger = None
         self.metrics: MetricsFile | None = None
+        self.first_chunk = 0  # the run's own first chunk (a shard's first): its progress images and final outputs
 
     def space(self) -> ModelSpace:
         g, device = self.guidance, self.device
@@ -538,6 +545,8 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     check_pairing(renderer_class, guidance)
     run = Run(cfg, run_dir, device, guidance, instantiate(cfg.loss), instantiate(cfg.schedule))
     chunks = plan_chunks(cfg, samples)
+    mine = own_chunks(cfg, [len(c) for c in chunks])
+    run.first_chunk = mine.start
     captions = [(s.caption, s.source) for s in samples] + renderer_class.row_captions(cfg.renderer)
     check_texts(guidance, run.loss, captions, renderer_class.view_phrases(cfg.renderer))
     check_memory(cfg, guidance, len(chunks[0]), device)
@@ -555,7 +564,12 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
                 "steps. Keep the run's max_steps, or start a new run."
             )
         run.nonfinite_total, run.wandb_id = resume["nonfinite_total"], resume.get("wandb_id")
-    todo = [i for i in range(len(chunks)) if i not in finished]
+    todo = [i for i in mine if i not in finished]
+    if resume is not None and resume_chunk not in mine:
+        raise ValueError(
+            f"{run_dir}'s checkpoint is of chunk {resume_chunk}, which trainer.shard={cfg.trainer.shard} of "
+            f"trainer.shards={cfg.trainer.shards} does not train: resume it with the shard settings it started with"
+        )
     if resume_chunk in todo:  # the checkpoint's chunk first, so its steps are kept even when an earlier chunk has
         todo.remove(resume_chunk)  # to run again (its samples.jsonl lines were torn by a kill): chunks are
         todo.insert(0, resume_chunk)  # independent of their order (each seeds its own streams)
@@ -571,7 +585,7 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     run.metrics = MetricsFile(run_dir / "metrics.jsonl")
     if resume is None:
         save_config(cfg, run_dir / "config.yaml")
-        log.info(start_line(cfg, run_dir, device, len(samples), chunks))
+        log.info(start_line(cfg, run_dir, device, len(samples), chunks, mine))
     else:
         # where training really goes on: the checkpoint's chunk, or the first chunk left when that one had finished
         resumed_at = (first.index, first.step) if first is not None else (resume_chunk, resume["step"])
@@ -589,10 +603,12 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     run.logger = instantiate(cfg.logger)
     run.wandb_id = run.logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir, run_dir.name, run.wandb_id)
 
+    # a resumed chunk's steps count as done from the first line the bar prints (a log file sees few lines)
+    in_flight = min(first.step, run.max_steps) if first is not None else 0
+    steps_done = len(finished & set(mine)) * run.max_steps + in_flight
     bar = tqdm(
-        total=len(chunks) * run.max_steps,
-        # a resumed chunk's steps count as done from the first line the bar prints (a log file sees few lines)
-        initial=len(finished) * run.max_steps + (min(first.step, run.max_steps) if first is not None else 0),
+        total=len(mine) * run.max_steps,
+        initial=steps_done,
         desc=run_dir.name,
         dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not every step
@@ -606,7 +622,7 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
                 if interrupted:
                     stopped_by = stop["signal"]
                     break
-                finish_chunk(run, chunk, samples_file, first=index == 0)
+                finish_chunk(run, chunk, samples_file)
         if interrupted:
             log.info(f"interrupted at chunk {chunk.index} step {chunk.step}: resume with {resume_hint(run_dir)}")
         elif todo:
@@ -643,13 +659,31 @@ def check_pairing(renderer_class, guidance) -> None:
         )
 
 
-def start_line(cfg: DictConfig, run_dir: Path, device: torch.device, samples: int, chunks: list) -> str:
+def start_line(cfg: DictConfig, run_dir: Path, device: torch.device, samples: int, chunks: list, mine: range) -> str:
     """What train.log says first: where, what, how much."""
     classes = {g: cfg[g]._target_.rsplit(".", 1)[-1] for g in ("loss", "renderer", "guidance")}
+    share = ""
+    if len(mine) < len(chunks):
+        share = f" (shard {cfg.trainer.shard} of {cfg.trainer.shards}: chunks {mine.start} … {mine.stop - 1})"
     return (
-        f"run {run_dir}: {samples} sample{'s' * (samples != 1)} in {len(chunks)} chunk{'s' * (len(chunks) != 1)}, "
-        f"{cfg.trainer.max_steps} steps each, on {device}; " + ", ".join(f"{g} {c}" for g, c in classes.items())
+        f"run {run_dir}: {samples} sample{'s' * (samples != 1)} in {len(chunks)} chunk{'s' * (len(chunks) != 1)}"
+        f"{share}, {cfg.trainer.max_steps} steps each, on {device}; "
+        + ", ".join(f"{g} {c}" for g, c in classes.items())
     )
+
+
+def own_chunks(cfg: DictConfig, chunk_sizes: list[int]) -> range:
+    """The chunks this run trains: all of them, or its shard's share (trainer.shard of trainer.shards)."""
+    shards, shard, chunks = cfg.trainer.get("shards", 1), cfg.trainer.get("shard", 0), chunk_sizes
+    if shards > len(chunks):
+        samples = sum(chunks)
+        smaller = f"trainer.batch_size={samples // shards} or " if samples >= shards else ""
+        raise ValueError(
+            f"trainer.shards={shards}, but this run has {len(chunks)} chunk{'s' * (len(chunks) != 1)} ({samples} "
+            f"samples, trainer.batch_size={cfg.trainer.batch_size}) and a shard trains whole chunks: use "
+            f"{smaller}trainer.shards={len(chunks)}"
+        )
+    return shard_chunks(len(chunks), shard, shards)
 
 
 def plan_chunks(cfg: DictConfig, samples: list[Sample]) -> list[list[Sample]]:
@@ -759,7 +793,7 @@ def preview(run: Run, chunk: Chunk, render_x: torch.Tensor, updates: int) -> Non
     """progress/step_N.png (the parameters after N updates, from the initial state on) for the first chunk: the run's
     strip and video. Every chunk's preview goes to the logger."""
     frame = grid(chunk.to_rgb(render_x))
-    if chunk.index == 0:
+    if chunk.index == run.first_chunk:
         iio.imwrite(run.run_dir / "progress" / f"step_{updates:06d}.png", frame)
     run.logger.log_image("preview", frame, run.global_step(chunk.index, updates))
 
@@ -803,9 +837,9 @@ def write_snapshot(run: Run, chunk: Chunk, seconds: float) -> None:
         f.write("".join(json_text(line) + "\n" for line in lines))
 
 
-def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool) -> None:
-    """A finished chunk: its samples' images and samples.jsonl lines, then a checkpoint. The first chunk also writes
-    the run's final.png, progress strip and video, eval.json and the renderer's own artifacts."""
+def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile) -> None:
+    """A finished chunk: its samples' images and samples.jsonl lines, then a checkpoint. The run's first chunk also
+    writes the run's final.png, progress strip and video, eval.json and the renderer's own artifacts."""
     final, x, rows = eval_render(chunk)
     per_sample_eval = {}
     records = []
@@ -835,7 +869,7 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile, first: bool)
                 "eval": finite_or_none(metrics),  # per-row values as lists, as in eval.json: one entry per view
             }
         )
-    if first:
+    if chunk.index == run.first_chunk:
         write_final_outputs(run, chunk, torch.cat(pictures), x, per_sample_eval)
     samples_file.write_chunk(records)
     chunk.renderer.train()

@@ -10,8 +10,9 @@ an ordinary run folder over the preset's prompts × samples, then results.md / r
     python scripts/benchmark.py --dry-run                        # what it would run and cost here, then exit
     python scripts/benchmark.py --tune                           # the tuned setting: lr and scale per method
                                                                  # chosen on seed 0, compared on seed 1
-    python scripts/benchmark.py launcher=slurm_cpu               # each row x seed a job of one SLURM array
-                                                                 # (launcher.partition=... etc. set its jobs)
+    python scripts/benchmark.py launcher=slurm_cpu benchmark.prompt_shards=4 trainer.batch_size=12
+        # one SLURM array: a job per row x seed x quarter of its samples (without prompt_shards: per row x seed;
+        # launcher.partition=... etc. set its jobs)
 
 Every other key=value is a train.py override applied to every run (conf/benchmark/<preset>.yaml lists the preset's
 settings). Without out=, a benchmark goes to outputs/benchmarks/<time>-<preset>/, and rerunning the same command

@@ -269,6 +269,28 @@ def test_commands_give_the_multirun_equivalent():
     assert lines[2] == f"python train.py -m {common} loss=sds benchmark.row=sds seed=0,1"
     assert f"python train.py -m {common} loss=vsd loss.source=particles benchmark.row=vsd_exact seed=0,1" in lines
     assert lines[-1].startswith("python scripts/collect.py")
+    sharded = Benchmark("shapes", ["benchmark.prompt_shards=4", "trainer.batch_size=12"], "unused").commands()
+    common = "+benchmark=shapes benchmark.prompt_shards=4 trainer.batch_size=12"
+    assert sharded[1] == f"python scripts/sample.py -m {common} +sampler.name=ddim benchmark.row=ddim seed=0,1"
+    shards = "trainer.shards=4 trainer.shard=0,1,2,3"
+    assert sharded[2] == f"python train.py -m {common} loss=sds benchmark.row=sds seed=0,1 {shards}"
+
+
+def test_more_prompt_shards_than_a_runs_chunks_are_refused_in_one_line(tmp_path):
+    bench = Benchmark("shapes", ["benchmark.prompt_shards=4", "benchmark.metrics.feature_net=null"], tmp_path / "b")
+    expected = (
+        "row sds: benchmark.prompt_shards=4, but this run has 1 chunk (48 samples, trainer.batch_size=48) and a shard "
+        "trains whole chunks: use trainer.batch_size=12 or benchmark.prompt_shards=1"
+    )
+    with pytest.raises(ValueError) as error:
+        bench.check()
+    assert str(error.value) == expected
+    assert [u for u in Benchmark("shapes", ["benchmark.prompt_shards=2"], "unused").units() if u[1] == 0][:4] == [
+        ("exact", 0, None),
+        ("ddim", 0, None),
+        ("sds", 0, 0),
+        ("sds", 0, 1),
+    ]
 
 
 @pytest.mark.slow

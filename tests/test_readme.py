@@ -208,6 +208,7 @@ ONE_SAMPLE = tuple(
 # a SLURM job on the 2-CPU test node: one CPU and 1 GB, so two run at once
 SLURM_SHORT = ("trainer.max_steps=3", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *WORLD)
 SLURM_BENCH_JOB = ("launcher.cpus_per_task=1", "launcher.mem_gb=1")
+SLURM_PROMPT_SHARDS = ("trainer.batch_size=2", "benchmark.prompt_shards=2")
 RUN = "hydra.run.dir={out}/run"
 SWEEP = "hydra.sweep.dir={out}/sweep"
 GPU_SD = (
@@ -446,13 +447,19 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         (
-            "python scripts/benchmark.py launcher=slurm_cpu",
+            "python scripts/benchmark.py launcher=slurm_cpu benchmark.prompt_shards=4 trainer.batch_size=12",
             Spec(
                 "benchmark-slurm",
                 slurm=True,
                 always=("out={out}/bench",),
-                short=(*BENCH_SHORT, "benchmark.rows=[ddim,sds,ours]", *SLURM_BENCH_JOB),
-                files=("bench/results.md", "bench/results.json", "bench/shards.jsonl"),
+                # 4 samples per run in 2 chunks of 2, in 2 prompt shards
+                short=(*BENCH_SHORT, "benchmark.rows=[ddim,sds,ours]", *SLURM_BENCH_JOB, *SLURM_PROMPT_SHARDS),
+                files=(
+                    "bench/results.md",
+                    "bench/results.json",
+                    "bench/shards.jsonl",
+                    "bench/sds/seed0/shard1/samples.jsonl",
+                ),
                 check=check_results_rows(["DDIM (lower bound)", "SDS", "Ours"]),
             ),
         ),

@@ -329,13 +329,13 @@ def test_without_accounting_a_cancelled_job_ends_the_wait_and_is_named(no_accoun
 
 
 BENCH = (
-    "prompt=[a red cube,a blue sphere]", "samples_per_prompt=2", "trainer.max_steps=3", "trainer.batch_size=4",
+    "prompt=[a red cube,a blue sphere]", "samples_per_prompt=2", "trainer.max_steps=3", "trainer.batch_size=2",
     "guidance.resolution=16", "guidance.num_azimuths=4", "guidance.elevations=[15.0]", "guidance.supersample=1",
     "benchmark.lower_bound.num_steps=5", "benchmark.metrics.feature_net=null", "logger=none",
     "benchmark.curve_steps=[2]", "benchmark.timing.rounds=1", "benchmark.timing.steps=1",
     "benchmark.rows=[ddim,sds,ours]", "benchmark.seeds=[0,1]",
 )  # fmt: skip
-BENCH_SLURM = ("launcher=slurm_cpu", "launcher.cpus_per_task=1", "launcher.mem_gb=1")
+BENCH_SLURM = ("launcher=slurm_cpu", "launcher.cpus_per_task=1", "launcher.mem_gb=1", "benchmark.prompt_shards=2")
 
 
 def benchmark(env, out: Path, *args: str, wait: bool = True):
@@ -353,13 +353,14 @@ def table_without_times(out: Path) -> dict:
     for row in results["rows"]:
         for key in [k for k in row if "second" in k]:
             del row[key]
-        row["runs"] = ["/".join(Path(r).parts[-2:]) for r in row["runs"]]  # <row>/seed<k>
+        row["runs"] = ["/".join(Path(r).parts[-2:]) for r in row["runs"]]  # <row>/seed<k> (shards merged there)
     return results
 
 
 def test_the_benchmark_as_one_array_of_shards_cancelled_then_rerun_gives_the_local_table(env, tmp_path):
-    """Every row × seed a job of one array; cancelled at once, the command names the missing shards and exits 1; the
-    same command again submits only those, and the table equals the one a local run of the same settings makes."""
+    """Every row × seed × prompt shard a job of one array (2 chunks per trained run in 2 shards; the DDIM row whole);
+    cancelled at once, the command names the missing shards and exits 1; the same command again submits only those,
+    and the table equals the one a local run of the same settings makes without shards."""
     local = benchmark(env, tmp_path / "local")
     assert local.returncode == 0, local.stderr
     out = tmp_path / "cluster"
@@ -369,14 +370,17 @@ def test_the_benchmark_as_one_array_of_shards_cancelled_then_rerun_gives_the_loc
     _, err = first.communicate(timeout=300)
     assert first.returncode == 1, err
     manifest = [json.loads(line) for line in (out / "shards.jsonl").read_text().splitlines()]
-    assert [(m["row"], m["seed"]) for m in manifest] == [(r, s) for r in ("ddim", "sds", "ours") for s in (0, 1)]
+    units = [(m["row"], m["seed"], m.get("shard")) for m in manifest]
+    trained = [(r, s, j) for r in ("sds", "ours") for s in (0, 1) for j in (0, 1)]
+    assert units == [("ddim", 0, None), ("ddim", 1, None), *trained]
     missing = [m for m in manifest if not m["finished"]]
     assert missing and all(m["state"] == "CANCELLED" for m in missing), manifest
     for m in missing:
-        assert f"missing: {m['row']} seed {m['seed']} (SLURM {m['job_id']} CANCELLED)" in err, err
+        shard = f" shard {m['shard']}" if "shard" in m else ""
+        assert f"missing: {m['row']} seed {m['seed']}{shard} (SLURM {m['job_id']} CANCELLED)" in err, err
     again = benchmark(env, out, *BENCH_SLURM)
     assert again.returncode == 0, again.stderr
-    assert f"submitted the {len(missing)} unfinished of 6 shards as SLURM array" in again.stderr
+    assert f"submitted the {len(missing)} unfinished of 10 shards as SLURM array" in again.stderr
     manifest = [json.loads(line) for line in (out / "shards.jsonl").read_text().splitlines()]
     assert all(m["finished"] for m in manifest)
     assert table_without_times(out) == table_without_times(tmp_path / "local")

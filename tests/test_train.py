@@ -464,3 +464,44 @@ def test_a_logging_step_writes_one_record_of_floats_and_a_short_progress_bar_pos
     }
     # the bar shows the update's size per value, not the objective (a sum over pixels and samples)
     assert postfixes == [{"chunk": 2, "rms(w·g)": "3.54", "t": "200"}, {"chunk": 2, "rms(w·g)": "nan", "t": "10"}]
+
+
+def test_the_shards_of_a_run_train_its_chunks_bitwise_and_collect_merges_them(tmp_path):
+    """trainer.shard j of trainer.shards: a contiguous share of the run's chunks (4 chunks in 3 shards: [0], [1],
+    [2, 3]), each sample bitwise the unsharded run's; collect merges the finished shards into one run and leaves out
+    a run whose shards have not all finished."""
+    from scoredist.eval.collect import collect_runs, expected_samples
+
+    run = (*SHAPES[:1], "prompt=[a red cube,a blue sphere]", "samples_per_prompt=2", "trainer.batch_size=1")
+    run += ("trainer.max_steps=3", "trainer.snapshot_steps=[2]", "guidance.resolution=16")
+    whole = train(config(*run, run_dir=tmp_path / "whole" / "run")).run_dir
+    shards = [tmp_path / "sharded" / f"shard{j}" for j in range(3)]
+    for j, folder in enumerate(shards):
+        cfg = config(*run, "trainer.shards=3", f"trainer.shard={j}", run_dir=folder)
+        assert train(cfg).samples_done == expected_samples(cfg) == [1, 1, 2][j]
+    indices = [[r["index"] for r in map(json.loads, (f / "samples.jsonl").read_text().splitlines())] for f in shards]
+    assert indices == [[0], [1], [2, 3]]
+    for i, folder in enumerate([shards[0], shards[1], shards[2], shards[2]]):
+        ours = torch.load(folder / "samples" / f"{i:05d}.pt", weights_only=True)
+        assert torch.equal(ours, torch.load(whole / "samples" / f"{i:05d}.pt", weights_only=True))
+    assert (shards[1] / "final.png").exists() and (shards[2] / "progress.png").exists()  # each shard's first chunk
+
+    (merged,) = collect_runs(tmp_path / "sharded")
+    (plain,) = collect_runs(tmp_path / "whole")
+    assert merged.path == (tmp_path / "sharded").resolve() and merged.parts == [f.resolve() for f in shards]
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "image", "tensor")}  # noqa: E731
+    assert [drop(r) for r in merged.records] == [drop(r) for r in plain.records]
+    assert [r["image"] for r in merged.records] == [f"shard{j}/samples/{i:05d}.png" for i, j in enumerate([0, 1, 2, 2])]
+    assert all((merged.path / r["image"]).is_file() for r in merged.records)
+    snapshots = merged.part_records("snapshots.jsonl")
+    assert sorted(r["index"] for r in snapshots) == [0, 1, 2, 3]
+    assert all((merged.path / r["image"]).is_file() for r in snapshots)
+    assert expected_samples(merged.config) == 4
+
+    (shards[1] / "samples.jsonl").unlink()
+    with pytest.warns(UserWarning, match=r"skipping run .*sharded: shards \[1\] of 3 have not finished"):
+        assert collect_runs(tmp_path / "sharded") == []
+    with pytest.raises(ValueError, match=r"trainer.shards=5, but this run has 4 chunks .*: use trainer.shards=4$"):
+        train(config(*run, "trainer.shards=5", "trainer.shard=4", run_dir=tmp_path / "five"))
+    with pytest.raises(ValueError, match=r"trainer.shard must be one of 0 … 2 \(trainer.shards=3\), got 3"):
+        train(config(*run, "trainer.shards=3", "trainer.shard=3", run_dir=tmp_path / "three"))

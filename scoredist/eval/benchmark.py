@@ -73,16 +73,37 @@ class Benchmark:
         """The seeds every row runs (benchmark.seeds; the config's seed when the preset has none)."""
         return [int(s) for s in (self.spec.get("seeds") or [self.base.seed])]
 
-    def run_dir(self, method: str, seed: int) -> Path:
-        return self.out_dir / method / f"seed{seed}"
+    @property
+    def prompt_shards(self) -> int:
+        """benchmark.prompt_shards: how many jobs share one row × seed's samples (each trains a contiguous share of
+        its chunks, `trainer.shard` of `trainer.shards`)."""
+        return int(self.spec.get("prompt_shards") or 1)
 
-    def config(self, method: str, seed: int | None = None) -> DictConfig:
-        """The composed config of one row's run for one seed, writing to out_dir/<method>/seed<k>, logged in the
-        benchmark's group, saving snapshots at the preset's curve steps."""
+    def shards(self, method: str) -> list[int | None]:
+        """The prompt shards of a row's run: 0 … prompt_shards − 1, or [None] for a whole run (one shard, or a row
+        that samples the model itself, which runs whole)."""
+        if self.prompt_shards == 1 or method not in self.trained_rows():
+            return [None]
+        return list(range(self.prompt_shards))
+
+    def units(self) -> list[tuple[str, int, int | None]]:
+        """Every run folder of the benchmark as (row, seed, prompt shard or None), in table order."""
+        return [(m, seed, shard) for m in self.spec.rows for seed in self.seeds for shard in self.shards(m)]
+
+    def run_dir(self, method: str, seed: int, shard: int | None = None) -> Path:
+        """out/<row>/seed<k>, or out/<row>/seed<k>/shard<j> for a prompt shard (collect merges a seed's shards)."""
+        folder = self.out_dir / method / f"seed{seed}"
+        return folder if shard is None else folder / f"shard{shard}"
+
+    def config(self, method: str, seed: int | None = None, shard: int | None = None) -> DictConfig:
+        """The composed config of one row's run for one seed (and prompt shard), writing to its run_dir, logged in
+        the benchmark's group, saving snapshots at the preset's curve steps."""
         seed = self.seeds[0] if seed is None else seed
         cfg = compose_run(self.preset, self.run_overrides(method))
         cfg.seed = seed
-        cfg.trainer.run_dir = str(self.run_dir(method, seed))
+        cfg.trainer.run_dir = str(self.run_dir(method, seed, shard))
+        if shard is not None:
+            cfg.trainer.shards, cfg.trainer.shard = self.prompt_shards, shard
         steps = [int(s) for s in (self.spec.get("curve_steps") or []) if int(s) < cfg.trainer.max_steps]
         cfg.trainer.snapshot_steps = steps
         cfg.benchmark.row = method  # the table's row name (two rows may share a loss: vsd and vsd_exact)
@@ -107,7 +128,23 @@ class Benchmark:
             from scoredist.guidance.stable_diffusion import resolve_pretrained
 
             resolve_pretrained(pretrained)  # WeightsNotFoundError saying what to pass
+        if self.prompt_shards > 1:
+            self.check_prompt_shards()
         return metrics
+
+    def check_prompt_shards(self) -> None:
+        """Every trained row has at least as many chunks as benchmark.prompt_shards (a shard trains whole chunks)."""
+        from scoredist.train import own_chunks
+
+        total = expected_samples(self.base)
+        for method in self.trained_rows():
+            cfg = self.config(method, shard=0)
+            size = min(int(cfg.trainer.batch_size), total)
+            try:
+                own_chunks(cfg, [min(size, total - i) for i in range(0, total, size)])
+            except ValueError as e:
+                message = str(e).replace("trainer.shards", "benchmark.prompt_shards")  # the benchmark's word for it
+                raise ValueError(f"row {method}: {message}") from None
 
     def run(self, launcher: str | None = None, launcher_overrides: tuple[str, ...] = ()) -> dict | None:
         """Run every row not finished yet (here, or as one SLURM array of row × seed shards with `launcher`), time
@@ -205,15 +242,16 @@ class Benchmark:
 
     def run_method(self, method: str) -> None:
         for seed in self.seeds:
-            self.run_one(method, seed)
+            for shard in self.shards(method):
+                self.run_one(method, seed, shard)
 
-    def run_one(self, method: str, seed: int) -> None:
-        run_dir = self.run_dir(method, seed)
-        name = f"{method} seed {seed}"
+    def run_one(self, method: str, seed: int, shard: int | None = None) -> None:
+        run_dir = self.run_dir(method, seed, shard)
+        name = f"{method} seed {seed}" + (f" shard {shard}" if shard is not None else "")
         if self.finished_run(run_dir):
             print(f"{name}: already finished in {run_dir}")
             return
-        cfg = self.config(method, seed)
+        cfg = self.config(method, seed, shard)
         start = time.perf_counter()
         if cfg.get("sampler") is not None:
             from scoredist.eval.lower_bound import write_lower_bound
@@ -234,13 +272,14 @@ class Benchmark:
         print(f"{name}: {time.perf_counter() - start:.0f} s")
 
     def finished_run(self, run_dir: Path) -> bool:
-        """Every sample of one run written (a rerun of the benchmark skips it)."""
-        path = run_dir / "samples.jsonl"
-        return path.exists() and len(read_records(path)) == expected_samples(self.base)
+        """Every sample of one run (or prompt shard) written, as its own config counts them (a rerun of the
+        benchmark skips it)."""
+        path, config = run_dir / "samples.jsonl", run_dir / "config.yaml"
+        return path.exists() and config.exists() and len(read_records(path)) == expected_samples(OmegaConf.load(config))
 
     def finished(self, method: str) -> bool:
-        """Every seed's run of the row finished."""
-        return all(self.finished_run(self.run_dir(method, seed)) for seed in self.seeds)
+        """Every seed's run (every prompt shard of it) of the row finished."""
+        return all(self.finished_run(self.run_dir(m, seed, shard)) for m, seed, shard in self.units() if m == method)
 
     def rows_done(self) -> int:
         return sum(self.finished(method) for method in self.spec.rows)
@@ -272,13 +311,17 @@ class Benchmark:
         (add hydra/launcher=joblib|local|slurm to any of them), the lower bound, and collect.py."""
         common = [f"+benchmark={self.preset}", *self.overrides]
         seeds = ["seed=" + ",".join(map(str, self.seeds))] if len(self.seeds) > 1 else []
+        shards = []
+        if self.prompt_shards > 1:  # collect.py merges the shards of a run (scoredist.eval.collect.merge_shards)
+            every = ",".join(map(str, range(self.prompt_shards)))
+            shards = [f"trainer.shards={self.prompt_shards}", f"trainer.shard={every}"]
         lines = []
         for method in self.spec.rows:
             row = [*self.method_overrides(method), f"benchmark.row={method}", *seeds]
             if method not in self.trained_rows():
                 lines.append(shlex.join(["python", "scripts/sample.py", *(["-m"] if seeds else []), *common, *row]))
             else:
-                lines.append(shlex.join(["python", "train.py", "-m", *common, *row]))
+                lines.append(shlex.join(["python", "train.py", "-m", *common, *row, *shards]))
         lines.append("python scripts/collect.py multirun/<the sweep folders> outputs/<the sample.py folder>")
         return lines
 

@@ -8,6 +8,8 @@ finished every sample its config asks for is skipped with a warning naming it.
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,17 @@ class RunFolder:
     path: Path
     config: DictConfig
     records: list[dict] = field(default_factory=list)
+    parts: list[Path] = field(default_factory=list)  # the shards' folders of a run trained in shards (`merge_shards`)
+
+    def part_records(self, name: str) -> list[dict]:
+        """The records of a JSON-lines file of the run (snapshots.jsonl, ...), over its shards' folders where it
+        was trained in shards, with file names ("image", "tensor") relative to `path` as in `records`."""
+        records = []
+        for part in self.parts or [self.path]:
+            for _, r in _json_lines(part / name) if (part / name).exists() else []:
+                if r is not None:
+                    records.append(relative_files(r, part, self.path))
+        return records
 
     @property
     def method(self) -> str:
@@ -86,14 +99,25 @@ def component_name(target: str | None) -> str | None:
 
 
 def expected_samples(config: DictConfig) -> int | None:
-    """prompts × samples_per_prompt as the run's config asks (None if its prompt file is gone)."""
-    from scoredist.samples import read_prompts
+    """prompts × samples_per_prompt as the run's config asks, or its shard's share of them (trainer.shard of
+    trainer.shards); None if its prompt file is gone."""
+    from scoredist.samples import read_prompts, shard_sample_indices
 
     try:
         captions = read_prompts(config.prompt, config.get("prompt_file"))
     except (FileNotFoundError, ValueError):
         return None
-    return len(captions) * int(config.get("samples_per_prompt", 1))
+    total = len(captions) * int(config.get("samples_per_prompt", 1))
+    shards, shard = shard_of(config)
+    if shards == 1:
+        return total
+    return len(shard_sample_indices(total, min(int(config.trainer.batch_size), total), shard, shards))
+
+
+def shard_of(config) -> tuple[int, int]:
+    """(trainer.shards, trainer.shard) of a run's config; (1, 0) for a whole run."""
+    trainer = config.get("trainer") or {}
+    return int(trainer.get("shards", 1)), int(trainer.get("shard", 0))
 
 
 def read_records(path: Path) -> list[dict]:
@@ -130,12 +154,56 @@ def find_run_dirs(root: str | Path) -> list[Path]:
     return sorted(found)
 
 
+def relative_files(record: dict, folder: Path, root: Path) -> dict:
+    """A record whose file names are relative to `folder`, with them relative to `root` (a folder above it)."""
+    moved = {k: os.path.relpath(folder / record[k], root) for k in FILE_KEYS if k in record}
+    return {**record, **moved}
+
+
+FILE_KEYS = ("image", "tensor")  # the keys of samples.jsonl / snapshots.jsonl records that name files
+
+
+def merge_shards(runs: list[RunFolder]) -> list[RunFolder]:
+    """Runs trained in shards (trainer.shards > 1; a benchmark's prompt shards, or a sweep over trainer.shard) as
+    one run each: the shards of one config, every shard finished, become a RunFolder at their folders' common
+    parent with every shard's records (file names relative to it). A run some of whose shards have not finished
+    is left out with a warning naming them."""
+    whole, groups = [], {}
+    for run in runs:
+        if shard_of(run.config)[0] == 1:
+            whole.append(run)
+        else:
+            groups.setdefault(shard_key(run.config), []).append(run)
+    for shards in groups.values():
+        count = shard_of(shards[0].config)[0]
+        have = {shard_of(r.config)[1]: r for r in shards}
+        parent = Path(os.path.commonpath([str(r.path.resolve()) for r in shards]))
+        if len(have) < count:
+            missing = sorted(set(range(count)) - set(have))
+            warnings.warn(f"skipping run {parent}: shards {missing} of {count} have not finished", stacklevel=2)
+            continue
+        ordered = [have[i] for i in range(count)]
+        config = OmegaConf.merge(ordered[0].config, {"trainer": {"shards": 1, "shard": 0, "run_dir": str(parent)}})
+        records = [relative_files(r, run.path.resolve(), parent) for run in ordered for r in run.records]
+        whole.append(RunFolder(parent, config, records, parts=[r.path.resolve() for r in ordered]))
+    return whole
+
+
+def shard_key(config: DictConfig) -> str:
+    """What the shards of one run share: the config less where each shard ran and which one it is."""
+    plain = OmegaConf.to_container(config, resolve=False)
+    for key in ("shard", "run_dir", "resume", "device"):
+        plain.get("trainer", {}).pop(key, None)
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
 def collect_runs(roots, methods: list[str] | None = None) -> list[RunFolder]:
-    """The finished runs under one or several folders, in the paper's row order (only `methods`, if given); a
-    method listed in `methods` with no finished folder is warned about."""
+    """The finished runs under one or several folders, in the paper's row order (only `methods`, if given); the
+    shards of a run trained in shards merged into one; a method listed in `methods` with no finished folder is
+    warned about."""
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
     dirs = sorted({d.resolve(): d for root in roots for d in find_run_dirs(root)}.values())
-    runs = [r for r in (read_run(d) for d in dirs) if r is not None]
+    runs = merge_shards([r for r in (read_run(d) for d in dirs) if r is not None])
     if methods is not None:
         runs = [r for r in runs if r.method in methods]
         for missing in [m for m in methods if m not in {r.method for r in runs}]:

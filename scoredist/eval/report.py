@@ -27,7 +27,7 @@ from scoredist.eval.comparison import (
 )
 from scoredist.eval.folders import read_images
 from scoredist.eval.table import method_grid, shares_text
-from scoredist.runs import _json_lines, finite_or_none, json_text
+from scoredist.runs import finite_or_none, json_text
 
 RESAMPLES = 1000
 CURVE_RESAMPLES = 300
@@ -43,10 +43,7 @@ def group_by_method(runs: list[RunFolder]) -> dict[str, list[RunFolder]]:
 
 def snapshot_records(run: RunFolder) -> dict[int, list[dict]]:
     """step → the snapshot records of that step (the last line per sample index: a resumed step writes again)."""
-    path = run.path / "snapshots.jsonl"
-    if not path.exists():
-        return {}
-    latest = {(int(r["step"]), int(r["index"])): r for _, r in _json_lines(path) if r is not None}
+    latest = {(int(r["step"]), int(r["index"])): r for r in run.part_records("snapshots.jsonl")}
     steps: dict[int, list[dict]] = {}
     for (step, _), record in sorted(latest.items()):
         steps.setdefault(step, []).append(record)

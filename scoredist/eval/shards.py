@@ -1,12 +1,14 @@
 """The benchmark on a SLURM cluster: `python scripts/benchmark.py launcher=slurm_cpu [launcher.KEY=VALUE ...]`.
 
 Every row × seed of the benchmark is a shard: one run folder (out/<row>/seed<k>, as a local benchmark writes it),
-trained by one job of a single SLURM job array. The manifest, <out>/shards.jsonl, is written before anything is
-submitted and rewritten when the jobs have ended: each shard's row, seed, folder, and its job and state. A rerun of
-the same command submits only the shards that have not finished (a cancelled or timed-out shard continues from its
-checkpoint); when every shard has finished, the table is made as a local run makes it (the same folders, so the same
-numbers), with the side-by-side timing measured on the machine that runs the command. Shards stopped by a time limit
-or a preemption are requeued at their checkpoint (submitit's protocol, as a sweep's jobs).
+trained by one job of a single SLURM job array. With `benchmark.prompt_shards=N` each trained row × seed is N shards
+(out/<row>/seed<k>/shard<j>, each a contiguous share of the run's chunks: `trainer.shard` j of `trainer.shards` N),
+which `scoredist.eval.collect` merges back into one run. The manifest, <out>/shards.jsonl, is written before anything
+is submitted and rewritten when the jobs have ended: each shard's row, seed, prompt shard, folder, and its job and
+state. A rerun of the same command submits only the shards that have not finished (a cancelled or timed-out shard
+continues from its checkpoint); when every shard has finished, the table is made as a local run makes it (the same
+folders, so the same numbers), with the side-by-side timing measured on the machine that runs the command. Shards
+stopped by a time limit or a preemption are requeued at their checkpoint (submitit's protocol, as a sweep's jobs).
 """
 
 from __future__ import annotations
@@ -45,18 +47,19 @@ def launcher_params(name: str, overrides: list[str], out_dir: Path) -> dict:
 
 
 class ShardRunner:
-    """What each job runs: one row × seed of the benchmark (Benchmark.run_one, which resumes a folder that has a
-    checkpoint). `checkpoint` is submitit's hook on SIGUSR2: the same shard again, continuing where it stopped."""
+    """What each job runs: one row × seed (× prompt shard) of the benchmark (Benchmark.run_one, which resumes a folder
+    that has a checkpoint). `checkpoint` is submitit's hook on SIGUSR2: the same shard again, continuing where it
+    stopped."""
 
     def __init__(self, preset: str, overrides: list[str], out_dir: str):
         self.preset, self.overrides, self.out_dir = preset, list(overrides), out_dir
 
-    def __call__(self, method: str, seed: int) -> str:
+    def __call__(self, method: str, seed: int, shard: int | None) -> str:
         from scoredist.eval.benchmark import Benchmark
 
         bench = Benchmark(self.preset, self.overrides, self.out_dir)
-        bench.run_one(method, seed)
-        return str(bench.run_dir(method, seed))
+        bench.run_one(method, seed, shard)
+        return str(bench.run_dir(method, seed, shard))
 
     def checkpoint(self, *args):
         import submitit
@@ -73,18 +76,23 @@ class LauncherSettings:
         self.params = params
 
 
-def manifest(bench, jobs: dict[tuple[str, int], cluster.SweepJob] | None = None) -> list[dict]:
+def manifest(bench, jobs: dict[tuple, cluster.SweepJob] | None = None) -> list[dict]:
     jobs = jobs or {}
     lines = []
-    for method in bench.spec.rows:
-        for seed in bench.seeds:
-            run_dir = bench.run_dir(method, seed)
-            line = {"row": method, "seed": seed, "folder": str(run_dir), "finished": bench.finished_run(run_dir)}
-            job = jobs.get((method, seed))
-            if job is not None:
-                line.update(job_id=job.job_id, state=job.state)
-            lines.append(line)
+    for method, seed, shard in bench.units():
+        run_dir = bench.run_dir(method, seed, shard)
+        line = {"row": method, "seed": seed, **({"shard": shard} if shard is not None else {})}
+        line.update(folder=str(run_dir), finished=bench.finished_run(run_dir))
+        job = jobs.get((method, seed, shard))
+        if job is not None:
+            line.update(job_id=job.job_id, state=job.state)
+        lines.append(line)
     return lines
+
+
+def unit_name(line: dict) -> str:
+    """A manifest line as the messages name it: "sds seed 1", "sds seed 1 shard 0"."""
+    return f"{line['row']} seed {line['seed']}" + (f" shard {line['shard']}" if "shard" in line else "")
 
 
 def write_manifest(bench, jobs=None) -> list[dict]:
@@ -99,21 +107,22 @@ def run_shards(bench, launcher: str, overrides: list[str]) -> bool:
     from submitit.core.utils import FailedJobError
 
     params = launcher_params(launcher, overrides, bench.out_dir.resolve())
-    todo = [(line["row"], line["seed"]) for line in write_manifest(bench) if not line["finished"]]
+    todo = [(line["row"], line["seed"], line.get("shard")) for line in write_manifest(bench) if not line["finished"]]
     jobs = {}
     if todo:
         executor = cluster.make_executor(LauncherSettings(params))
         runner = ShardRunner(bench.preset, bench.overrides, str(bench.out_dir.resolve()))
         try:
-            submitted = executor.map_array(runner, [m for m, _ in todo], [s for _, s in todo])
+            submitted = executor.map_array(runner, *(list(column) for column in zip(*todo)))
         except FailedJobError as e:
             raise ValueError(cluster.rejection(str(e), params)) from None
         jobs = {
-            shard: cluster.SweepJob(i, [*map(str, shard)], job) for i, (shard, job) in enumerate(zip(todo, submitted))
+            unit: cluster.SweepJob(i, [str(u) for u in unit if u is not None], job)
+            for i, (unit, job) in enumerate(zip(todo, submitted))
         }
         array = submitted[0].job_id.split("_")[0]
         print(
-            f"submitted the {len(todo)} unfinished of {len(bench.spec.rows) * len(bench.seeds)} shards as SLURM array "
+            f"submitted the {len(todo)} unfinished of {len(bench.units())} shards as SLURM array "
             f"{array} (`squeue -j {array}`, `scancel {array}`); manifest: {bench.out_dir / 'shards.jsonl'}",
             file=sys.stderr,
         )
@@ -125,5 +134,5 @@ def run_shards(bench, launcher: str, overrides: list[str]) -> bool:
     missing = [line for line in lines if not line["finished"]]
     for line in missing:
         how = f" (SLURM {line['job_id']} {line['state']})" if "job_id" in line else ""
-        print(f"  missing: {line['row']} seed {line['seed']}{how}: {line['folder']}", file=sys.stderr)
+        print(f"  missing: {unit_name(line)}{how}: {line['folder']}", file=sys.stderr)
     return not missing

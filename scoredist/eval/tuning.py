@@ -71,6 +71,11 @@ class Tuning:
 
     def check(self) -> None:
         """Everything that can be wrong with the tuning node, before anything runs."""
+        if self.bench.prompt_shards > 1:
+            raise ValueError(
+                f"--tune runs every row whole; drop benchmark.prompt_shards={self.bench.prompt_shards} (tune first, "
+                "then shard the main table)"
+            )
         if not direction_of(self.metric):
             choosable = [key for key, *_ in METRICS if direction_of(key)]
             raise ValueError(
