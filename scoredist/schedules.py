@@ -86,6 +86,8 @@ class TimestepSchedule:
         top = (num_train_timesteps - 1) // stride * stride  # the last allowed timestep on the grid
         first = min(math.ceil(lo * num_train_timesteps / stride) * stride, top)
         last = min(math.floor(hi * num_train_timesteps / stride) * stride, top)
+        if lo == hi:  # one t (a decaying t, SDI's): truncated, as threestudio's int(T · fraction)
+            first = last
         if last < first:
             raise ValueError(
                 f"no timestep of the {'DDIM grid (stride ' + str(stride) + ')' if self.grid else 'schedule'} lies in "
@@ -116,13 +118,27 @@ class AnnealedSchedule(TimestepSchedule):
 
 class DecaySchedule(TimestepSchedule):
     """Both bounds (or t itself, when t_min == t_max) decay from their start values to `t_min_end`/`t_max_end` over
-    `max_steps`, linearly or as sqrt (fast early, as in DreamTime-style schedules)."""
+    the first `decay_fraction` of `max_steps` (then stay), linearly or as sqrt (fast early, as in DreamTime-style
+    schedules). ISM's warm-up: t_max 0.98 → 0.5 over 0.3 of the run; SDI's t: 0.98 → 0.25 over all of it."""
 
-    def __init__(self, t_min=0.02, t_max=0.98, t_min_end=0.02, t_max_end=0.5, max_steps=1000, mode="linear", grid=None):
+    def __init__(
+        self,
+        t_min=0.02,
+        t_max=0.98,
+        t_min_end=0.02,
+        t_max_end=0.5,
+        max_steps=1000,
+        mode="linear",
+        grid=None,
+        decay_fraction: float = 1.0,
+    ):
         super().__init__(t_min, t_max, grid)
         if mode not in ("linear", "sqrt"):
             raise ValueError(f"DecaySchedule mode must be 'linear' or 'sqrt', got {mode!r}")
+        if not 0 < decay_fraction <= 1:
+            raise ValueError(f"DecaySchedule decay_fraction must be in (0, 1], got {decay_fraction}")
         self.t_min_end, self.t_max_end, self.max_steps, self.mode = t_min_end, t_max_end, max_steps, mode
+        self.decay_fraction = decay_fraction
 
     def state_dict(self) -> dict:
         return {"max_steps": self.max_steps}
@@ -131,10 +147,10 @@ class DecaySchedule(TimestepSchedule):
         self.max_steps = state.get("max_steps", self.max_steps)
 
     def bounds(self, step: int) -> tuple[float, float]:
-        frac = min(1.0, step / max(1, self.max_steps))
+        frac = min(1.0, step / max(1.0, self.decay_fraction * self.max_steps))
         if self.mode == "sqrt":
             frac = math.sqrt(frac)
-        lerp = lambda a, b: a + frac * (b - a)
+        lerp = lambda a, b: (1 - frac) * a + frac * b  # exactly b at the end (a + frac·(b − a) is not)
         return lerp(self.t_min, self.t_min_end), lerp(self.t_max, self.t_max_end)
 
 

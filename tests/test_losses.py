@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scoredist.guidance.base import add_noise, scaled_linear_alphas_cumprod
-from scoredist.losses.base import predict_conditions, surrogate_loss, weight
+from scoredist.losses.base import ScoreLoss, predict_conditions, surrogate_loss, weight
 from scoredist.losses.bridge import Bridge, ddim_path
 from scoredist.losses.csd import CSD
 from scoredist.losses.dds import DDS
@@ -70,10 +70,12 @@ def test_weighting_multiplies_direction(setup):
     torch.testing.assert_close(wg, (1 - ABAR[t]).view(-1, 1, 1, 1) * g)
     torch.testing.assert_close(weight("sqrt(abar)(1-abar)", ABAR, t), ABAR[t].sqrt() * (1 - ABAR[t]))
     torch.testing.assert_close(weight("uniform", ABAR, t), torch.ones(2))
-    with pytest.raises(
-        ValueError, match=r"unknown weighting 'snr'; choose one of \['1-abar', 'sqrt\(abar\)\(1-abar\)', 'uniform'\]"
-    ):
+    torch.testing.assert_close(weight("sqrt((1-abar)/abar)", ABAR, t), ((1 - ABAR[t]) / ABAR[t]).sqrt())
+    known = r"\['1-abar', 'sqrt\(\(1-abar\)/abar\)', 'sqrt\(abar\)\(1-abar\)', 'uniform'\]"
+    with pytest.raises(ValueError, match=r"unknown weighting 'snr'; choose one of " + known):
         SDS(weighting="snr")
+    with pytest.raises(ValueError, match=r"unknown reduction 'max'; choose one of \('sum', 'mean'\)"):
+        ScoreLoss(reduction="max")
     with pytest.raises(ValueError, match=r"unknown weighting 'snr'; choose one of \['1-abar', "):
         weight("snr", ABAR, t)
 

@@ -15,12 +15,18 @@ import torch
 from scoredist.guidance.base import add_noise
 from scoredist.prompts import Prompt, texts
 
-# w(t) as a function of ᾱ_t. "1-abar" is DreamFusion's and the paper's 2D choice.
+# w(t) as a function of ᾱ_t. "1-abar" is DreamFusion's and the paper's 2D choice; "sqrt((1-abar)/abar)" is ISM's and
+# SDI's (an x0-space loss written in ε units: x − x̂0 = sqrt((1 − ᾱ)/ᾱ) · (ε̂ − ε)).
 WEIGHTINGS = {
     "1-abar": lambda abar: 1 - abar,
     "uniform": lambda abar: torch.ones_like(abar),
     "sqrt(abar)(1-abar)": lambda abar: abar.sqrt() * (1 - abar),
+    "sqrt((1-abar)/abar)": lambda abar: ((1 - abar) / abar).sqrt(),
 }
+# How a loss's gradient is reduced over the entries of one row: "sum", the gradient of an entry is w·g (DreamFusion's
+# SpecifyGradient, every loss here by default); "mean", w·g divided by the row's number of entries (an F.mse_loss with
+# reduction="mean", as SDI's code). The rows of one sample are averaged in both (the trainer's row weights).
+REDUCTIONS = ("sum", "mean")
 
 
 def check_weighting(weighting: str) -> None:
@@ -98,9 +104,11 @@ class ScoreLoss:
     `load_state_dict`; the trainer calls them and checkpoints the state with the run.
     """
 
-    def __init__(self, weighting: str = "1-abar"):
+    def __init__(self, weighting: str = "1-abar", reduction: str = "sum"):
         check_weighting(weighting)
-        self.weighting = weighting
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+        self.weighting, self.reduction = weighting, reduction
 
     def attach(self, guidance, x_init: torch.Tensor) -> None:
         """Called at the start of every chunk of samples with the renderer's initial output in model space (detached);
@@ -126,6 +134,8 @@ class ScoreLoss:
     def __call__(self, guidance, x, t, noise, prompts, step) -> tuple[torch.Tensor, dict[str, float]]:
         g, logs = self.direction(guidance, x, t, noise, prompts, step)
         w = weight(self.weighting_at(step), guidance.alphas_cumprod, t).view(-1, *([1] * (x.dim() - 1)))
+        if self.reduction == "mean":
+            w = w / x[0].numel()
         return w * g, logs
 
     def after_step(self, guidance, x: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:

@@ -97,9 +97,17 @@ class VSD(ScoreLoss):
         if isinstance(self.source, ParticleScore) and not self.source.has_particles(prompts):
             self.source.update(x, prompts)  # the first step: no after_step has handed it renders yet
         with torch.no_grad():
-            eps_source = self.source.predict_noise(x_t, t, texts(prompts), **camera_kwargs(prompts)).float()
+            eps_source = self.source_noise(x_t, t, prompts)
         eps_cfg = cfg(eps_uncond, eps_cond, value_at(self.guidance_scale, step))
         return eps_cfg - eps_source, {"norm/cfg": norm(eps_cfg), "norm/source": norm(eps_source)}
+
+    def source_noise(self, x_t, t, prompts) -> torch.Tensor:
+        """ε_ψ of the rows, each asked with its own prompt and camera (ESD mixes in camera-free rows)."""
+        return self.source.predict_noise(x_t, t, texts(prompts), **camera_kwargs(prompts)).float()
+
+    def fitting_rows(self, prompts):
+        """The rows ε_ψ is fitted on at one fitting step: the step's own (ESD drops their cameras at times)."""
+        return prompts
 
     def after_step(self, guidance, x, prompts):
         """Fit ε_ψ to the current renders: `source_steps` denoising steps on x (detached); or hand the particles the
@@ -120,10 +128,11 @@ class VSD(ScoreLoss):
         for _ in range(self.source_steps):
             t = torch.randint(0, guidance.num_train_timesteps, (x.shape[0],), device=x.device)
             noise = torch.randn_like(x)
+            rows = self.fitting_rows(prompts)
             drop = torch.rand(x.shape[0]).tolist()
-            conditioned = [p if d >= self.condition_dropout else "" for p, d in zip(texts(prompts), drop)]
+            conditioned = [p if d >= self.condition_dropout else "" for p, d in zip(texts(rows), drop)]
             x_t = add_noise(x, noise, t, guidance.alphas_cumprod)
-            pred = self.source.predict_noise(x_t, t, conditioned, **camera_kwargs(prompts))  # the camera is kept
+            pred = self.source.predict_noise(x_t, t, conditioned, **camera_kwargs(rows))  # the camera is kept
             loss = F.mse_loss(pred.float(), noise)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
