@@ -207,6 +207,16 @@ def short_run(*args: str, files: tuple = ()) -> tuple[str, tuple, tuple]:
 
 
 T2I = (*TINY_SD, "trainer.max_steps=2", "trainer.device=cpu", "logger=none")
+T23D = (
+    "prompt=a hamburger",
+    "guidance.pretrained={tiny}",
+    *NERF_SMALL,
+    "renderer.num_samples=32",
+    "trainer.max_steps=2",
+    "trainer.device=cpu",
+    "logger=none",
+)
+T23D_FILES = ("views.png", "turntable.mp4", "model.obj")
 OVERLAYS = {
     "demo": documented("make demo"),
     "illusion": documented("python train.py +experiment=illusion guidance.pretrained=/path/to/sd-2-1-base"),
@@ -226,17 +236,16 @@ OVERLAYS = {
     "points_bridge": documented("python train.py +experiment=points_bridge"),
     "sketch2real": documented("python train.py +experiment=sketch2real"),
     "sketch2real_sds": documented("python train.py +experiment=sketch2real_sds"),
-    "t23d_ours": short_run(
-        "prompt=a hamburger",
-        "guidance.pretrained={tiny}",
-        *NERF_SMALL,
-        "renderer.num_samples=32",
-        "trainer.max_steps=2",
-        "trainer.device=cpu",
-        "logger=none",
-        files=("views.png", "turntable.mp4", "model.obj"),
-    ),
+    "t23d_ours": short_run(*T23D, files=T23D_FILES),
+    "t23d_ism": short_run(*T23D, files=T23D_FILES),
+    "t23d_sdi": short_run(*T23D, files=T23D_FILES),
+    "t23d_esd": short_run(*T23D, files=T23D_FILES),
+    "t23d_asd": short_run(*T23D, files=T23D_FILES),
+    "t2i_asd": short_run(*T2I),
     "t2i_csd": short_run(*T2I),
+    "t2i_esd": short_run(*T2I),
+    "t2i_ism": short_run(*T2I),
+    "t2i_sdi": short_run(*T2I),
     "t2i_nfsd": short_run(*T2I),
     "t2i_ours": documented(
         "python train.py +experiment=t2i_ours prompt_file=captions.txt samples_per_prompt=2 trainer.batch_size=8"

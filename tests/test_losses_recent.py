@@ -275,3 +275,76 @@ def test_ddim_move_inverts_itself():
     z, e = torch.randn(3, 4), torch.randn(3, 4)
     a, b = torch.tensor(0.9), torch.tensor(0.3)
     torch.testing.assert_close(ddim_move(ddim_move(z, e, a, b), e, b, a), z)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The overlays' constants and composed strings, literally as their authors have them
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def composed(experiment: str):
+    from hydra.utils import instantiate
+
+    from scoredist.scripting import compose_train
+
+    cfg = compose_train([f"+experiment={experiment}", "prompt=a hamburger"])
+    return cfg, instantiate(cfg.loss), instantiate(cfg.schedule)
+
+
+LUCID_NEGATIVE = (
+    "unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, oversaturation."
+)
+
+
+def test_ism_overlays_are_lucid_dreamers_settings():
+    cfg, loss, schedule = composed("t23d_ism")
+    assert loss.negative_prompt == LUCID_NEGATIVE and loss.inverse_prompt == ""
+    assert (loss.guidance_scale, loss.interval, loss.interval_start, loss.grad_scale) == (7.5, 80, 100, 0.1)
+    assert (loss.inversion_stride, loss.inversion_steps, loss.inversion_guidance_scale) == (200, 5, 1.0)
+    assert loss.warmup_steps == 1500 and loss.weighting == "sqrt((1-abar)/abar)" and loss.reduction == "sum"
+    assert cfg.trainer.max_steps == 5000 and cfg.renderer.batch_size == 4  # C_batch_size
+    # t ∈ [0.02, 0.98] at the start, t_max down to 0.5 by the end of the 1500-step warm-up
+    bounds = [schedule.index_range(s, 1000)[:2] for s in (0, 750, 1500, 4000)]
+    assert bounds == [(20, 980), (20, 740), (20, 500), (20, 500)]
+    row = Prompt("a hamburger", ", front view")
+    assert loss.conditioning_texts([row]) == [
+        ("the prompt", "a hamburger, front view"),
+        ("the empty prompt", ""),
+        ("loss.negative_prompt", LUCID_NEGATIVE),
+        ("loss.inverse_prompt", ""),
+    ]
+    _, loss_2d, schedule_2d = composed("t2i_ism")
+    assert loss_2d.negative_prompt == "" and loss_2d.warmup_steps == 300  # 30 % of 1000 steps
+    assert schedule_2d.index_range(300, 1000)[:2] == (20, 500)
+
+
+def test_sdi_overlays_are_the_authors_threestudio_settings():
+    cfg, loss, schedule = composed("t23d_sdi")
+    assert (loss.guidance_scale, loss.inversion_guidance_scale, loss.inversion_steps) == (7.5, -7.5, 10)
+    assert (loss.inversion_eta, loss.overshoot, loss.cfg_form, loss.inversion) == (0.3, 100, "standard", True)
+    assert (loss.weighting, loss.reduction) == ("sqrt((1-abar)/abar)", "mean")
+    assert cfg.trainer.max_steps == 10000 and (cfg.renderer.height, cfg.renderer.width) == (512, 512)
+    assert (cfg.renderer.front_threshold, cfg.renderer.back_threshold) == (45.0, 45.0)  # threestudio's default
+    # t = int(1000 · (0.98 − 0.73 · step / 10000)): one t per step, 980 → 250
+    assert [schedule.index_range(s, 1000)[:2] for s in (0, 5000, 10000)] == [(980, 980), (615, 615), (250, 250)]
+    cfg_2d, loss_2d, schedule_2d = composed("t2i_sdi")
+    assert loss_2d.cfg_form == "text" and cfg_2d.optimizer.lr == 0.1 and cfg_2d.optimizer.weight_decay == 0.0
+    assert [schedule_2d.index_range(s, 1000)[:2] for s in (0, 1000)] == [(980, 980), (20, 20)]
+
+
+def test_esd_overlay_is_prolificdreamer_with_guidance_scale_lora_one_half():
+    cfg, loss, schedule = composed("t23d_esd")
+    assert (loss.entropy_weight, loss.camera_dropout, loss.condition_dropout) == (0.5, 0.1, 0.0)
+    assert (loss.guidance_scale, loss.lora_lr, loss.weighting) == (7.5, 1e-4, "1-abar")
+    assert cfg.trainer.max_steps == 25000 and schedule.index_range(5001, 1000)[:2] == (20, 500)
+    assert composed("t2i_esd")[1].entropy_weight == 0.5
+
+
+def test_asd_overlays_are_scaledreamers_settings():
+    cfg, loss, schedule = composed("t23d_asd")
+    assert (loss.guidance_scale, loss.plus_ratio, loss.plus_random, loss.negative_prompt) == (7.5, 0.1, True, "")
+    assert loss.weighting == "1-abar" and cfg.seed == 10 and list(cfg.optimizer.betas) == [0.0, 0.99]
+    assert cfg.renderer.sparsity_weight == 30.0 and cfg.renderer.stages[0].height == 256
+    # [0, 0.5, 0.02, 25000] and [0, 0.98, 0.5, 25000]: both bounds linear over the run; the loss reads the same one
+    assert [schedule.index_range(s, 1000)[:2] for s in (0, 12500, 25000)] == [(500, 980), (260, 740), (20, 500)]
+    assert loss.schedule.index_range(12500, 1000) == schedule.index_range(12500, 1000)

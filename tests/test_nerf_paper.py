@@ -81,13 +81,13 @@ def test_the_view_phrases_checked_before_training_are_those_the_papers_cameras_r
     assert sorted(set(renderer.suffixes(sample_cameras(4000, **renderer.camera_ranges)))) == phrases
 
 
-def test_stage_one_is_sds_on_caption_and_view_against_the_empty_prompt(paper):
+def test_stage_one_is_sds_on_the_target_prompt_and_view_against_the_empty_prompt(paper):
     _, loss, renderer, _ = paper
     per_camera = conditioned_strings(loss, renderer, step=19999)
-    assert per_camera[0] == ["a hamburger, front view", ""]
-    assert per_camera[3] == ["a hamburger, side view", ""]
-    assert per_camera[5] == ["a hamburger, back view", ""]
-    assert per_camera[7] == ["a hamburger, overhead view", ""]
+    assert per_camera[0] == ["a hamburger, ., front view", ""]
+    assert per_camera[3] == ["a hamburger, ., side view", ""]
+    assert per_camera[5] == ["a hamburger, ., back view", ""]
+    assert per_camera[7] == ["a hamburger, ., overhead view", ""]
 
 
 def test_stage_two_is_target_dot_suffix_against_the_source_suffix_with_the_view_last(paper):

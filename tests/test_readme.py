@@ -382,6 +382,16 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         (
+            "python train.py -m +experiment=demo loss=ism,sdi,esd,asd",
+            Spec(
+                "demo-recent",
+                always=(SWEEP,),
+                short=("trainer.max_steps=3", *WORLD),
+                runs=("sweep/*-*",),
+                check=check_sweep_jobs(4),
+            ),
+        ),
+        (
             "python train.py +experiment=points_bridge",
             Spec(
                 "points-bridge",
@@ -401,6 +411,16 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         ('python train.py +experiment=t23d_ours prompt="a hamburger"', Spec("t23d-ours", skip=GPU_SD)),
+        (
+            'python train.py +experiment=t23d_ism prompt="a DSLR photo of a bagel filled with cream cheese and lox."',
+            Spec("t23d-ism", skip=GPU_SD),
+        ),
+        (
+            'python train.py +experiment=t23d_sdi prompt="a zoomed out DSLR photo of a hamburger"',
+            Spec("t23d-sdi", skip=GPU_SD),
+        ),
+        ('python train.py +experiment=t23d_esd prompt="a DSLR photo of a hamburger"', Spec("t23d-esd", skip=GPU_SD)),
+        ('python train.py +experiment=t23d_asd prompt="a DSLR photo of a hamburger"', Spec("t23d-asd", skip=GPU_SD)),
         (
             'python scripts/render_shape.py "a blue cube" blue.png',
             Spec("render-blue", subst=(("blue.png", "{out}/blue.png"),), files=("blue.png",)),
