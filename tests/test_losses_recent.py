@@ -73,7 +73,7 @@ def test_ism_direction_matches_the_hand_computed_inversion_of_each_row(rows):
     torch.testing.assert_close(g, torch.cat(expected), rtol=1e-4, atol=1e-4)
     # calls: inversion step 1 (both rows), step 2 (the first row only), the target, the guided call
     assert (guidance.calls, guidance.rows) == (4, 2 + 1 + 2 + 4)
-    assert logs["ism/inversion_calls"] == 1.5 and logs["ism/interval"] == 100
+    assert float(logs["ism/inversion_rows_per_sample"]) == 1.5 and logs["ism/interval"] == 100
 
 
 def test_ism_interval_falls_over_the_warm_up_and_its_weighting_is_sqrt_of_1_minus_abar_over_abar(rows):
@@ -91,6 +91,8 @@ def test_strided_path_is_lucid_dreamers_loop():
     path, active = strided_path(torch.tensor([350, 1, 201, 999]), start=1, stride=200, max_steps=5)
     columns = [path[: int(active[:, b].sum()) + 1, b].tolist() for b in range(4)]
     assert columns == [[1, 201, 350], [1, 1], [1, 201], [1, 201, 401, 601, 801, 999]]
+    with pytest.raises(ValueError, match="cannot reach t = 899 from 1 in 5 strides of 100"):
+        strided_path(torch.tensor([899]), start=1, stride=100, max_steps=5)  # would end at 501, labelled 899
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def test_asd_subtracts_the_same_model_at_the_later_timestep_with_the_same_noise(
     neg = eps("neg", x_t, t)
     shifted = torch.cat([eps("cat", x_plus[:1], 108), eps("dog", x_plus[1:], 768)])
     torch.testing.assert_close(g, neg + 7.5 * (cond - neg) - shifted, rtol=1e-5, atol=1e-5)
-    assert (guidance.calls, guidance.rows) == (1, 6) and logs["asd/delta_t"] == 38.0
+    assert (guidance.calls, guidance.rows) == (1, 6) and float(logs["asd/delta_t"]) == 38.0
 
 
 def test_asd_with_no_shift_leaves_only_the_classifier_score_term(rows):
@@ -224,20 +226,25 @@ class CameraSource(LinearSource):
     """ε_ψ = w x_t + v + 1 for a row asked with a camera: the camera-free rows show in the number."""
 
     def predict_noise(self, x_t, t, prompts, cameras=None):
+        self.cameras_seen = [*getattr(self, "cameras_seen", []), None if cameras is None else list(cameras)]
         out = super().predict_noise(x_t, t, prompts)
         has = torch.tensor([c is not None for c in (cameras or [None] * len(prompts))], dtype=x_t.dtype)
         return out + has.view(-1, *([1] * (x_t.dim() - 1)))
 
 
-def test_esd_with_no_entropy_is_vsd(rows):
+@pytest.mark.parametrize("esd", [dict(entropy_weight=0.0, camera_dropout=0.0), dict()], ids=["no entropy", "2D"])
+def test_esd_is_vsd_draw_for_draw_with_no_entropy_or_without_cameras(rows, esd):
+    """λ = 0 is VSD; so is the default ESD on 2D rows (nothing to drop): the same directions, fits and parameters over
+    several steps, so no extra draw from the random stream either."""
     guidance, x, noise = rows
     t = torch.tensor([100, 700])
     results = []
-    for loss in (VSD(), ESD(entropy_weight=0.0, camera_dropout=0.0)):
+    for loss in (VSD(), ESD(**esd)):
         torch.manual_seed(1)
         loss.attach(guidance, x)
-        g, _ = loss.direction(guidance, x, t, noise, ["cat", "dog"], 0)
-        fit = loss.after_step(guidance, x, ["cat", "dog"])["vsd/source_loss"]
+        for step in range(3):
+            g, _ = loss.direction(guidance, x, t, noise, ["cat", "dog"], step)
+            fit = loss.after_step(guidance, x, ["cat", "dog"])["vsd/source_loss"]
         results.append((g, fit, [p.detach().clone() for p in loss.source.parameters()]))
     (g0, fit0, p0), (g1, fit1, p1) = results
     assert torch.equal(g0, g1) and torch.equal(fit0, fit1) and all(torch.equal(a, b) for a, b in zip(p0, p1))
@@ -246,10 +253,8 @@ def test_esd_with_no_entropy_is_vsd(rows):
 def test_esd_mixes_the_camera_free_source_in_one_call_and_drops_cameras_when_fitting(rows):
     guidance, x, noise = rows
     guidance.make_source_model = CameraSource
-    prompts = [
-        Prompt("cat", ", front view", (0.0, 15.0, 3.0, 40.0)),
-        Prompt("dog", ", back view", (180.0, 15.0, 3.0, 40.0)),
-    ]
+    front, back = (0.0, 15.0, 3.0, 40.0), (180.0, 15.0, 3.0, 40.0)
+    prompts = [Prompt("cat", ", front view", front), Prompt("dog", ", back view", back)]
     loss = ESD(entropy_weight=0.25, camera_dropout=1.0)
     loss.attach(guidance, x)
     t = torch.tensor([100, 700])
@@ -263,8 +268,12 @@ def test_esd_mixes_the_camera_free_source_in_one_call_and_drops_cameras_when_fit
     (_, _, asked) = loss.source.calls[0]
     assert len(loss.source.calls) == 1 and asked == ["cat, front view", "dog, back view", "cat", "dog"]
     loss.condition_dropout = 0.0
-    loss.after_step(guidance, x, prompts)  # camera_dropout 1: fitted on the captions alone, without cameras
-    assert loss.source.calls[-1][2] == ["cat", "dog"]
+    loss.after_step(guidance, x, prompts)  # camera_dropout 1: fitted on the captions alone, as "no camera" rows
+    assert loss.source.calls[-1][2] == ["cat", "dog"] and loss.source.cameras_seen[-1] == [None, None]
+    loss.camera_dropout = 0.0
+    loss.after_step(guidance, x, prompts)
+    assert loss.source.calls[-1][2] == ["cat, front view", "dog, back view"]
+    assert loss.source.cameras_seen[-1] == [front, back]
     with pytest.raises(ValueError, match="entropy_weight"):
         ESD(entropy_weight=1.5)
     with pytest.raises(ValueError, match="loss.source=learned"):
@@ -303,6 +312,7 @@ def test_ism_overlays_are_lucid_dreamers_settings():
     assert (loss.inversion_stride, loss.inversion_steps, loss.inversion_guidance_scale) == (200, 5, 1.0)
     assert loss.warmup_steps == 1500 and loss.weighting == "sqrt((1-abar)/abar)" and loss.reduction == "sum"
     assert cfg.trainer.max_steps == 5000 and cfg.renderer.batch_size == 4  # C_batch_size
+    assert (cfg.renderer.height, cfg.renderer.width, list(cfg.renderer.stages)) == (512, 512, [])
     # t ∈ [0.02, 0.98] at the start, t_max down to 0.5 by the end of the 1500-step warm-up
     bounds = [schedule.index_range(s, 1000)[:2] for s in (0, 750, 1500, 4000)]
     assert bounds == [(20, 980), (20, 740), (20, 500), (20, 500)]
@@ -325,6 +335,8 @@ def test_sdi_overlays_are_the_authors_threestudio_settings():
     assert (loss.weighting, loss.reduction) == ("sqrt((1-abar)/abar)", "mean")
     assert cfg.trainer.max_steps == 10000 and (cfg.renderer.height, cfg.renderer.width) == (512, 512)
     assert (cfg.renderer.front_threshold, cfg.renderer.back_threshold) == (45.0, 45.0)  # threestudio's default
+    assert cfg.renderer.bound == 2.0 and list(cfg.renderer.distance_range) == [1.5, 2.0]  # radius 2, distance 1.5–2
+    assert cfg.optimizer.weight_decay == 0.0 and list(cfg.optimizer.betas) == [0.9, 0.99]  # Adam
     # t = int(1000 · (0.98 − 0.73 · step / 10000)): one t per step, 980 → 250
     assert [schedule.index_range(s, 1000)[:2] for s in (0, 5000, 10000)] == [(980, 980), (615, 615), (250, 250)]
     cfg_2d, loss_2d, schedule_2d = composed("t2i_sdi")
@@ -348,3 +360,18 @@ def test_asd_overlays_are_scaledreamers_settings():
     # [0, 0.5, 0.02, 25000] and [0, 0.98, 0.5, 25000]: both bounds linear over the run; the loss reads the same one
     assert [schedule.index_range(s, 1000)[:2] for s in (0, 12500, 25000)] == [(500, 980), (260, 740), (20, 500)]
     assert loss.schedule.index_range(12500, 1000) == schedule.index_range(12500, 1000)
+
+
+def test_sdi_inverts_to_t_plus_delta_and_labels_the_latent_t(rows, monkeypatch):
+    """δ pinned to 47: the path ends at 297 (not 250), and the prediction and κ are then taken at t = 250."""
+    guidance, x, noise = rows
+    monkeypatch.setattr(torch, "randint", lambda low, high, shape: torch.full(shape, 47))
+    loss = SDI(inversion_eta=0.0, cfg_form="standard")
+    g, _ = loss.direction(guidance, x[:1], torch.tensor([250]), noise[:1], ["cat"], 0)
+    z = x[:1]
+    for t_from, t_to in zip([0, 1, 101, 201], [1, 101, 201, 297]):
+        e = eps("", z, t_from) - 7.5 * (eps("cat", z, t_from) - eps("", z, t_from))
+        z = move(z, e, t_from, t_to)
+    kappa = (z - math.sqrt(ab(250)) * x[:1]) / math.sqrt(1 - ab(250))
+    eps_hat = eps("", z, 250) + 7.5 * (eps("cat", z, 250) - eps("", z, 250))
+    torch.testing.assert_close(g, eps_hat - kappa, rtol=1e-4, atol=1e-4)

@@ -34,13 +34,14 @@ def noised_batch(sd, n: int, seed: int):
     return add_noise(x0, torch.randn(x0.shape, generator=g), t, sd.alphas_cumprod), t
 
 
-def train_source(source, sd, cameras, steps: int = 1):
-    """`steps` Adam steps of the denoising loss on fixed rows, with the given cameras (or none)."""
+def train_source(source, sd, cameras, steps: int = 1, cameras_argument: bool = True):
+    """`steps` Adam steps of the denoising loss on fixed rows, with the given cameras (or without the argument)."""
     x_t, t = noised_batch(sd, len(cameras), seed=1)
     target = torch.randn_like(x_t)
     optimizer = torch.optim.Adam(source.parameters(), lr=1e-2)
+    given = {"cameras": cameras} if cameras_argument else {}
     for _ in range(steps):
-        loss = (source.predict_noise(x_t, t, ["a red cube"] * len(cameras), cameras=cameras) - target).pow(2).mean()
+        loss = (source.predict_noise(x_t, t, ["a red cube"] * len(cameras), **given) - target).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -105,17 +106,25 @@ def test_lora_source_equals_the_frozen_model_at_init_and_depends_on_the_camera_a
     assert not any("camera" in key for key in sd.state_dict())
 
 
-def test_rows_without_cameras_call_the_prompt_only_lora_and_leave_the_camera_embedding_alone(sd):
+def test_rows_without_cameras_call_the_prompt_only_lora_and_a_dropped_camera_is_the_zero_feature(sd):
+    """No cameras argument (2D rows): the prompt-only LoRA, and training leaves the camera embedding alone. A cameras
+    list gives every row the embedding, a None row the all-zero feature (threestudio's dropped camera, which ESD fits
+    and asks), the same alone as beside rows with cameras."""
     source = sd.make_source_model()
     embedding_before = {k: v.clone() for k, v in source.camera_embedding.state_dict().items()}
-    train_source(source, sd, [None, None])
+    train_source(source, sd, [None, None], cameras_argument=False)
+    assert all(torch.equal(v, embedding_before[k]) for k, v in source.camera_embedding.state_dict().items())
+    assert camera_kwargs(["a red cube", Prompt("a red cube", ", front view")]) == {}  # so stubs get no new argument
+    torch.manual_seed(0)
+    for p in source.camera_embedding.parameters():
+        torch.nn.init.normal_(p, std=0.05)  # a trained embedding: the zero feature is then not "no embedding"
     x_t, t = noised_batch(sd, 2, seed=3)
     with torch.no_grad():
         plain = source.predict_noise(x_t, t, ["a red cube"] * 2)
-        none_cameras = source.predict_noise(x_t, t, ["a red cube"] * 2, cameras=[None, None])
-    torch.testing.assert_close(none_cameras, plain, atol=0, rtol=0)
-    assert all(torch.equal(v, embedding_before[k]) for k, v in source.camera_embedding.state_dict().items())
-    assert camera_kwargs(["a red cube", Prompt("a red cube", ", front view")]) == {}  # so stubs get no new argument
+        dropped = source.predict_noise(x_t, t, ["a red cube"] * 2, cameras=[None, None])
+        beside = source.predict_noise(x_t, t, ["a red cube"] * 2, cameras=[FRONT, None])
+    assert (dropped - plain).abs().max() > 1e-4
+    torch.testing.assert_close(beside[1], dropped[1], atol=1e-5, rtol=1e-5)
 
 
 def test_camera_rows_split_over_several_unet_calls_get_their_own_cameras(tiny_sd_path):

@@ -418,7 +418,7 @@ class LoRASource(SourceModel):
         if guidance._active_adapter != self.adapter_name:  # set_adapter walks every module: only when switching
             guidance.unet.set_adapter(self.adapter_name)  # also gives this adapter back its requires_grad
             guidance._active_adapter = self.adapter_name
-        if cameras is None or all(c is None for c in cameras):
+        if cameras is None:  # rows without cameras (2D); a list, even of Nones, goes through the camera embedding
             return guidance.unet_eps(x_t, t, prompts)
         if len(cameras) != x_t.shape[0]:
             raise ValueError(f"got {len(cameras)} cameras for {x_t.shape[0]} rows of x_t")

@@ -13,7 +13,8 @@ Facts from theEricMa/ScaleDreamer (threestudio/models/guidance/stable_diffusion_
   t, not at t + Δt; their loss is 0.5 · sum((x − sg(x − w·g))²) / B, reduction "sum" as every loss here.
 - plus_ratio 0.1 and plus_random true in every config (the code's own default is false); guidance scale 7.5.
 - their t schedule anneals both bounds over the whole run: t_min 0.5 → 0.02, t_max 0.98 → 0.5 (`schedule=decay
-  schedule.t_min=0.5`): the `schedule` argument here is the run's own schedule (`${schedule}`), read for t_min.
+  schedule.t_min=0.5`): the `schedule` argument here is the run's own schedule (`${schedule}`), read for t_min (its
+  first allowed timestep, ⌈T · t_min⌉, where theirs is ⌊T · t_min⌋: Δt may differ by one step's share).
 - their SD configs add perp-neg view prompts (guidance_perp_neg −0.5); not reproduced (no view-prompt negatives here).
 Model rows per step and sample: 3, in one call ([y at t, neg at t, y at t + Δt]).
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from scoredist.guidance.base import add_noise, cfg
-from scoredist.losses.base import ScoreLoss, norm
+from scoredist.losses.base import LazyMean, ScoreLoss, norm
 from scoredist.prompts import texts
 from scoredist.schedules import TimestepSchedule, value_at
 
@@ -72,5 +73,12 @@ class ASD(ScoreLoss):
         scale = value_at(self.guidance_scale, step)
         eps_cfg = cfg(eps_neg, eps_cond, scale)
         logs = {"norm/cfg": norm(eps_cfg), "norm/shifted": norm(eps_plus), "guidance_scale": scale}
-        logs["asd/delta_t"] = float((t_plus - t).float().mean())
+        logs["asd/delta_t"] = LazyMean(t_plus - t)
         return eps_cfg - eps_plus, logs
+
+    def state_dict(self):
+        # the schedule's length (DecaySchedule) as the run started; the run's own schedule keeps it the same way
+        return {"schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state):
+        self.schedule.load_state_dict(state.get("schedule", {}))

@@ -13,10 +13,11 @@ ProlificDreamer with `system.guidance.guidance_scale_lora=0.5`, and threestudio'
 forms the source as uncond + guidance_scale_lora · (camera − uncond): guidance_scale_lora = 1 − λ, so their published
 setting is λ = 0.5 (the default here). The camera-free branch is trained by dropping the whole batch's camera with
 probability 0.1 at each source fit (their `lora_cfg_training`, which ProlificDreamer's VSD has on as well):
-`camera_dropout`. Everything else is VSD's (conf/loss/vsd.yaml, and its deliberate difference: the text dropout).
+`camera_dropout`. Everything else is VSD's (conf/loss/vsd.yaml, and its deliberate differences: the text dropout, and
+the view phrase in ε_ψ's text, where threestudio's LoRA is asked the view-independent prompt).
 
-In 2D (image renderers) a row has no camera and no view phrase: there is nothing to drop, and ESD is VSD (the source
-is asked once, not twice; its camera dropout draws from the random stream but changes nothing). Its shapes benchmark
+In 2D (image renderers) a row has no camera and no view phrase: there is nothing to drop, and ESD is VSD, draw for
+draw (the source is asked once, the camera dropout draws nothing). Its shapes benchmark
 row shows that identity; ESD differs from VSD only with cameras (renderer=nerf). With `loss.source=particles` the rows
 must have no view phrase (2D).
 """
@@ -32,6 +33,11 @@ from scoredist.prompts import Prompt, texts
 def camera_free(prompts) -> list:
     """The rows with their camera and view phrase dropped: their captions."""
     return [Prompt(p.caption) if isinstance(p, Prompt) else p for p in prompts]
+
+
+def has_camera(prompts) -> bool:
+    """Whether some row carries a camera or a view phrase, which ESD drops (none does in 2D)."""
+    return texts(camera_free(prompts)) != texts(prompts) or bool(camera_kwargs(prompts))
 
 
 class ESD(VSD):
@@ -53,16 +59,17 @@ class ESD(VSD):
             )
 
     def source_noise(self, x_t, t, prompts) -> torch.Tensor:
-        free = camera_free(prompts)
-        if self.entropy_weight == 0 or texts(free) == texts(prompts) and not camera_kwargs(prompts):
-            return super().source_noise(x_t, t, prompts)  # nothing to drop (2D): the camera-free rows are the rows
-        rows = [*prompts, *free]
+        if self.entropy_weight == 0 or not has_camera(prompts):  # 2D: the camera-free rows are the rows
+            return super().source_noise(x_t, t, prompts)
+        rows = [*prompts, *camera_free(prompts)]
         eps = self.source.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), texts(rows), **camera_kwargs(rows))
         eps_camera, eps_free = eps.float().chunk(2)
         return eps_free + (1 - self.entropy_weight) * (eps_camera - eps_free)
 
     def fitting_rows(self, prompts):
-        """The batch's cameras dropped with probability camera_dropout (one draw per fitting step, as theirs)."""
-        if self.camera_dropout > 0 and float(torch.rand(())) < self.camera_dropout:
-            return camera_free(prompts)
-        return prompts
+        """The batch's cameras dropped with probability camera_dropout (one draw per fitting step, as theirs); a
+        dropped camera is asked as "no camera" (Stable Diffusion's source: the all-zero feature, as at distillation).
+        Rows without cameras draw nothing: in 2D, ESD's fits are VSD's, draw for draw."""
+        if self.camera_dropout > 0 and has_camera(prompts) and float(torch.rand(())) < self.camera_dropout:
+            return camera_free(prompts), {"cameras": [None] * len(prompts)}
+        return super().fitting_rows(prompts)

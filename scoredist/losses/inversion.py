@@ -37,7 +37,7 @@ def invert(
         if eta > 0:
             variance = (1 - a_cur) / (1 - a_next) * (1 - a_next / a_cur)
             moved = moved + eta * torch.randn_like(moved) * variance.clamp_min(0).sqrt()
-        z[rows] = moved
+        z[rows] = moved.to(z.dtype)
     return z
 
 
@@ -46,7 +46,12 @@ def strided_path(s: torch.Tensor, start: int, stride: int, max_steps: int) -> tu
     steps, and always at least one (a row with s == start takes one step of length zero, as LucidDreamer's loop
     does: its model row is evaluated and counted)."""
     steps = ((s - start).clamp_min(0) + stride - 1) // stride
-    steps = steps.clamp(1, max_steps)
+    if bool((steps > max_steps).any()):  # LucidDreamer's strides always reach s (200 × 5 ≥ T); say so if these do not
+        raise ValueError(
+            f"ISM's inversion cannot reach t = {int(s.max())} from {start} in {max_steps} strides of {stride}: raise "
+            "loss.inversion_steps or loss.inversion_stride"
+        )
+    steps = steps.clamp_min(1)
     k = torch.arange(max_steps + 1, device=s.device)[:, None]
     path = torch.minimum(start + stride * k, s[None, :].clamp_min(start))
     return path, k[:-1] < steps[None, :]
@@ -60,13 +65,8 @@ def grid_path(
     the grid, at t = −99, where its scheduler takes ᾱ_0 but the UNet is evaluated at −99, outside its training range;
     here the first step starts at t = 0 (the same ᾱ, the model at a timestep it knows)."""
     grid = torch.arange(num_steps, device=t_end.device) * (num_train_timesteps // num_steps) + 1
-    below = grid[:, None] < t_label[None, :]  # (n, B): grid points before the row's t
-    counts = below.sum(0)
-    width = num_steps + 2  # 0, up to n grid points, t_end
-    path = torch.zeros(width, t_end.numel(), dtype=torch.long, device=t_end.device)
-    for b in range(t_end.numel()):
-        points = [0, *grid[below[:, b]].tolist(), int(t_end[b])]
-        path[: len(points), b] = torch.tensor(points, device=t_end.device)
-        path[len(points) :, b] = int(t_end[b])
-    active = torch.arange(width - 1, device=t_end.device)[:, None] < (counts + 1)[None, :]
-    return path, active
+    counts = (grid[:, None] < t_label[None, :]).sum(0)  # (B,): the grid points before each row's t, the first ones
+    k = torch.arange(num_steps + 2, device=t_end.device)[:, None]  # 0, up to n grid points, t_end (then t_end again)
+    on_grid = grid[(k - 1).clamp(0, num_steps - 1)].expand(-1, t_end.numel())
+    path = torch.where(k == 0, 0, torch.where(k <= counts[None, :], on_grid, t_end[None, :]))
+    return path, k[:-1] < (counts + 1)[None, :]

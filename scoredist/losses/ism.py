@@ -21,8 +21,8 @@ Facts from EnVision-Research/LucidDreamer (guidance/sd_utils.py `train_step`, `a
 Not reproduced: their offset noise (+0.1 · a per-channel draw, SD latents only), random flips and depth-as-latent
 draws (renderer-side augmentations of their 3DGS pipeline), and perp-neg view prompts.
 
-Model rows per step and sample: n + 1 rows of ∅ (n = ceil((s − 1) / 200) inversion calls, 1 to 5) + 2 of the guided
-call: 4 to 8.
+Model rows per step and sample: n + 1 rows of ∅ (n = max(1, ceil((s − 1) / 200)) inversion calls, 1 to 5) + 2 of the
+guided call: 4 to 8. Their t is in [21, 500] after the warm-up (timesteps[i] = i + 1), here the schedule's [20, 500].
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from scoredist.guidance.base import add_noise, alpha_bar, cfg, ddim_move
-from scoredist.losses.base import ScoreLoss, norm, predict_conditions
+from scoredist.losses.base import LazyMean, ScoreLoss, norm, predict_conditions
 from scoredist.losses.inversion import invert, strided_path
 from scoredist.schedules import linear_ramp, value_at
 
@@ -98,5 +98,12 @@ class ISM(ScoreLoss):
         g = self.grad_scale * (eps_cfg - eps_s)
         logs = {"norm/cfg": norm(eps_cfg), "norm/target": norm(eps_s), "guidance_scale": scale}
         logs["ism/interval"] = float(self.interval_at(step))
-        logs["ism/inversion_calls"] = float(active.sum()) / b
+        logs["ism/inversion_rows_per_sample"] = LazyMean(active.sum(0))  # model rows of ∅ on the way to s
         return g, logs
+
+    def state_dict(self):
+        # the warm-up length was resolved from the max_steps the run started with; keep it when a resume changes that
+        return {"warmup_steps": self.warmup_steps}
+
+    def load_state_dict(self, state):
+        self.warmup_steps = state.get("warmup_steps", self.warmup_steps)

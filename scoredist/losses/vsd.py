@@ -105,9 +105,10 @@ class VSD(ScoreLoss):
         """ε_ψ of the rows, each asked with its own prompt and camera (ESD mixes in camera-free rows)."""
         return self.source.predict_noise(x_t, t, texts(prompts), **camera_kwargs(prompts)).float()
 
-    def fitting_rows(self, prompts):
-        """The rows ε_ψ is fitted on at one fitting step: the step's own (ESD drops their cameras at times)."""
-        return prompts
+    def fitting_rows(self, prompts) -> tuple[list, dict]:
+        """The rows ε_ψ is fitted on at one fitting step and their camera argument: the step's own (ESD drops their
+        cameras at times)."""
+        return list(prompts), camera_kwargs(prompts)
 
     def after_step(self, guidance, x, prompts):
         """Fit ε_ψ to the current renders: `source_steps` denoising steps on x (detached); or hand the particles the
@@ -128,11 +129,11 @@ class VSD(ScoreLoss):
         for _ in range(self.source_steps):
             t = torch.randint(0, guidance.num_train_timesteps, (x.shape[0],), device=x.device)
             noise = torch.randn_like(x)
-            rows = self.fitting_rows(prompts)
+            rows, cameras = self.fitting_rows(prompts)
             drop = torch.rand(x.shape[0]).tolist()
             conditioned = [p if d >= self.condition_dropout else "" for p, d in zip(texts(rows), drop)]
             x_t = add_noise(x, noise, t, guidance.alphas_cumprod)
-            pred = self.source.predict_noise(x_t, t, conditioned, **camera_kwargs(rows))  # the camera is kept
+            pred = self.source.predict_noise(x_t, t, conditioned, **cameras)  # the camera is kept
             loss = F.mse_loss(pred.float(), noise)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
