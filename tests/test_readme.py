@@ -557,6 +557,16 @@ def _table() -> dict[str, Spec]:
                 ),
             ),
         ),
+        (
+            'python scripts/benchmark.py "benchmark.rows=[sds,vsd,ours,ism,sdi,esd,asd]"',
+            Spec(
+                "benchmark-recent",
+                always=("out={out}/bench",),
+                short=(*BENCH_SHORT, "benchmark.seeds=[0]"),
+                files=("bench/results.md", "bench/results.json", "bench/grids/*.png"),
+                check=check_results_rows(["SDS", "VSD", "Ours", "ISM", "SDI", "ESD", "ASD"]),
+            ),
+        ),
         # --- README: many prompts
         (
             "python train.py guidance=shapes loss=ours prompt='[a red cube,a blue sphere,a green cone,a yellow torus]' "

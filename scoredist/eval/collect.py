@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from scoredist.runs import _json_lines  # one reader of JSON-lines files (torn lines skipped)
 
-# Rows in the paper's order, then the rest; labels as the paper's table writes them.
-METHOD_ORDER = ("exact", "ddim", "sds", "nfsd", "csd", "vsd", "vsd_exact", "ours", "bridge", "dds")
+# Rows in the paper's order, the methods since it, then the rest; labels as the papers' tables write them.
+METHOD_ORDER = ("exact", "ddim", "sds", "nfsd", "csd", "vsd", "vsd_exact", "ours", "bridge")
+METHOD_ORDER += ("ism", "sdi", "esd", "asd", "dds")
 TUNED = "_tuned"  # the suffix of a row in a benchmark's tuned setting (scoredist.eval.tuning)
 METHOD_LABELS = {
     "exact": "Exact samples (floor)",
@@ -31,6 +32,10 @@ METHOD_LABELS = {
     "vsd_exact": "VSD, exact source",
     "ours": "Ours",
     "bridge": "Bridge",
+    "ism": "ISM",
+    "sdi": "SDI",
+    "esd": "ESD",
+    "asd": "ASD",
     "dds": "DDS",
 }
 
