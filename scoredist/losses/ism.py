@@ -1,8 +1,8 @@
 """Interval Score Matching (LucidDreamer, Liang et al., CVPR 2024), as the authors' code computes it.
 
-    g = grad_scale · [ε(x_t; neg) + s · (ε(x_t; y) − ε(x_t; neg)) − ε(x_s; ∅)],   w(t) = sqrt((1 − ᾱ_t) / ᾱ_t)
+    g = grad_scale · [ε(x_t; neg) + γ · (ε(x_t; y) − ε(x_t; neg)) − ε(x_s; ∅)],   w(t) = sqrt((1 − ᾱ_t) / ᾱ_t)
 
-with s = max(t − δ_T, 1) and both x_s and x_t reached by deterministic DDIM inversion of the render x under the
+with γ the guidance scale, the earlier timestep s = max(t − δ_T, 1), and both x_s and x_t reached by deterministic DDIM inversion of the render x under the
 inversion prompt ∅ (`inverse_prompt`, "" in every config of theirs): x is first noised to timestep 1 with the step's
 noise (x_1 = sqrt(ᾱ_1) x + sqrt(1 − ᾱ_1) ε, the only place ε enters), inverted up to s in strides of 200 (at most 5
 model calls, `inversion_stride` / `inversion_steps`), then one more step from s to t with ε(x_s; ∅), which is also the
