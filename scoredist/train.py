@@ -652,11 +652,21 @@ def check_pairing(renderer_class, guidance) -> None:
     later in the model's own words: a conv2d shape error, an unknown view word, a size hint that cannot be met)."""
     takes = "points" if len(guidance.sample_shape()) == 1 else "images"
     if renderer_class.makes != takes:
-        name = renderer_class.__name__.removesuffix("Renderer").lower()
+        name = chosen_option("renderer", renderer_class.__name__.removesuffix("Renderer").lower())
         raise ValueError(
             f"renderer={name} makes {renderer_class.makes}, but guidance {type(guidance).__name__} takes {takes}: "
             f"use {GUIDANCE_FOR[renderer_class.makes]} with renderer={name}"
         )
+
+
+def chosen_option(group: str, fallback: str) -> str:
+    """The option of a config group the command line chose (renderer=nerf_threestudio), or `fallback` when train()
+    runs outside Hydra (the benchmark, tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group) or fallback)
+    return fallback
 
 
 def start_line(cfg: DictConfig, run_dir: Path, device: torch.device, samples: int, chunks: list, mine: range) -> str:

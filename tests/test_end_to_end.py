@@ -122,6 +122,7 @@ RENDERERS = {
     "image-latent": ("renderer=image", "renderer.mode=latent"),
     "image-rgb": ("renderer=image", "renderer.mode=rgb"),
     "nerf": ("renderer=nerf", *NERF_SMALL),
+    "nerf_threestudio": ("renderer=nerf_threestudio", *NERF_SMALL),
     "points": ("renderer=points", "renderer.num_points=64"),
 }
 GUIDANCES = {
@@ -137,6 +138,8 @@ VALID = {
     ("image-latent", "shapes"): ("eval.json", "progress.png", "progress.mp4"),
     ("image-rgb", "shapes"): ("eval.json", "progress.png", "progress.mp4"),
     ("nerf", "shapes"): ("eval.json", "views.png", "turntable.mp4", "model.obj"),
+    ("nerf_threestudio", "sd"): ("views.png", "turntable.mp4", "model.obj"),
+    ("nerf_threestudio", "shapes"): ("eval.json", "views.png", "turntable.mp4", "model.obj"),
     ("points", "points2d"): ("particles.png", "progress.png"),
 }
 PAIRS = [(r, g) for r in RENDERERS for g in GUIDANCES]

@@ -588,9 +588,9 @@ def test_a_run_folder_whose_parents_do_not_exist_yet_is_created(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["loss=foo"], "loss=foo: loss has no option 'foo'. Available options: bridge, csd, dds, nfsd, ours, sds, vsd"),
+        (["loss=foo"], "loss=foo: loss has no option 'foo'. Available options: asd, bridge, csd, dds, esd, ism, "),
         (["+experiment=nope"], "+experiment=nope: experiment has no option 'nope'. Available options: demo, "),
-        (["-m", "seed=0,1", "loss=sds,foo"], "loss=sds,foo: loss has no option 'foo'. Available options: bridge, "),
+        (["-m", "seed=0,1", "loss=sds,foo"], "loss=sds,foo: loss has no option 'foo'. Available options: asd, "),
         (["loss=choice(ours,fo)"], "loss=choice(ours,fo): loss has no option 'fo'. "),
         (["experiment=demo"], "experiment=demo: experiment is not chosen by the config; add it with +experiment=demo"),
         (["+loss=sds"], "+loss=sds: loss is chosen by the config already; change it with loss=sds"),
@@ -622,7 +622,7 @@ def test_an_option_in_the_config_dir_of_the_command_line_counts(tmp_path):
     (tmp_path / "loss").mkdir()
     (tmp_path / "loss" / "mine.yaml").write_text("_target_: scoredist.losses.sds.SDS\n")
     assert runs.choice_error(["--config-dir", str(tmp_path), "loss=mine"], CONF) is None
-    assert "Available options: bridge, csd, dds, mine, nfsd" in runs.choice_error(
+    assert "Available options: asd, bridge, csd, dds, esd, ism, mine, nfsd" in runs.choice_error(
         [f"-cd={tmp_path}", "loss=yours"], CONF
     )
 
@@ -641,7 +641,7 @@ def test_the_help_lists_every_conf_group_as_it_is_typed_and_the_launchers():
     for line in lines[:-1]:
         group, names = line.lstrip("+").split("   ")[0].split("=")
         assert sorted(names.split("|")) == sorted(p.stem for p in (CONF / group).glob("*.yaml")), line
-    assert "loss=sds|bridge|csd|dds|nfsd|ours|vsd" in lines  # the default first
+    assert "loss=sds|asd|bridge|csd|dds|esd|ism|nfsd|ours|sdi|vsd" in lines  # the default first
     assert "lr_scheduler=cosine   (none by default)" in lines
     assert any(line.startswith("+experiment=demo|illusion|") for line in lines)
     assert "+benchmark=coco|shapes|shapes_full" in lines  # these need the +: experiment=demo is refused

@@ -2,13 +2,13 @@
 
     g = grad_scale · [ε(x_t; neg) + γ · (ε(x_t; y) − ε(x_t; neg)) − ε(x_s; ∅)],   w(t) = sqrt((1 − ᾱ_t) / ᾱ_t)
 
-with γ the guidance scale, the earlier timestep s = max(t − δ_T, 1), and both x_s and x_t reached by deterministic DDIM inversion of the render x under the
-inversion prompt ∅ (`inverse_prompt`, "" in every config of theirs): x is first noised to timestep 1 with the step's
-noise (x_1 = sqrt(ᾱ_1) x + sqrt(1 − ᾱ_1) ε, the only place ε enters), inverted up to s in strides of 200 (at most 5
-model calls, `inversion_stride` / `inversion_steps`), then one more step from s to t with ε(x_s; ∅), which is also the
-target. The interval δ_T falls linearly from `interval_start` (100) to `interval` (80) over the first
-`warmup_fraction` of the run (their 1500 of 5000 iterations; their t_max falls from 0.98 to 0.5 over the same warm-up:
-a schedule, `schedule=decay schedule.t_max_end=0.5 schedule.decay_fraction=0.3`).
+with γ the guidance scale, the earlier timestep s = max(t − δ_T, 1), and both x_s and x_t reached by deterministic
+DDIM inversion of the render x under the inversion prompt ∅ (`inverse_prompt`, "" in every config of theirs): x is
+first noised to timestep 1 with the step's noise (x_1 = sqrt(ᾱ_1) x + sqrt(1 − ᾱ_1) ε, the only place ε enters),
+inverted up to s in strides of 200 (at most 5 model calls, `inversion_stride` / `inversion_steps`), then one more step
+from s to t with ε(x_s; ∅), which is also the target. The interval δ_T falls linearly from `interval_start` (100) to
+`interval` (80) over the first `warmup_fraction` of the run (their 1500 of 5000 iterations; their t_max falls from
+0.98 to 0.5 over the same warm-up: a schedule, `schedule=decay schedule.t_max_end=0.5 schedule.decay_fraction=0.3`).
 
 Facts from EnVision-Research/LucidDreamer (guidance/sd_utils.py `train_step`, `add_noise_with_cfg`; arguments):
 - the CFG branch at x_t is the negative prompt (their `uncond` embedding is `negative`), the inversion's ∅ is
