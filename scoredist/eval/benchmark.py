@@ -134,14 +134,15 @@ class Benchmark:
 
     def check_prompt_shards(self) -> None:
         """Every trained row has at least as many chunks as benchmark.prompt_shards (a shard trains whole chunks)."""
+        from scoredist.samples import split_chunks
         from scoredist.train import own_chunks
 
         total = expected_samples(self.base)
         for method in self.trained_rows():
             cfg = self.config(method, shard=0)
-            size = min(int(cfg.trainer.batch_size), total)
+            chunks = split_chunks(range(total), min(int(cfg.trainer.batch_size), total))
             try:
-                own_chunks(cfg, [min(size, total - i) for i in range(0, total, size)])
+                own_chunks(cfg, [len(c) for c in chunks])
             except ValueError as e:
                 message = str(e).replace("trainer.shards", "benchmark.prompt_shards")  # the benchmark's word for it
                 raise ValueError(f"row {method}: {message}") from None

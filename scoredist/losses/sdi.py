@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from scoredist.guidance.base import add_noise, alpha_bar
+from scoredist.guidance.base import add_noise, alpha_bar, cfg
 from scoredist.losses.base import ScoreLoss, norm, predict_conditions
 from scoredist.losses.inversion import grid_path, invert
 from scoredist.prompts import texts
@@ -41,9 +41,10 @@ CFG_FORMS = ("standard", "text")
 
 
 def guided(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float, form: str) -> torch.Tensor:
-    """CFG in one of SDI's two forms (see the module docstring)."""
-    anchor = eps_uncond if form == "standard" else eps_cond
-    return anchor + scale * (eps_cond - eps_uncond)
+    """CFG in one of SDI's two forms (see the module docstring): the project's own, or anchored at ε(y)."""
+    if form == "standard":
+        return cfg(eps_uncond, eps_cond, scale)
+    return eps_cond + scale * (eps_cond - eps_uncond)
 
 
 class SDI(ScoreLoss):
