@@ -8,7 +8,11 @@ Conventions used everywhere in scoredist:
 - `x_t = sqrt(ᾱ_t) x + sqrt(1 − ᾱ_t) ε`.
 - RGB images are (B, 3, H, W) in [0, 1]; the model space may be SD latents (B, 4, H/8, W/8), pixels in [−1, 1],
   or 2D points.
-- `predict_noise` always returns ε (v-prediction models are converted) in float32, whatever the model's own dtype.
+- `predict_noise` always returns ε (v-, x0- and flow-prediction models are converted, predictions.py) in float32,
+  whatever the model's own dtype.
+- A model trained on another noise path (rectified flow: x_s = (1 − s) x + s ε) keeps its own timestep indices; its
+  `alphas_cumprod` is the VP ᾱ with the same signal-to-noise ratio (`NoisePath.alphas_cumprod`) and its `noise_path`
+  says how the losses' x_t is rescaled for its network.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from scoredist.guidance.predictions import NoisePath
 
 
 def scaled_linear_alphas_cumprod(
@@ -66,11 +72,13 @@ class Guidance(nn.Module):
 
     channels: int = 3
     downscale: int = 1
+    prediction: str = "epsilon"  # what the network itself predicts (predictions.PREDICTIONS)
 
     def __init__(self, alphas_cumprod: torch.Tensor):
         super().__init__()
         # not a weight: a checkpoint of a module holding a guidance model does not carry the schedule
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        self.noise_path = NoisePath.variance_preserving(alphas_cumprod)  # flow models replace it
 
     @property
     def num_train_timesteps(self) -> int:

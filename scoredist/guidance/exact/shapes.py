@@ -281,12 +281,17 @@ class ShapesPrior(Guidance):
         Within `tol` (per entry) of `predict_noise_reference`: rows are grouped by the captions they select, each group
         evaluated over those captions' components with the pruned evaluation of mixture.py (on the CPU; on an
         accelerator the reference itself is faster)."""
+        return self.exact_eps(x_t, t, prompts).float()
+
+    @torch.no_grad()
+    def exact_eps(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """`predict_noise` before its float32 cast: (N, 3, R, R) float64."""
         self._check_rows(x_t, prompts)
         if x_t.device.type != "cpu":
             # On an accelerator the one all-components float64 call is the faster path (H100: 8 ms per 36-row call
             # against 18 ms pruned, where the grouping's small kernels and host syncs dominate; docs/results/speed.md).
             self.last_info = None
-            return self.predict_noise_reference(x_t, t, prompts)
+            return self._reference_eps(x_t, t, prompts)
         n = x_t.shape[0]
         flat = x_t.reshape(n, -1)
         abar = self._abar64.to(x_t.device)[t.long()]  # move the small table, not t: no host sync
@@ -319,12 +324,15 @@ class ShapesPrior(Guidance):
                 info[name][rows] = value.double()
             info["total"][rows] = float(mixture.means.shape[0])
         self.last_info = info
-        return eps.reshape(x_t.shape).float()
+        return eps.reshape(x_t.shape)
 
     @torch.no_grad()
     def predict_noise_reference(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """The reference ε̂ (what `predict_noise` computed before pruning): one float64 call over the union of the
         batch's selections, every component of it evaluated, −inf log-weights for a row's unselected ones."""
+        return self._reference_eps(x_t, t, prompts).float()
+
+    def _reference_eps(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         self._check_rows(x_t, prompts)
         n = x_t.shape[0]
         selections = [self._selection(p) for p in prompts]
@@ -340,8 +348,8 @@ class ShapesPrior(Guidance):
             for c in row_captions:
                 log_weights[i, offsets[c] : offsets[c] + k_c] = row_logw
         abar = self._abar64.to(x_t.device)[t.long()]  # move the small table, not t: no host sync
-        eps = mixture.predict_noise(x_t.reshape(n, -1), abar, log_weights.to(x_t.device))
-        return eps.reshape(x_t.shape).float()
+        eps = mixture.predict_noise(x_t.reshape(n, -1).double(), abar, log_weights.to(x_t.device))
+        return eps.reshape(x_t.shape)
 
     def make_source_model(self) -> ShapesSourceModel:
         return ShapesSourceModel(self).to(self.alphas_cumprod.device)
