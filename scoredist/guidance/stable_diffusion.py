@@ -45,13 +45,24 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every transformer block
 
 
-def _what_to_pass_instead(pretrained: str, reason: str) -> str:
+FOLDER_LAYOUTS = {  # what a local folder of each family holds (besides model_index.json and scheduler/)
+    "sd": "unet/, text_encoder/, tokenizer/ and, for latent models, vae/",
+    "sdxl": "unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/",
+    "sd3": "transformer/, vae/, text_encoder/ … text_encoder_3/, tokenizer/ … tokenizer_3/",
+    "flux": "transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/",
+}
+
+
+def what_to_pass_instead(pretrained: str, reason: str, family: str = "sd") -> str:
+    tiny = f"tiny-{family}"
+    flag = "" if family == "sd" else f" --family {family}"
     return (
         f"Could not load diffusion weights from {pretrained!r}: {reason}. Instead, pass a local diffusers folder "
-        "(guidance.pretrained=/path/to/local/folder, containing model_index.json, unet/, text_encoder/, tokenizer/, "
-        "scheduler/ and, for latent models, vae/, with .safetensors weights), or build a tiny random-weight test "
-        "pipeline with `python scripts/make_tiny_pipeline.py tiny-sd` and pass guidance.pretrained=tiny-sd, or use the "
-        'exact offline prior: `python train.py +experiment=demo`, or guidance=shapes prompt="a red cube".'
+        "(guidance.pretrained=/path/to/local/folder, containing model_index.json, scheduler/, "
+        f"{FOLDER_LAYOUTS[family]}, "
+        f"with .safetensors weights), or build a tiny random-weight test pipeline with `python "
+        f"scripts/make_tiny_pipeline.py {tiny}{flag}` and pass guidance.pretrained={tiny}, or use the exact offline "
+        'prior: `python train.py +experiment=demo`, or guidance=shapes prompt="a red cube".'
     )
 
 
@@ -97,7 +108,7 @@ def resolve_pretrained(pretrained: str, revision: str | None = None) -> tuple[st
     if path.exists() or _looks_like_path(pretrained):
         if not (path / "model_index.json").is_file():
             reason = "this local folder does not exist" if not path.exists() else "the folder has no model_index.json"
-            raise WeightsNotFoundError(_what_to_pass_instead(pretrained, reason))
+            raise WeightsNotFoundError(what_to_pass_instead(pretrained, reason))
         return str(path), True, json.loads((path / "model_index.json").read_text())
 
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -106,18 +117,18 @@ def resolve_pretrained(pretrained: str, revision: str | None = None) -> tuple[st
     try:
         cached = try_to_load_from_cache(pretrained, "model_index.json", revision=revision)
     except HFValidationError as err:
-        raise WeightsNotFoundError(_what_to_pass_instead(pretrained, "neither a folder nor a valid hub id")) from err
+        raise WeightsNotFoundError(what_to_pass_instead(pretrained, "neither a folder nor a valid hub id")) from err
     # Offline also when the hub cannot be reached, so that a cached model loads from disk without retry delays.
     offline = hub_offline() or not hub_reachable()
     if not isinstance(cached, str):
         if offline:
             why = "HF_HUB_OFFLINE is set" if hub_offline() else "the model hub is unreachable"
-            raise WeightsNotFoundError(_what_to_pass_instead(pretrained, f"{why} and this hub id is not in the cache"))
+            raise WeightsNotFoundError(what_to_pass_instead(pretrained, f"{why} and this hub id is not in the cache"))
         try:  # online: one small download tells us quickly whether the id exists and is accessible
             cached = hf_hub_download(pretrained, "model_index.json", revision=revision)
         except (OSError, ValueError) as err:  # HfHubHTTPError, ConnectionError, LocalEntryNotFoundError are OSErrors
             why = f"downloading model_index.json failed ({type(err).__name__}: {err})"
-            raise WeightsNotFoundError(_what_to_pass_instead(pretrained, why)) from err
+            raise WeightsNotFoundError(what_to_pass_instead(pretrained, why)) from err
     return pretrained, offline, json.loads(Path(cached).read_text())
 
 
@@ -167,7 +178,7 @@ class StableDiffusion(Guidance):
             )
         except OSError as err:  # missing files, .bin-only folders, hub/connection errors: all OSErrors
             why = f"loading a component failed ({type(err).__name__}: {err})"
-            raise WeightsNotFoundError(_what_to_pass_instead(pretrained, why)) from err
+            raise WeightsNotFoundError(what_to_pass_instead(pretrained, why)) from err
 
         super().__init__(scheduler_alphas_cumprod(scheduler))
         self.prediction_type = scheduler.config.prediction_type
