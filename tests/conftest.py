@@ -44,6 +44,20 @@ def tiny_sd_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_family_paths(tmp_path_factory) -> dict:
+    """Tiny random-weight folders of the other diffusers families (SDXL, SD3, Flux; tiny_families.py), by family."""
+    from scoredist.guidance.tiny_families import MAKERS
+
+    return {family: make(tmp_path_factory.mktemp(f"tiny-{family}")) for family, make in MAKERS.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tiny_sd_path, tiny_family_paths) -> dict:
+    """Every tiny folder by the placeholder a test command uses for it: {tiny} (SD), {tiny_sdxl}, {tiny_sd3}, ..."""
+    return {"tiny": tiny_sd_path, **{f"tiny_{family}": path for family, path in tiny_family_paths.items()}}
+
+
+@pytest.fixture(scope="session")
 def tiny_sd_v_path(tmp_path_factory):
     """The same architecture with prediction_type="v_prediction"."""
     from scoredist.guidance.tiny_pipeline import build_tiny_pipeline

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import math
 import re
 import runpy
 import sys
@@ -93,9 +95,12 @@ def cli(*args: str) -> tuple[int, str]:
     return code, buffer.getvalue()
 
 
-def run(tmp_path: Path, tiny: Path, run_summary, name: str, *args: str) -> tuple[int, str, Path]:
+def run(tmp_path: Path, tiny: Path | dict, run_summary, name: str, *args: str) -> tuple[int, str, Path]:
+    """tiny: the tiny SD folder ({tiny} in args), or a dict of folders by placeholder name (the tiny_paths fixture)."""
     folder = tmp_path / "run"
-    args = tuple(a.replace("{tiny}", str(tiny)) for a in args) + (f"hydra.run.dir={folder}",)
+    for key, path in (tiny if isinstance(tiny, dict) else {"tiny": tiny}).items():
+        args = tuple(a.replace("{" + key + "}", str(path)) for a in args)
+    args = args + (f"hydra.run.dir={folder}",)
     start = time.perf_counter()
     code, output = cli(*args)
     seconds = time.perf_counter() - start
@@ -127,7 +132,11 @@ RENDERERS = {
 }
 GUIDANCES = {
     "sd": ("guidance=sd", "guidance.pretrained={tiny}"),
+    "sdxl": ("guidance=sdxl", "guidance.pretrained={tiny_sdxl}"),
+    "sd3": ("guidance=sd3", "guidance.pretrained={tiny_sd3}"),
+    "flux": ("guidance=flux", "guidance.pretrained={tiny_flux}"),
     "shapes": ("guidance=shapes", "prompt=a red cube", *WORLD),
+    "shapes_flow": ("guidance=shapes_flow", "prompt=a red cube", *WORLD),
     "points2d": ("guidance=points2d", "prompt=a ring"),
 }
 # the pairings the code supports, and the files a run of each ends with besides the run-folder contract
@@ -141,6 +150,20 @@ VALID = {
     ("nerf_threestudio", "sd"): ("views.png", "turntable.mp4", "model.obj"),
     ("nerf_threestudio", "shapes"): ("eval.json", "views.png", "turntable.mp4", "model.obj"),
     ("points", "points2d"): ("particles.png", "progress.png"),
+    **{
+        (renderer, family): files
+        for family in ("sdxl", "sd3", "flux")
+        for renderer, files in {
+            "image-latent": ("progress.png", "progress.mp4"),
+            "image-rgb": ("progress.png",),
+            "nerf": ("views.png", "turntable.mp4", "model.obj"),
+            "nerf_threestudio": ("views.png",),
+        }.items()
+    },
+    ("image-latent", "shapes_flow"): ("eval.json", "progress.png"),
+    ("image-rgb", "shapes_flow"): ("eval.json", "progress.png"),
+    ("nerf", "shapes_flow"): ("eval.json", "views.png", "turntable.mp4", "model.obj"),
+    ("nerf_threestudio", "shapes_flow"): ("eval.json", "views.png"),
 }
 PAIRS = [(r, g) for r in RENDERERS for g in GUIDANCES]
 
@@ -153,10 +176,10 @@ def test_the_pairings_cover_every_renderer_and_guidance_option():
 
 
 @pytest.mark.parametrize("renderer,guidance", [p for p in PAIRS if p in VALID], ids=lambda x: x)
-def test_a_valid_pairing_runs_to_its_final_files(renderer, guidance, tmp_path, tiny_sd_path, run_summary):
+def test_a_valid_pairing_runs_to_its_final_files(renderer, guidance, tmp_path, tiny_paths, run_summary):
     code, output, folder = run(
         tmp_path,
-        tiny_sd_path,
+        tiny_paths,
         run_summary,
         f"{renderer}×{guidance}",
         *RENDERERS[renderer],
@@ -169,15 +192,45 @@ def test_a_valid_pairing_runs_to_its_final_files(renderer, guidance, tmp_path, t
         assert (folder / name).is_file(), f"{name} missing: {sorted(p.name for p in folder.iterdir())}"
 
 
+@pytest.mark.parametrize("loss", ["sds", "ours"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_every_diffusers_family_distils_twenty_steps(family, loss, tmp_path, tiny_paths, run_summary):
+    """Each tiny backbone through train.py: 20 steps of SDS and of ours (its two stages: 10 + 10), final files, and a
+    finite loss at every logged step."""
+    code, output, folder = run(
+        tmp_path,
+        tiny_paths,
+        run_summary,
+        f"{family}×{loss}",
+        f"guidance={family}",
+        "guidance.pretrained={tiny_" + family + "}",
+        f"loss={loss}",
+        "renderer=image",
+        "renderer.height=64",
+        "renderer.width=64",
+        "trainer.max_steps=20",
+        "trainer.log_every=1",
+        "trainer.device=cpu",
+        "logger=none",
+        "prompt=a red cube",
+    )
+    assert code == 0, output[-4000:]
+    contract(folder)
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "step" in r]
+    assert max(steps) == 20, steps
+    assert all(math.isfinite(v) for r in records for v in r.values() if isinstance(v, float))
+
+
 @pytest.mark.parametrize("renderer,guidance", [p for p in PAIRS if p not in VALID], ids=lambda x: x)
-def test_an_invalid_pairing_fails_at_once_with_one_clear_line(renderer, guidance, tmp_path, tiny_sd_path, run_summary):
+def test_an_invalid_pairing_fails_at_once_with_one_clear_line(renderer, guidance, tmp_path, tiny_paths, run_summary):
     """Exit status 2, one `error:` line and no traceback, no run folder left behind, and the line says that this
     renderer does not go with this guidance: it names the renderer (renderer=NAME) and the guidance to use instead
     (guidance=...), as renderer=nerf's own check does."""
     start = time.perf_counter()
     code, output, folder = run(
         tmp_path,
-        tiny_sd_path,
+        tiny_paths,
         run_summary,
         f"{renderer}×{guidance}",
         *RENDERERS[renderer],
@@ -253,6 +306,7 @@ OVERLAYS = {
     "t2i_ours": documented(
         "python train.py +experiment=t2i_ours prompt_file=captions.txt samples_per_prompt=2 trainer.batch_size=8"
     ),
+    "t2i_rfds": short_run("guidance.pretrained={tiny_sd3}", *T2I[1:]),
     "t2i_sds": short_run(*T2I),
     "t2i_vsd": short_run(*T2I),
 }
@@ -275,9 +329,9 @@ def test_overlay_run_by_a_documented_command(name):
 
 
 @pytest.mark.parametrize("name", sorted(k for k, v in OVERLAYS.items() if v[0] == "run"))
-def test_overlay_runs_to_its_final_files(name, tmp_path, tiny_sd_path, run_summary):
+def test_overlay_runs_to_its_final_files(name, tmp_path, tiny_paths, run_summary):
     _, args, files = OVERLAYS[name]
-    code, output, folder = run(tmp_path, tiny_sd_path, run_summary, name, f"+experiment={name}", *args)
+    code, output, folder = run(tmp_path, tiny_paths, run_summary, name, f"+experiment={name}", *args)
     assert code == 0, output[-4000:]
     contract(folder)
     for file in files:

@@ -68,7 +68,7 @@ def test_vsd_trains_its_source_and_leaves_the_prior_alone(prior, batch):
 
 
 def test_vsd_on_stable_diffusion_trains_the_lora_only(tiny_sd_path):
-    from scoredist.guidance.stable_diffusion import StableDiffusion
+    from scoredist.guidance.diffusers.sd import StableDiffusion
 
     sd = StableDiffusion(pretrained=str(tiny_sd_path))
     # peft renames a wrapped layer's weights to `<name>.base_layer.weight`; compare under the original names

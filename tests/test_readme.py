@@ -581,6 +581,18 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         (
+            'python train.py guidance=shapes_flow loss=rfds prompt="a red cube"',
+            Spec("rfds-flow", **shapes_run, short=("trainer.max_steps=150", *WORLD), nearest=("red cube",)),
+        ),
+        (
+            'python train.py +experiment=t2i_rfds prompt="a photo of a hamburger"',
+            Spec(
+                "t2i-rfds",
+                skip="needs a GPU and SD3-medium weights from the hub (none here); the overlay runs end to end on the "
+                "tiny SD3 folder in tests/test_end_to_end.py",
+            ),
+        ),
+        (
             "python train.py +experiment=t2i_ours prompt_file=captions.txt samples_per_prompt=2 trainer.batch_size=8",
             Spec(
                 "prompt-file",
@@ -763,6 +775,24 @@ def _table() -> dict[str, Spec]:
                 always=("--out", "{out}/speed.md"),
                 short_flags=("--losses", "sds", "ours", "--batch-sizes", "1", "2", "--steps", "2", "--warmup", "1"),
                 files=("speed.md",),
+            ),
+        ),
+        (
+            "python scripts/bench_speed.py --model tiny-sd3 --losses sds rfds",
+            Spec(
+                "bench-speed-tiny-sd3",
+                always=("--out", "{out}/speed.md", "--cache", "{out}/cache"),
+                short_flags=("--batch-sizes", "1", "--steps", "2", "--warmup", "1"),
+                files=("speed.md",),
+                output=("SD3Transformer2DModel", "step ÷ bound"),
+            ),
+        ),
+        (
+            "python scripts/bench_speed.py --model sd3 --size 64 --losses sds --batch-sizes 1",
+            Spec(
+                "bench-speed-sd3",
+                skip="builds SD3-medium's 2B-parameter transformer with random weights (~8 GB under "
+                "~/.cache/scoredist): minutes and gigabytes on this shared CPU (measured in docs/results/speed.md)",
             ),
         ),
         (
@@ -1202,7 +1232,10 @@ PREIMPORT = (
     "scoredist.renderers.loading",
     "scoredist.renderers.mesh",
     "scoredist.guidance.tiny_pipeline",
-    "scoredist.guidance.stable_diffusion",
+    "scoredist.guidance.diffusers.sd",
+    "scoredist.guidance.diffusers.sd3",
+    "scoredist.guidance.diffusers.flux",
+    "scoredist.guidance.diffusers.sdxl",
     "diffusers.models.embeddings",
     "peft",
 )

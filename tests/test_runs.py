@@ -439,7 +439,7 @@ def test_checkpoints_name_the_classes_they_belong_to(tmp_path):
 
 
 def test_every_text_the_model_sees_is_checked_for_length_before_training(tiny_sd_path, tmp_path):
-    from scoredist.guidance.stable_diffusion import StableDiffusion
+    from scoredist.guidance.diffusers.sd import StableDiffusion
     from scoredist.losses.nfsd import NFSD
     from scoredist.losses.ours import Ours
     from scoredist.losses.sds import SDS
@@ -641,7 +641,8 @@ def test_the_help_lists_every_conf_group_as_it_is_typed_and_the_launchers():
     for line in lines[:-1]:
         group, names = line.lstrip("+").split("   ")[0].split("=")
         assert sorted(names.split("|")) == sorted(p.stem for p in (CONF / group).glob("*.yaml")), line
-    assert "loss=sds|asd|bridge|csd|dds|esd|ism|nfsd|ours|sdi|vsd" in lines  # the default first
+    assert "loss=sds|asd|bridge|csd|dds|esd|ism|nfsd|ours|rfds|sdi|vsd" in lines  # the default first
+    assert "guidance=sd|flux|points2d|sd3|sdxl|shapes|shapes_flow" in lines
     assert "lr_scheduler=cosine   (none by default)" in lines
     assert any(line.startswith("+experiment=demo|illusion|") for line in lines)
     assert "+benchmark=coco|shapes|shapes_full" in lines  # these need the +: experiment=demo is refused

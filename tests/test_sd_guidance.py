@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from scoredist.errors import WeightsNotFoundError
 from scoredist.guidance.base import add_noise, scaled_linear_alphas_cumprod
-from scoredist.guidance.stable_diffusion import LoRASource, StableDiffusion, WeightsNotFoundError
+from scoredist.guidance.diffusers.sd import LoRASource, StableDiffusion
 
 PROMPTS = ["a photo of a red cube", "", "a blue sphere, overhead view", "a photo of a red cube"]
 
@@ -182,14 +183,14 @@ def test_missing_local_folder_fails_fast(tmp_path):
 def test_uncached_hub_id_offline_fails_fast(monkeypatch, tmp_path, why):
     from huggingface_hub import constants
 
-    from scoredist.guidance import stable_diffusion
+    from scoredist.guidance.diffusers import hub
 
     if why == "HF_HUB_OFFLINE":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     else:  # no HF_HUB_OFFLINE, but the network is down: the probe says so and nothing is retried
         monkeypatch.delenv("HF_HUB_OFFLINE")
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(stable_diffusion, "hub_reachable", lambda timeout=3.0: False)
+        monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # even if a dev machine has SD
     start = time.perf_counter()
     with pytest.raises(WeightsNotFoundError) as err:
@@ -283,7 +284,7 @@ def test_precision_and_text_encoder_offload(tiny_sd_path, sd):
     # module tree (kept on the CPU by .to(device)) and gives the same predictions.
     half = StableDiffusion(str(tiny_sd_path), precision="fp16", offload_text_encoder=True)
     assert half.unet_dtype == torch.float32 and half.vae_dtype == torch.float32
-    assert "text_encoder" not in dict(half.named_children()) and "text_encoder" in dict(sd.named_children())
+    assert "text_encoders" not in dict(half.named_children()) and "text_encoders" in dict(sd.named_children())
     x, t = _batch(2, seed=3)
     torch.testing.assert_close(half.predict_noise(x, t, PROMPTS[:2]), sd.predict_noise(x, t, PROMPTS[:2]))
 

@@ -41,11 +41,12 @@ def group_options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group", ["loss", "renderer", "guidance", "schedule", "logger", "lr_scheduler", "optimizer"])
-def test_every_yaml_of_every_group_composes_and_instantiates(group, tiny_sd_path):
+def test_every_yaml_of_every_group_composes_and_instantiates(group, tiny_paths):
     options = group_options(group)
     assert options, group
+    tiny = {"sd": tiny_paths["tiny"], **{f: tiny_paths[f"tiny_{f}"] for f in ("sdxl", "sd3", "flux")}}
     for option in options:
-        cfg = config(f"{group}={option}", f"guidance.pretrained={tiny_sd_path}" if option == "sd" else "seed=0")
+        cfg = config(f"{group}={option}", f"guidance.pretrained={tiny[option]}" if option in tiny else "seed=0")
         node = cfg[group]
         if group == "guidance":
             obj = instantiate(node, device="cpu", precision="fp32")
@@ -371,7 +372,7 @@ def test_decay_and_csd_lengths_survive_a_resume_with_a_larger_max_steps(tmp_path
 
 def test_decode_inverts_encode_with_the_vae_scale(tiny_sd_path):
     from scoredist.guidance.base import Guidance
-    from scoredist.guidance.stable_diffusion import StableDiffusion
+    from scoredist.guidance.diffusers.sd import StableDiffusion
 
     rgb = torch.rand(2, 3, 16, 16)
     pixels = Guidance(torch.linspace(0.99, 0.01, 10))

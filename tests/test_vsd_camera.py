@@ -10,7 +10,7 @@ import torch
 
 from scoredist.checkpoint import load_checkpoint, save_checkpoint
 from scoredist.guidance.base import add_noise
-from scoredist.guidance.stable_diffusion import StableDiffusion, camera_features
+from scoredist.guidance.diffusers.sd import StableDiffusion, camera_features
 from scoredist.losses.vsd import VSD, camera_kwargs
 from scoredist.prompts import Prompt
 from scoredist.renderers.cameras import Cameras, camera_to_world, eye_positions

@@ -125,7 +125,7 @@ class Benchmark:
         metrics = instantiate(self.spec.metrics)
         pretrained = cfg.guidance.get("pretrained")
         if pretrained:
-            from scoredist.guidance.stable_diffusion import resolve_pretrained
+            from scoredist.guidance.diffusers.hub import resolve_pretrained
 
             resolve_pretrained(pretrained)  # WeightsNotFoundError saying what to pass
         if self.prompt_shards > 1:
@@ -444,7 +444,8 @@ def metrics_config(runs, overrides: list[str]) -> DictConfig:
     """The metrics of a table built from existing runs: the `benchmark.metrics` node of the first run made with a
     preset, else the shapes preset's for runs on the shapes prior; then `benchmark.metrics.*` overrides."""
     node = next((r.config.benchmark.metrics for r in runs if r.config.get("benchmark")), None)
-    if node is None and all(str(r.config.guidance._target_).endswith(".ShapesPrior") for r in runs):
+    shapes = (".ShapesPrior", ".ShapesFlowPrior")
+    if node is None and all(str(r.config.guidance._target_).endswith(shapes) for r in runs):
         node = OmegaConf.load(CONF / "benchmark" / "shapes.yaml").benchmark.metrics
     cfg = OmegaConf.merge({"benchmark": {"metrics": node or {}}}, OmegaConf.from_dotlist(overrides))
     if not cfg.benchmark.metrics.get("_target_"):

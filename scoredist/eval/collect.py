@@ -20,7 +20,7 @@ from scoredist.runs import _json_lines  # one reader of JSON-lines files (torn l
 
 # Rows in the paper's order, the methods since it, then the rest; labels as the papers' tables write them.
 METHOD_ORDER = ("exact", "ddim", "sds", "nfsd", "csd", "vsd", "vsd_exact", "ours", "bridge")
-METHOD_ORDER += ("ism", "sdi", "esd", "asd", "dds")
+METHOD_ORDER += ("ism", "sdi", "esd", "asd", "dds", "sds_flow", "ours_flow", "rfds")
 TUNED = "_tuned"  # the suffix of a row in a benchmark's tuned setting (scoredist.eval.tuning)
 METHOD_LABELS = {
     "exact": "Exact samples (floor)",
@@ -37,6 +37,9 @@ METHOD_LABELS = {
     "esd": "ESD",
     "asd": "ASD",
     "dds": "DDS",
+    "sds_flow": "SDS, flow prior",
+    "ours_flow": "Ours, flow prior",
+    "rfds": "RFDS, flow prior",
 }
 
 

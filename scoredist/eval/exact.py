@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from scoredist.eval.features import features
 from scoredist.eval.folders import quantise, read_images
 from scoredist.eval.frechet import MIN_SAMPLES, MixtureMoments, SampleMoments, frechet_distance, too_few_samples
+from scoredist.guidance.base import scaled_linear_alphas_cumprod
 from scoredist.guidance.exact.vocabulary import parse_prompt
 from scoredist.prompts import TGT_SUFFIX
 
@@ -66,7 +67,8 @@ class ShapesMetrics:
 
     Args:
         log_density_t: the timestep index at which the clean log-density is taken (20: ᾱ ≈ 0.98, diffusion noise of
-            std ≈ 0.14 in [−1, 1] pixels, about the prior's own component std 0.1).
+            std ≈ 0.14 in [−1, 1] pixels, about the prior's own component std 0.1), on the ε prior's schedule for
+            every row: a row distilled on the flow prior (whose index 20 is another noise level) is measured alike.
         feature_net: a module mapping RGB (N, 3, H, W) in [0, 1] to features (N, F) — the FID Inception network
             (`scoredist.eval.features.PackagedInception`) in the benchmark — or None for no feature-space distance.
         reference_seed: seeds the exact reference samples of the feature-space distance (per prompt).
@@ -128,7 +130,8 @@ class ShapesMetrics:
         mixture = prior.mixture_for(prompt)
         clean = prior.mixture_for(prompt + TGT_SUFFIX)
         labels = prior.nearest_component(x)
-        density = log_density(clean, x, float(prior.alphas_cumprod[self.log_density_t])) / x[0].numel()
+        abar = float(scaled_linear_alphas_cumprod()[self.log_density_t])
+        density = log_density(clean, x, abar) / x[0].numel()
         evidence = [
             {
                 "prompt": prompt,

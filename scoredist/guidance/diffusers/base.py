@@ -106,10 +106,10 @@ class DiffusersGuidance(Guidance):
         device: str = "cpu",
         precision: str = "fp32",
     ):
-        from scoredist.guidance.stable_diffusion import resolve_pretrained, what_to_pass_instead
+        from scoredist.guidance.diffusers.hub import resolve_pretrained, what_to_pass_instead
 
         dtype = weights_dtype(precision, device)
-        source, local_only, model_index = resolve_pretrained(pretrained, revision)
+        source, local_only, model_index = resolve_pretrained(pretrained, revision, self.family)
         load = {"local_files_only": local_only, "use_safetensors": True}
         load.update({k: v for k, v in {"revision": revision, "variant": variant}.items() if v is not None})
         text_dtype = torch.float32 if offload_text_encoders else dtype
@@ -178,6 +178,10 @@ class DiffusersGuidance(Guidance):
     def denoiser_dtype(self) -> torch.dtype:
         return next(self.denoiser.parameters()).dtype
 
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype  # may be fp32 under an fp16 denoiser (force_upcast)
+
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
         # follow .to(device): the device the rows are sent to is where the denoiser's weights now are
@@ -204,13 +208,15 @@ class DiffusersGuidance(Guidance):
         would otherwise be silently cut off."""
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__} {prompt!r}")
-        for tokenizer, limit in self.token_limits():
+        limits = self.token_limits()
+        for tokenizer, limit in limits:
             n = len(tokenizer(prompt, truncation=False).input_ids)
             if n > limit:
+                which = f" ({type(tokenizer).__name__})" if len(limits) > 1 else ""
                 raise ValueError(
-                    f"{prompt!r} is {n} tokens long for {type(tokenizer).__name__} (with special tokens), more than "
-                    f"the {limit} this model reads: the words after the limit would be silently ignored. Shorten the "
-                    "prompt (or the suffix / negative prompt)"
+                    f"{prompt!r} is {n} tokens long (with special tokens), more than the text encoder's {limit}{which}:"
+                    " the words after the limit would be silently ignored. Shorten the prompt (or the suffix / "
+                    "negative prompt)"
                 )
 
     def token_limits(self) -> list[tuple]:
@@ -292,7 +298,7 @@ class DiffusersGuidance(Guidance):
         """RGB (B, 3, H, W) in [0, 1] → latents z = s·(E(2·rgb − 1) − shift), float32, differentiably (posterior mean,
         so the same render always gives the same latent)."""
         vae = self.vae
-        x = (rgb * 2 - 1).to(device=self.device, dtype=next(vae.parameters()).dtype)
+        x = (rgb * 2 - 1).to(device=self.device, dtype=self.vae_dtype)
         z = vae.encode(x).latent_dist.mean
         return ((z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor).float()
 
@@ -300,7 +306,7 @@ class DiffusersGuidance(Guidance):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents (B, C, h, w) → RGB (B, 3, H, W) in [0, 1], float32."""
         vae = self.vae
-        z = x.to(device=self.device, dtype=next(vae.parameters()).dtype) / vae.config.scaling_factor
+        z = x.to(device=self.device, dtype=self.vae_dtype) / vae.config.scaling_factor
         z = z + (vae.config.shift_factor or 0.0)
         return ((vae.decode(z).sample.float() + 1) / 2).clamp(0, 1)
 
