@@ -914,6 +914,7 @@ def write_final_outputs(run: Run, chunk: Chunk, rgb, x, per_sample_eval: dict) -
             metrics = run.guidance.evaluate(x, captions.pop())
     else:
         metrics = merge_metrics([per_sample_eval[s] for s in range(len(chunk.samples))])
+    metrics.update(write_loss_outputs(run, chunk, x, step))
     if metrics:
         nulled = [0]
         metrics = finite_or_none(metrics, nulled)
@@ -923,6 +924,22 @@ def write_final_outputs(run: Run, chunk: Chunk, rgb, x, per_sample_eval: dict) -
             tmp.write_text(json_text(metrics, indent=2) + "\n")
         log.info("eval: " + json_text(metrics))
         run.logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
+
+
+def write_loss_outputs(run: Run, chunk: Chunk, x: torch.Tensor, step: int) -> dict:
+    """The loss's own images of the final parameters (`ScoreLoss.outputs`), each a PNG in the run folder, and what
+    each became by the guidance's evaluation, per row under its own prompt: {name: metrics} for eval.json."""
+    rows_per_sample = x.shape[0] // len(chunk.samples)
+    captions = [s.caption for s in chunk.samples for _ in range(rows_per_sample)]
+    found = {}
+    for name, (images, prompts) in run.loss.outputs(run.guidance, x, captions).items():
+        path = save_png(run.guidance.decode(images), run.run_dir / name)
+        run.logger.log_artifacts([path], step)
+        with torch.no_grad():
+            evaluated = merge_metrics([run.guidance.evaluate(images[i : i + 1], p) for i, p in enumerate(prompts)])
+        if evaluated:
+            found[path.stem] = evaluated
+    return found
 
 
 def merge_metrics(per_sample: list[dict]) -> dict:

@@ -287,6 +287,7 @@ OVERLAYS = {
         'python train.py +experiment=painting2real_dds input=painting.png prompt="a photo of a harbour at dusk" '
         'loss.source_prompt="an oil painting of a harbour at dusk"'
     ),
+    "irfds_shapes": documented("python train.py +experiment=irfds_shapes"),
     "painting2real_shapes": documented("python train.py +experiment=painting2real_shapes"),
     "painting2real_shapes_dds": short_run(*WORLD, "trainer.max_steps=3", files=("edit.png", "eval.json")),
     "points_bridge": documented("python train.py +experiment=points_bridge"),

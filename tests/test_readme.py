@@ -256,6 +256,12 @@ def nearest_rows(run: Path) -> list[dict]:
     return rows
 
 
+def check_irfds(result):
+    """iRFDS's inverted noise sampled back under the caption is the red cube again, and under the edit prompt blue."""
+    ev = json.loads((result.out / "run" / "eval.json").read_text())
+    assert ev["inversion"]["nearest_caption"] == ["red cube"] and ev["edit"]["nearest_caption"] == ["blue cube"], ev
+
+
 def check_nothing_written(folder: str) -> Callable:
     def check(result):
         assert not (result.out / folder).exists(), f"{result.text} wrote {folder}/"
@@ -583,6 +589,16 @@ def _table() -> dict[str, Spec]:
         (
             'python train.py guidance=shapes_flow loss=rfds prompt="a red cube"',
             Spec("rfds-flow", **shapes_run, short=("trainer.max_steps=150", *WORLD), nearest=("red cube",)),
+        ),
+        (
+            "python train.py +experiment=irfds_shapes",
+            Spec(
+                "irfds-shapes",
+                **shapes_run,
+                short=("trainer.max_steps=150", *WORLD),
+                files=("run/inversion.png", "run/edit.png", "run/eval.json"),
+                check=check_irfds,
+            ),
         ),
         (
             'python train.py +experiment=t2i_rfds prompt="a photo of a hamburger"',

@@ -641,7 +641,7 @@ def test_the_help_lists_every_conf_group_as_it_is_typed_and_the_launchers():
     for line in lines[:-1]:
         group, names = line.lstrip("+").split("   ")[0].split("=")
         assert sorted(names.split("|")) == sorted(p.stem for p in (CONF / group).glob("*.yaml")), line
-    assert "loss=sds|asd|bridge|csd|dds|esd|ism|nfsd|ours|rfds|sdi|vsd" in lines  # the default first
+    assert "loss=sds|asd|bridge|csd|dds|esd|irfds|ism|nfsd|ours|rfds|sdi|vsd" in lines  # the default first
     assert "guidance=sd|flux|points2d|sd3|sdxl|shapes|shapes_flow" in lines
     assert "lr_scheduler=cosine   (none by default)" in lines
     assert any(line.startswith("+experiment=demo|illusion|") for line in lines)

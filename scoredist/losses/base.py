@@ -155,6 +155,12 @@ class ScoreLoss:
         here as the run's cost. Default: nothing."""
         return {}
 
+    def outputs(self, guidance, x: torch.Tensor, captions: Sequence[str]) -> dict:
+        """Images the method makes of the final parameters besides their renders, for the run folder: {file name:
+        (model-space images (R, ...), the prompt of each row)} (iRFDS: the flow sampled from the inverted noise).
+        x: the first chunk's final rows, captions: each row's caption. Default: none."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
