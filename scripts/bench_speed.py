@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration (medians are reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, cudnn, compile)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--precision", default="fp16", help="fp32 | fp16 | bf16 (CUDA only; CPU runs fp32)")
+    p.add_argument("--precision", default="fp16", help="fp32 | fp16 | bf16 (on the CPU fp16 runs as fp32)")
     p.add_argument("--channels-last", action="store_true", help="guidance.channels_last=true")
     p.add_argument("--compile", action="store_true", help="guidance.compile_unet / compile_denoiser = true")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "scoredist"), help="where built models are kept")

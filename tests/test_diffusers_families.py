@@ -76,6 +76,18 @@ def test_sd3_eps_is_the_transformers_velocity_at_the_schedulers_own_timestep_con
     torch.testing.assert_close(eps, x_flow + (1 - sigma) * v, rtol=1e-4, atol=1e-4)  # ε = x_s + (1 − σ) u
 
 
+def test_sd3_gives_its_transformer_float32_timesteps_under_bf16_weights(tiny_family_paths):
+    """Rounded to bf16, 1000·σ would name another σ than x_s was noised with (750.75 → 752)."""
+    sd3 = StableDiffusion3(str(tiny_family_paths["sd3"]), precision="bf16")
+    seen = []
+    hook = sd3.denoiser.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["timestep"]), with_kwargs=True)
+    try:
+        sd3.predict_noise(torch.randn(1, 16, 8, 8), torch.tensor([499]), ["a red cube"])
+    finally:
+        hook.remove()
+    assert seen[0].dtype == torch.float32 and seen[0].item() == pytest.approx(750.0)
+
+
 # ---- Flux ----------------------------------------------------------------------------------------------------------
 
 
@@ -183,6 +195,8 @@ def test_memory_flags_give_the_plain_paths_output(family, tiny_family_paths, gui
     x = vp_rows(guidances[family], t, seed=4)
     prompts = ["a red cube", "a blue sphere", ""]
     plain = guidances[family].predict_noise(x, t, prompts)
+    # model_offload on the CPU installs CPU → CPU hooks: what it checks here is that the hooked path computes the same;
+    # the device moves themselves are checked by test_memory_flags_on_cuda_match_the_cpu_fp32_path (GPU-marked)
     for flags in ({"offload_text_encoders": True}, {"model_offload": True}, {"max_batch": 1}):
         torch.testing.assert_close(cls(folder, **flags).predict_noise(x, t, prompts), plain, rtol=1e-5, atol=1e-5)
     bf16 = cls(folder, precision="bf16")  # honoured on the CPU (fp16 is not: CPU kernels lack it)
@@ -200,11 +214,39 @@ def test_a_missing_folder_stops_with_the_one_line_message_naming_its_tiny_builde
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
-def test_the_vae_round_trips_latents_of_the_families_shape(family, guidances):
-    guidance = guidances[family]
-    rgb = torch.rand(2, 3, 64, 64)
+def test_the_vae_scales_and_shifts_latents_as_the_pipeline(family, guidances, pipelines):
+    guidance, vae = guidances[family], pipelines[family].vae
+    rgb = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     z = guidance.encode(rgb)
+    scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
+    with torch.no_grad():
+        expected = (vae.encode(2 * rgb - 1).latent_dist.mean - shift) * scale
+        decoded = ((vae.decode(z / scale + shift).sample + 1) / 2).clamp(0, 1)
     assert z.shape == (2, guidance.channels, 8, 8) and z.dtype == torch.float32
-    assert guidance.decode(z).shape == (2, 3, 64, 64)
+    torch.testing.assert_close(z, expected)
+    torch.testing.assert_close(guidance.decode(z), decoded)
+    assert family == "sdxl" or shift != 0  # the 16-channel VAEs' shift is exercised
     assert guidance.channels == (4 if family == "sdxl" else 16)
     assert guidance.prediction == ("epsilon" if family == "sdxl" else "flow")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_memory_flags_on_cuda_match_the_cpu_fp32_path(family, tiny_family_paths, guidances):
+    """On a GPU: fp16 / bf16 weights, model offload (denoiser and VAE visiting the GPU in turn), text encoders on the
+    CPU and split calls all give the CPU fp32 answer, to the precision's rounding; encode/decode use the hooks."""
+    cls, folder = type(guidances[family]), str(tiny_family_paths[family])
+    t = torch.tensor([50, 400, 900])
+    x = vp_rows(guidances[family], t, seed=6)
+    prompts = ["a red cube", "a blue sphere", ""]
+    reference = guidances[family].predict_noise(x, t, prompts)
+    for precision in ("fp16", "bf16"):
+        for flags in ({}, {"model_offload": True}, {"offload_text_encoders": True, "max_batch": 2}):
+            guidance = cls(folder, device="cuda", precision=precision, **flags)
+            out = guidance.predict_noise(x.cuda(), t.cuda(), prompts).cpu()
+            assert (out - reference).abs().max() < 0.05 * reference.abs().max(), (precision, flags)
+            rgb = torch.rand(1, 3, 64, 64, device="cuda")
+            assert guidance.decode(guidance.encode(rgb)).shape == (1, 3, 64, 64)
+            if flags.get("model_offload"):
+                assert next(guidance.denoiser.parameters()).device.type == "cpu"  # the VAE ran last: back on the CPU

@@ -71,7 +71,8 @@ def test_the_flow_prior_velocity_is_the_exact_mixture_velocity_of_the_prompt(pri
 
 
 def test_through_the_prediction_layer_the_flow_prior_is_the_eps_prior_at_the_same_signal_to_noise(priors):
-    flow, eps_prior = priors
+    flow = priors[0]
+    eps_prior = ShapesPrior(resolution=16)
     eps_prior._abar64 = flow.noise_path.alphas_cumprod  # the ε prior re-timed to the flow grid's ᾱ
     x_t = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([20, 500, 980])

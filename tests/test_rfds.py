@@ -77,3 +77,20 @@ def test_the_config_holds_the_authors_settings_and_the_2d_overlay_composes_their
     assert [text for _, text in rfds.conditioning_texts([Prompt("a hamburger")])] == ["a hamburger, front view", ""]
     assert overlay.guidance._target_.endswith("StableDiffusion3")
     assert overlay.optimizer.lr == 0.03 and overlay.trainer.max_steps == 800
+
+
+def test_on_a_vp_model_the_direction_is_the_velocity_gap_too():
+    """The factor 1 + sqrt((1 − ᾱ)/ᾱ) is path-free: on the ε prior, (ε̂_cfg − x̂0) − (ε − x) with x̂0 from ε̂_cfg."""
+    from scoredist.guidance.exact.shapes import ShapesPrior
+    from scoredist.guidance.predictions import to_x0
+
+    prior = ShapesPrior(resolution=16)
+    x, t, noise, prompts = draw(prior)
+    g, _ = RFDS(guidance_scale=7.5, random_weight=False).direction(prior, x, t, noise, prompts, step=0)
+    abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    x_t = a * x + s * noise
+    eps = prior.predict_noise(torch.cat([x_t, x_t]), t.repeat(2), ["a red cube"] * 3 + [""] * 3)
+    eps_cfg = cfg(eps[3:], eps[:3], 7.5)
+    expected = (eps_cfg - to_x0(eps_cfg, x_t, a, s, "epsilon")) - (noise - x)
+    torch.testing.assert_close(g, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())

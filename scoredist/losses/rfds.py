@@ -11,10 +11,11 @@ x_t = α x + σ ε the velocity gap is the noise gap rescaled, û − u = (ε̂ 
 
 Settings are the authors' code (yangxiaofeng/rectified_flow_prior@235e39f, threestudio/models/guidance/RFDS_sd3.py
 and 2dplayground_RFDS_sd3.py): SD3-medium, t a uniform integer index of the 1000-step shift-3 grid in [20, 980]
-(σ 0.058 … 0.993), CFG 50 with the empty negative prompt in 2D (100 with "unrealistic, blurry, low quality,
-oversaturation." in 3D), loss sigmoid(u)·F.mse_loss(ε − x, û_cfg, "mean")/B with u ~ N(0, 1) drawn per row and one
-mean-reduced MSE over the batch (so the batch is scaled by the mean of the sigmoids, a random factor ≈ 0.5 that does
-not depend on t: `random_weight`). No w(t). Their 2-rectified-flow variant (RFDS.py) has no random factor.
+(σ 0.058 … 0.993; schedule=uniform here: σ 0.060 … 0.994), CFG 50 with the empty negative prompt in 2D (100 with
+"unrealistic, blurry, low quality, oversaturation." in 3D), loss sigmoid(u)·F.mse_loss(ε − x, û_cfg, "mean")/B
+with u ~ N(0, 1) drawn per row and one mean-reduced MSE over the batch (so the batch is scaled by the mean of the
+sigmoids, a random factor ≈ 0.5 that does not depend on t: `random_weight`). No w(t). Their 2-rectified-flow
+variant (RFDS.py) has no random factor.
 """
 
 from __future__ import annotations

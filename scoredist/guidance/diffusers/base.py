@@ -7,7 +7,7 @@ own x_t (`call_denoiser`). Everything else is here, written once:
 
 - the loss's x_t (VP path) is rescaled to the model's path and its output converted to ε̂ (predictions.py), so every
   loss runs on every family; a timestep index t is the model's own training timestep (SD3: the t-th sigma of its
-  shifted grid, Flux: of its resolution-shifted grid at `flow_shift`);
+  shifted grid, Flux: of its grid shifted for `shift_resolution` pixels, or `flow_shift`);
 - prompt embeddings are computed once per distinct prompt (least recently used dropped past `prompt_cache_size`);
 - a step's rows go through the denoiser in one call, or in calls of at most `max_batch` rows;
 - memory flags: `precision` (the weights' dtype on CUDA: fp16/bf16; bf16 is honoured on the CPU too, fp16 is not,
@@ -72,6 +72,10 @@ def dynamic_flow_shift(scheduler_config: dict, image_tokens: int) -> float:
     """Flux's resolution shift e^μ, μ linear in the number of image tokens between (base_image_seq_len, base_shift) and
     (max_image_seq_len, max_shift) — diffusers' calculate_shift, with the scheduler's own constants."""
     c = scheduler_config
+    if c.get("time_shift_type", "exponential") != "exponential":
+        raise ValueError(
+            f"time_shift_type {c['time_shift_type']!r}: only diffusers' exponential shift (e^μ) is known here"
+        )
     slope = (c["max_shift"] - c["base_shift"]) / (c["max_image_seq_len"] - c["base_image_seq_len"])
     mu = c["base_shift"] + slope * (image_tokens - c["base_image_seq_len"])
     return math.exp(mu)
@@ -84,7 +88,8 @@ class DiffusersGuidance(Guidance):
         pretrained, revision, variant: hub id or local diffusers folder; passed to every `from_pretrained`.
         max_batch: the most rows one denoiser call takes (None: one call per step).
         prompt_cache_size: distinct prompts whose embeddings are kept on the device.
-        offload_text_encoders, model_offload, precision: memory flags (module docstring).
+        offload_text_encoders, model_offload, precision: memory flags (module docstring); model_offload implies
+            offload_text_encoders (the encoders then run on the CPU in fp32, once per new prompt).
         compile_denoiser: torch.compile the denoiser's forward (CUDA; the first steps pay the compile time).
         device: where the models run.
     """
@@ -102,13 +107,13 @@ class DiffusersGuidance(Guidance):
         offload_text_encoders: bool = False,
         model_offload: bool = False,
         compile_denoiser: bool = False,
-        flow_shift: float | None = None,
         device: str = "cpu",
         precision: str = "fp32",
     ):
         from scoredist.guidance.diffusers.hub import resolve_pretrained, what_to_pass_instead
 
         dtype = weights_dtype(precision, device)
+        offload_text_encoders = offload_text_encoders or model_offload
         source, local_only, model_index = resolve_pretrained(pretrained, revision, self.family)
         load = {"local_files_only": local_only, "use_safetensors": True}
         load.update({k: v for k, v in {"revision": revision, "variant": variant}.items() if v is not None})
@@ -118,7 +123,7 @@ class DiffusersGuidance(Guidance):
         except OSError as err:  # missing files, .bin-only folders, hub/connection errors: all OSErrors
             why = f"loading a component failed ({type(err).__name__}: {err})"
             raise WeightsNotFoundError(what_to_pass_instead(pretrained, why, self.family)) from err
-        path, prediction = noise_path_of(parts["scheduler_config"], self.resolve_flow_shift(parts, flow_shift))
+        path, prediction = noise_path_of(parts["scheduler_config"], self.resolve_flow_shift(parts))
         super().__init__(path.alphas_cumprod)
         self.noise_path, self.prediction = path, prediction
         self.scheduler_config = dict(parts["scheduler_config"])
@@ -152,8 +157,9 @@ class DiffusersGuidance(Guidance):
         """{"denoiser", "vae" (or None), "text_encoders", "tokenizers", "scheduler_config"} from the folder."""
         raise NotImplementedError
 
-    def resolve_flow_shift(self, parts: dict, flow_shift: float | None) -> float | None:
-        return flow_shift
+    def resolve_flow_shift(self, parts: dict) -> float | None:
+        """The shift of a flow model's time grid (flow families set `flow_shift`; None: the scheduler's own)."""
+        return getattr(self, "flow_shift", None)
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, ...]:
         """The denoiser's conditioning tensors for new prompts, each (n, ...) with one row per prompt."""
@@ -190,15 +196,19 @@ class DiffusersGuidance(Guidance):
         return result
 
     def _install_offload(self, device: torch.device) -> None:
-        """Denoiser and VAE stay on the CPU and move to `device` for their own forward (accelerate's hooks, chained
-        so that at most one of them is on the device at a time)."""
+        """Denoiser and VAE stay on the CPU and move to `device` for their own forward (accelerate's hooks). A hook
+        sends the previous one's model back before its own runs; the chain is closed into a cycle (VAE → denoiser →
+        VAE), so that whichever runs, the other leaves the device: at most one of them is there at a time."""
         from accelerate import cpu_offload_with_hook
 
         object.__setattr__(self, "_offloaded", True)
         self.to("cpu")
-        hook = None
+        hooks = []
         for model in [m for m in (self.denoiser, self.vae) if m is not None]:
-            _, hook = cpu_offload_with_hook(model, device, prev_module_hook=hook)
+            _, hook = cpu_offload_with_hook(model, device, prev_module_hook=hooks[-1] if hooks else None)
+            hooks.append(hook)
+        if len(hooks) > 1:
+            hooks[0].hook.prev_module_hook = hooks[-1]
         self._execution_device = device
 
     # ---- prompts --------------------------------------------------------------------------------------------------

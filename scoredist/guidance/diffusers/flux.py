@@ -56,8 +56,10 @@ class Flux(DiffusersGuidance):
         embedded_guidance: float = 3.5,
         max_sequence_length: int = 512,
         shift_resolution: int = 512,
+        flow_shift: float | None = None,
         **kwargs,
     ):
+        self.flow_shift = flow_shift
         self.embedded_guidance = float(embedded_guidance)
         self.max_sequence_length = int(max_sequence_length)
         self.shift_resolution = int(shift_resolution)
@@ -87,10 +89,10 @@ class Flux(DiffusersGuidance):
             ),
         }
 
-    def resolve_flow_shift(self, parts, flow_shift):
+    def resolve_flow_shift(self, parts):
         config = parts["scheduler_config"]
-        if flow_shift is not None or not config.get("use_dynamic_shifting"):
-            return flow_shift
+        if self.flow_shift is not None or not config.get("use_dynamic_shifting"):
+            return self.flow_shift
         vae = parts["vae"].config
         patch = 2 ** (len(vae.block_out_channels) - 1) * 2  # VAE downscale × the 2×2 packing
         return dynamic_flow_shift(config, (self.shift_resolution // patch) ** 2)

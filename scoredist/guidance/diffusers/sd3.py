@@ -24,9 +24,14 @@ class StableDiffusion3(DiffusersGuidance):
     family = "sd3"
 
     def __init__(
-        self, pretrained: str = "stabilityai/stable-diffusion-3-medium-diffusers", max_sequence_length=256, **kwargs
+        self,
+        pretrained: str = "stabilityai/stable-diffusion-3-medium-diffusers",
+        max_sequence_length=256,
+        flow_shift: float | None = None,
+        **kwargs,
     ):
         self.max_sequence_length = int(max_sequence_length)
+        self.flow_shift = flow_shift
         super().__init__(pretrained, **kwargs)
 
     def load_components(self, source, model_index, load, dtype, text_dtype):
@@ -89,15 +94,19 @@ class StableDiffusion3(DiffusersGuidance):
             t5 = self.text_encoders[2](ids.to(self.text_encoder_device(2)))[0]
         else:
             t5 = torch.zeros(len(prompts), self.max_sequence_length, width, device=clip.device, dtype=clip.dtype)
+        if width < clip.shape[-1]:  # F.pad would silently crop the CLIP features
+            raise ValueError(f"joint_attention_dim {width} is narrower than the two CLIP encoders ({clip.shape[-1]})")
         clip = F.pad(clip, (0, width - clip.shape[-1]))
         return torch.cat([clip, t5.to(clip.dtype)], dim=-2), torch.cat([p1, p2], dim=-1)
 
     def call_denoiser(self, model, x, t, cond):
-        timestep = 1000 * self.timestep_sigma(t)  # the scheduler's timesteps: σ on the 0 … 1000 scale
+        # the scheduler's timesteps (σ on the 0 … 1000 scale) in float32, as the pipeline passes them: rounded to the
+        # weights' bf16 they would name another σ than the one x was noised with (750.75 → 752)
+        timestep = 1000 * self.timestep_sigma(t)
         return model(
             hidden_states=x,
             encoder_hidden_states=cond[0],
             pooled_projections=cond[1],
-            timestep=timestep.to(x.dtype),
+            timestep=timestep,
             return_dict=False,
         )[0]
