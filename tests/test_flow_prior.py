@@ -86,3 +86,33 @@ def test_the_flow_prior_reports_its_path_and_prediction(priors):
     torch.testing.assert_close(flow.noise_path.alpha + flow.noise_path.sigma, torch.ones(1000, dtype=torch.float64))
     assert flow.noise_path.sigma[499].item() == pytest.approx(0.75)  # s = 0.5 shifted by 3
     torch.testing.assert_close(flow.alphas_cumprod, flow.noise_path.alphas_cumprod.float())
+
+
+def test_sds_on_the_flow_prior_follows_sds_on_the_eps_prior_at_the_same_noise_levels_to_the_same_component(priors):
+    """The whole loop through the prediction-type layer: SDS with the same t and ε draws on the flow prior and on the
+    ε prior re-timed to the flow grid's ᾱ moves the image the same way and ends on the same component."""
+    from scoredist.losses.sds import SDS
+    from scoredist.prompts import Prompt
+
+    flow = priors[0]
+    eps_prior = ShapesPrior(resolution=16)
+    eps_prior._abar64 = flow.noise_path.alphas_cumprod
+    eps_prior.alphas_cumprod.copy_(flow.alphas_cumprod)
+    loss, prompts = SDS(guidance_scale=40.0), [Prompt("a red cube")]
+    start = 0.1 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ends = []
+    for prior in (flow, eps_prior):
+        x = start.clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=0.02)
+        g = torch.Generator().manual_seed(1)
+        for step in range(150):
+            t = torch.randint(20, 981, (1,), generator=g)
+            noise = torch.randn(1, 3, 16, 16, generator=g)
+            direction, _ = loss(prior, x.detach(), t, noise, prompts, step)
+            opt.zero_grad()
+            x.grad = direction
+            opt.step()
+        ends.append(x.detach())
+    assert (ends[0] - ends[1]).abs().max() < 1e-3
+    labels = [flow.nearest_component(end)[0] for end in ends]
+    assert labels[0] == labels[1] and labels[0].caption == "red cube", labels
