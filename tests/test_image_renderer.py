@@ -228,20 +228,24 @@ def test_a_run_from_an_image_writes_the_input_and_the_result_side_by_side(tmp_pa
     assert ImageRenderer(height=8, width=8).write_artifacts(tmp_path, decode=None) == []  # from noise: nothing
 
 
-def test_every_loss_distils_an_ambiguous_image():
+def test_every_loss_distils_an_ambiguous_image(tmp_path):
     """Each loss of conf/loss on the exact prior with two views: one finite, non-zero gradient for the image, every
-    view's row conditioned on its own prompt (ours/bridge in stage two: the suffixes attach to each view's prompt)."""
+    view's row conditioned on its own prompt (ours/bridge in stage two: the suffixes attach to each view's prompt;
+    iRFDS inverts a reference image into each view's noise)."""
     from hydra.utils import instantiate
 
     from scoredist.guidance.exact.shapes import ShapesPrior
+    from scoredist.images import save_png
 
     prior = ShapesPrior()
+    reference = save_png(prior.decode(prior.reference_image("a blue cube")[None]), tmp_path / "ref.png", min_size=32)
     views = [{"transform": "identity", "prompt": "a blue cube"}, {"transform": "rot180", "prompt": "a blue cone"}]
     seen = []
     predict = prior.predict_noise
     prior.predict_noise = lambda x_t, t, prompts: seen.append(list(prompts)) or predict(x_t, t, prompts)
     for name in sorted(p.stem for p in (CONF / "loss").glob("*.yaml")):
-        loss = instantiate(config(f"loss={name}").loss)
+        extra = [f"loss.reference={reference}"] if name == "irfds" else []
+        loss = instantiate(config(f"loss={name}", *extra).loss)
         renderer = ImageRenderer(views=views, init_std=0.1)
         renderer.bind(ModelSpace(3, 1, (32, 32), prior.encode), seeds=[0])
         render = renderer()

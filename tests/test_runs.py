@@ -588,7 +588,7 @@ def test_a_run_folder_whose_parents_do_not_exist_yet_is_created(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["loss=foo"], "loss=foo: loss has no option 'foo'. Available options: asd, bridge, csd, dds, esd, ism, "),
+        (["loss=foo"], "loss=foo: loss has no option 'foo'. Available options: asd, bridge, csd, dds, esd, irfds, "),
         (["+experiment=nope"], "+experiment=nope: experiment has no option 'nope'. Available options: demo, "),
         (["-m", "seed=0,1", "loss=sds,foo"], "loss=sds,foo: loss has no option 'foo'. Available options: asd, "),
         (["loss=choice(ours,fo)"], "loss=choice(ours,fo): loss has no option 'fo'. "),
@@ -622,7 +622,7 @@ def test_an_option_in_the_config_dir_of_the_command_line_counts(tmp_path):
     (tmp_path / "loss").mkdir()
     (tmp_path / "loss" / "mine.yaml").write_text("_target_: scoredist.losses.sds.SDS\n")
     assert runs.choice_error(["--config-dir", str(tmp_path), "loss=mine"], CONF) is None
-    assert "Available options: asd, bridge, csd, dds, esd, ism, mine, nfsd" in runs.choice_error(
+    assert "Available options: asd, bridge, csd, dds, esd, irfds, ism, mine, nfsd, ours, rfds" in runs.choice_error(
         [f"-cd={tmp_path}", "loss=yours"], CONF
     )
 

@@ -193,8 +193,8 @@ def test_a_bug_at_the_end_of_a_run_leaves_its_traceback_in_train_log(tmp_path):
     [
         (
             "loss=foo",
-            "error: loss=foo: loss has no option 'foo'. Available options: asd, bridge, csd, dds, esd, ism, nfsd, "
-            "ours, sdi, sds, vsd",
+            "error: loss=foo: loss has no option 'foo'. Available options: asd, bridge, csd, dds, esd, irfds, ism, "
+            "nfsd, ours, rfds, sdi, sds, vsd",
         ),
         ("+experiment=nope", "error: +experiment=nope: experiment has no option 'nope'. Available options: demo, "),
         ("experiment=demo", "error: experiment=demo: experiment is not chosen by the config; add it with +experiment"),
@@ -211,7 +211,7 @@ def test_the_help_shows_the_groups_as_they_are_typed_and_the_launchers(tmp_path)
     result = cli("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "loss=sds|asd|bridge|csd|dds|esd|ism|nfsd|ours|sdi|vsd" in lines
+    assert "loss=sds|asd|bridge|csd|dds|esd|irfds|ism|nfsd|ours|rfds|sdi|vsd" in lines
     assert "+benchmark=coco|shapes|shapes_full" in lines
     assert any(line.startswith("+experiment=demo|illusion|") for line in lines)
     assert not any(line.startswith(("experiment", "benchmark")) for line in lines)  # Hydra's "experiment: demo, ..."
