@@ -857,7 +857,7 @@ def finish_chunk(run: Run, chunk: Chunk, samples_file: SamplesFile) -> None:
     for s, sample in enumerate(chunk.samples):
         idx = rows.rows_of[s]
         with torch.no_grad():
-            metrics = run.guidance.evaluate(x[idx], sample.caption)
+            metrics = run.guidance.evaluate(x[idx], sample.caption) if run.loss.renders_are_samples else {}
             # a sample's own rows pictured on their own: one image per row (an image, a NeRF's views), or one
             # picture of all its rows (a cloud of 2D particles is one scatter plot, not one image per particle)
             pictures.append(chunk.to_rgb(final.x[idx]))
@@ -911,7 +911,7 @@ def write_final_outputs(run: Run, chunk: Chunk, rgb, x, per_sample_eval: dict) -
     captions = {s.caption for s in chunk.samples}
     if len(captions) == 1:  # one prompt: its metrics over the whole chunk, as the prior computes them
         with torch.no_grad():
-            metrics = run.guidance.evaluate(x, captions.pop())
+            metrics = run.guidance.evaluate(x, captions.pop()) if run.loss.renders_are_samples else {}
     else:
         metrics = merge_metrics([per_sample_eval[s] for s in range(len(chunk.samples))])
     metrics.update(write_loss_outputs(run, chunk, x, step))

@@ -111,6 +111,10 @@ class ScoreLoss:
     `load_state_dict`; the trainer calls them and checkpoints the state with the run.
     """
 
+    # False where the parameters are not a sample of the prompt (iRFDS optimises noise): eval.json then holds only the
+    # evaluation of the loss's own outputs, not of the renders
+    renders_are_samples = True
+
     def __init__(self, weighting: str = "1-abar", reduction: str = "sum"):
         check_weighting(weighting)
         if reduction not in REDUCTIONS:

@@ -44,6 +44,8 @@ def mean_variance_gradient(z: torch.Tensor) -> torch.Tensor:
 
 
 class IRFDS(ScoreLoss):
+    renders_are_samples = False  # the parameters are noise: eval.json evaluates inversion.png and edit.png instead
+
     def __init__(
         self,
         reference: str | None = None,
