@@ -95,7 +95,6 @@ class DiffusersGuidance(Guidance):
     """
 
     family = "?"
-    text_subfolders: tuple[str, ...] = ()  # (text_encoder, …) in the order encode_text expects them
 
     def __init__(
         self,
@@ -131,9 +130,10 @@ class DiffusersGuidance(Guidance):
         self.denoiser = parts["denoiser"].requires_grad_(False).eval()
         self.vae = None if parts.get("vae") is None else parts["vae"].requires_grad_(False).eval()
         encoders = [e.requires_grad_(False).eval() for e in parts["text_encoders"]]
-        # offloaded encoders live outside the module tree (object.__setattr__): .to(device) must skip them
-        setter = object.__setattr__ if offload_text_encoders else nn_setattr
-        setter(self, "text_encoders", encoders if offload_text_encoders else torch.nn.ModuleList(encoders))
+        if offload_text_encoders:  # outside the module tree (object.__setattr__): .to(device) must skip them
+            object.__setattr__(self, "text_encoders", encoders)
+        else:
+            self.text_encoders = torch.nn.ModuleList(encoders)
         self.tokenizers = list(parts["tokenizers"])
         if max_batch is not None and int(max_batch) < 1:
             raise ValueError(f"guidance.max_batch must be a positive number of rows or null, got {max_batch}")
@@ -324,7 +324,3 @@ class DiffusersGuidance(Guidance):
         size = getattr(self.denoiser.config, "sample_size", None) or 64
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return (self.channels, h, w)
-
-
-def nn_setattr(module: torch.nn.Module, name: str, value) -> None:
-    setattr(module, name, value)
