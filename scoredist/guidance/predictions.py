@@ -32,7 +32,7 @@ is the model's own training timestep t (for SD3 the t-th sigma of its shifted gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -95,6 +95,15 @@ class NoisePath:
 
     alpha: torch.Tensor
     sigma: torch.Tensor
+    radius: torch.Tensor = field(init=False, repr=False)  # r_t = sqrt(α_t² + σ_t²), computed once
+
+    def __post_init__(self):
+        object.__setattr__(self, "radius", (self.alpha**2 + self.sigma**2).sqrt())
+
+    def to(self, device) -> NoisePath:
+        """The same path with its tables on `device` (a guidance model keeps them where its rows are, so that
+        indexing them in a step copies nothing)."""
+        return NoisePath(self.alpha.to(device), self.sigma.to(device))
 
     @classmethod
     def variance_preserving(cls, alphas_cumprod: torch.Tensor) -> NoisePath:
@@ -121,7 +130,7 @@ class NoisePath:
 
     def scale(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """r_t = sqrt(α_t² + σ_t²) per row: the model's x_t is r_t times the losses' (VP) x_t."""
-        return _column((self.alpha**2 + self.sigma**2).sqrt(), t, like)
+        return _column(self.radius, t, like)
 
     def eps_from_output(self, out: torch.Tensor, x_model: torch.Tensor, t: torch.Tensor, prediction: str):
         """ε̂ from the network's output at its own input x_model = r_t x_t^VP (same ε on both paths)."""

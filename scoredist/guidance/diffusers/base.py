@@ -22,6 +22,7 @@ import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -81,6 +82,43 @@ def dynamic_flow_shift(scheduler_config: dict, image_tokens: int) -> float:
     return math.exp(mu)
 
 
+@dataclass(frozen=True)
+class Folder:
+    """One diffusers folder being loaded: `from_pretrained` of its subfolders with the keyword arguments each kind of
+    component takes (weights: safetensors, offline flag, revision, variant, dtype; configs and tokenizers: the offline
+    flag and revision only)."""
+
+    source: str
+    model_index: dict
+    load: dict
+    dtype: torch.dtype
+    text_dtype: torch.dtype
+
+    @property
+    def common(self) -> dict:
+        return {k: v for k, v in self.load.items() if k in ("local_files_only", "revision")}
+
+    def has(self, component: str) -> bool:
+        """Whether model_index.json lists the component (a pixel-space SD has no vae, SD3 may drop text_encoder_3)."""
+        return (self.model_index.get(component) or [None])[0] is not None
+
+    def model(self, cls, subfolder: str):
+        return cls.from_pretrained(self.source, subfolder=subfolder, torch_dtype=self.dtype, **self.load)
+
+    def text_encoder(self, cls, subfolder: str):
+        return cls.from_pretrained(
+            self.source, subfolder=subfolder, **{transformers_dtype_kw(): self.text_dtype}, **self.load
+        )
+
+    def tokenizer(self, subfolder: str, cls=None):
+        from transformers import AutoTokenizer
+
+        return (cls or AutoTokenizer).from_pretrained(self.source, subfolder=subfolder, **self.common)
+
+    def scheduler_config(self, cls) -> dict:
+        return dict(cls.load_config(self.source, subfolder="scheduler", **self.common))
+
+
 class DiffusersGuidance(Guidance):
     """A frozen diffusers backbone as guidance: subclasses load their components and call their denoiser.
 
@@ -118,15 +156,13 @@ class DiffusersGuidance(Guidance):
         load.update({k: v for k, v in {"revision": revision, "variant": variant}.items() if v is not None})
         text_dtype = torch.float32 if offload_text_encoders else dtype
         try:
-            parts = self.load_components(source, model_index, load, dtype, text_dtype)
+            parts = self.load_components(Folder(source, model_index, load, dtype, text_dtype))
         except OSError as err:  # missing files, .bin-only folders, hub/connection errors: all OSErrors
             why = f"loading a component failed ({type(err).__name__}: {err})"
             raise WeightsNotFoundError(what_to_pass_instead(pretrained, why, self.family)) from err
         path, prediction = noise_path_of(parts["scheduler_config"], self.resolve_flow_shift(parts))
         super().__init__(path.alphas_cumprod)
         self.noise_path, self.prediction = path, prediction
-        self.scheduler_config = dict(parts["scheduler_config"])
-        self.model_dtype = dtype
         self.denoiser = parts["denoiser"].requires_grad_(False).eval()
         self.vae = None if parts.get("vae") is None else parts["vae"].requires_grad_(False).eval()
         encoders = [e.requires_grad_(False).eval() for e in parts["text_encoders"]]
@@ -153,7 +189,7 @@ class DiffusersGuidance(Guidance):
 
     # ---- what a family provides ----------------------------------------------------------------------------------
 
-    def load_components(self, source: str, model_index: dict, load: dict, dtype, text_dtype) -> dict:
+    def load_components(self, folder: Folder) -> dict:
         """{"denoiser", "vae" (or None), "text_encoders", "tokenizers", "scheduler_config"} from the folder."""
         raise NotImplementedError
 
@@ -192,8 +228,13 @@ class DiffusersGuidance(Guidance):
         result = super()._apply(fn, recurse)
         # follow .to(device): the device the rows are sent to is where the denoiser's weights now are
         if not getattr(self, "_offloaded", False) and hasattr(self, "denoiser"):
-            self._execution_device = next(self.denoiser.parameters()).device
+            self._place(next(self.denoiser.parameters()).device)
         return result
+
+    def _place(self, device: torch.device) -> None:
+        """Rows go to `device`, and the noise path's tables live there too."""
+        self._execution_device = device
+        self.noise_path = self.noise_path.to(device)
 
     def _install_offload(self, device: torch.device) -> None:
         """Denoiser and VAE stay on the CPU and move to `device` for their own forward (accelerate's hooks). A hook
@@ -209,7 +250,7 @@ class DiffusersGuidance(Guidance):
             hooks.append(hook)
         if len(hooks) > 1:
             hooks[0].hook.prev_module_hook = hooks[-1]
-        self._execution_device = device
+        self._place(device)
 
     # ---- prompts --------------------------------------------------------------------------------------------------
 
@@ -300,7 +341,7 @@ class DiffusersGuidance(Guidance):
 
     def timestep_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """σ of the model's own path at indices t (n,), float32 on t's device (flow models' timestep input)."""
-        return self.noise_path.sigma.to(t.device)[t].float()
+        return self.noise_path.sigma[t].float()
 
     # ---- model space ----------------------------------------------------------------------------------------------
 

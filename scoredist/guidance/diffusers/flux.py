@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from scoredist.guidance.diffusers.base import DiffusersGuidance, dynamic_flow_shift, transformers_dtype_kw
+from scoredist.guidance.diffusers.base import DiffusersGuidance, dynamic_flow_shift
 
 
 def pack_latents(x: torch.Tensor) -> torch.Tensor:
@@ -65,28 +65,19 @@ class Flux(DiffusersGuidance):
         self.shift_resolution = int(shift_resolution)
         super().__init__(pretrained, **kwargs)
 
-    def load_components(self, source, model_index, load, dtype, text_dtype):
+    def load_components(self, folder):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+        from transformers import CLIPTextModel, T5EncoderModel
 
-        common = {k: v for k, v in load.items() if k in ("local_files_only", "revision")}
-        te = {transformers_dtype_kw(): text_dtype, **load}
         return {
-            "denoiser": FluxTransformer2DModel.from_pretrained(
-                source, subfolder="transformer", torch_dtype=dtype, **load
-            ),
-            "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **load),
+            "denoiser": folder.model(FluxTransformer2DModel, "transformer"),
+            "vae": folder.model(AutoencoderKL, "vae"),
             "text_encoders": [
-                CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **te),
-                T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", **te),
+                folder.text_encoder(CLIPTextModel, "text_encoder"),
+                folder.text_encoder(T5EncoderModel, "text_encoder_2"),
             ],
-            "tokenizers": [
-                AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
-                AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common),
-            ],
-            "scheduler_config": dict(
-                FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler", **common)
-            ),
+            "tokenizers": [folder.tokenizer("tokenizer"), folder.tokenizer("tokenizer_2")],
+            "scheduler_config": folder.scheduler_config(FlowMatchEulerDiscreteScheduler),
         }
 
     def resolve_flow_shift(self, parts):
@@ -116,9 +107,7 @@ class Flux(DiffusersGuidance):
         return tokens, pooled.to(tokens.dtype)
 
     def call_denoiser(self, model, x, t, cond):
-        n, c, h, w = x.shape
-        if h % 2 or w % 2:
-            raise ValueError(f"Flux packs latents in 2×2 patches: latent size {h}×{w} must be even")
+        n, c, h, w = x.shape  # even h, w: check_resolution refuses other render sizes before training
         embeds, pooled = cond
         guidance = None
         if self.denoiser.config.guidance_embeds:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from scoredist.guidance.base import SourceModel
-from scoredist.guidance.diffusers.base import DiffusersGuidance, transformers_dtype_kw
+from scoredist.guidance.diffusers.base import DiffusersGuidance
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every transformer block
 
@@ -76,24 +76,19 @@ class StableDiffusion(DiffusersGuidance):
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
 
-    def load_components(self, source, model_index, load, dtype, text_dtype):
-        """from_pretrained of each subfolder; the VAE only when model_index.json lists one (pixel-space models have
-        none). The scheduler config is read as DDPM's whatever its class (PNDM for SD 2.1-base): only the training
-        schedule (β's → ᾱ) and prediction_type are needed, keys every DDPM-style scheduler shares."""
+    def load_components(self, folder):
+        """The VAE only when model_index.json lists one (pixel-space models have none). The scheduler config is read
+        as DDPM's whatever its class (PNDM for SD 2.1-base): only the training schedule (β's → ᾱ) and prediction_type
+        are needed, keys every DDPM-style scheduler shares."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        common = {k: v for k, v in load.items() if k in ("local_files_only", "revision")}
-        has_vae = (model_index.get("vae") or [None])[0] is not None
-        te = {transformers_dtype_kw(): text_dtype, **load}
         return {
-            "denoiser": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **load),
-            "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **load)
-            if has_vae
-            else None,
-            "text_encoders": [CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **te)],
-            "tokenizers": [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)],
-            "scheduler_config": dict(DDPMScheduler.load_config(source, subfolder="scheduler", **common)),
+            "denoiser": folder.model(UNet2DConditionModel, "unet"),
+            "vae": folder.model(AutoencoderKL, "vae") if folder.has("vae") else None,
+            "text_encoders": [folder.text_encoder(CLIPTextModel, "text_encoder")],
+            "tokenizers": [folder.tokenizer("tokenizer", CLIPTokenizer)],
+            "scheduler_config": folder.scheduler_config(DDPMScheduler),
         }
 
     def configure_model_space(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scoredist.guidance.diffusers.base import DiffusersGuidance, transformers_dtype_kw
+from scoredist.guidance.diffusers.base import DiffusersGuidance
 
 
 class StableDiffusion3(DiffusersGuidance):
@@ -34,34 +34,22 @@ class StableDiffusion3(DiffusersGuidance):
         self.flow_shift = flow_shift
         super().__init__(pretrained, **kwargs)
 
-    def load_components(self, source, model_index, load, dtype, text_dtype):
+    def load_components(self, folder):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-        from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
+        from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
-        common = {k: v for k, v in load.items() if k in ("local_files_only", "revision")}
-        te = {transformers_dtype_kw(): text_dtype, **load}
-        has_t5 = (model_index.get("text_encoder_3") or [None])[0] is not None
-        encoders = [
-            CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder", **te),
-            CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **te),
-        ]
-        tokenizers = [
-            AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
-            AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common),
-        ]
-        if has_t5:
-            encoders.append(T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", **te))
-            tokenizers.append(AutoTokenizer.from_pretrained(source, subfolder="tokenizer_3", **common))
+        clips = ["text_encoder", "text_encoder_2"]
+        encoders = [folder.text_encoder(CLIPTextModelWithProjection, name) for name in clips]
+        tokenizers = [folder.tokenizer("tokenizer"), folder.tokenizer("tokenizer_2")]
+        if folder.has("text_encoder_3"):  # SD3 runs without T5 too (zero T5 tokens, as the pipeline)
+            encoders.append(folder.text_encoder(T5EncoderModel, "text_encoder_3"))
+            tokenizers.append(folder.tokenizer("tokenizer_3"))
         return {
-            "denoiser": SD3Transformer2DModel.from_pretrained(
-                source, subfolder="transformer", torch_dtype=dtype, **load
-            ),
-            "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **load),
+            "denoiser": folder.model(SD3Transformer2DModel, "transformer"),
+            "vae": folder.model(AutoencoderKL, "vae"),
             "text_encoders": encoders,
             "tokenizers": tokenizers,
-            "scheduler_config": dict(
-                FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler", **common)
-            ),
+            "scheduler_config": folder.scheduler_config(FlowMatchEulerDiscreteScheduler),
         }
 
     def token_limits(self):

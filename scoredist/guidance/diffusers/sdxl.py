@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from scoredist.guidance.diffusers.base import DiffusersGuidance, transformers_dtype_kw
+from scoredist.guidance.diffusers.base import DiffusersGuidance
 
 
 class StableDiffusionXL(DiffusersGuidance):
@@ -23,26 +23,21 @@ class StableDiffusionXL(DiffusersGuidance):
     def __init__(self, pretrained: str = "stabilityai/stable-diffusion-xl-base-1.0", **kwargs):
         super().__init__(pretrained, **kwargs)
 
-    def load_components(self, source, model_index, load, dtype, text_dtype):
+    def load_components(self, folder):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        common = {k: v for k, v in load.items() if k in ("local_files_only", "revision")}
-        te = {transformers_dtype_kw(): text_dtype, **load}
-        self.force_zeros_for_empty_prompt = bool(model_index.get("force_zeros_for_empty_prompt", True))
+        self.force_zeros_for_empty_prompt = bool(folder.model_index.get("force_zeros_for_empty_prompt", True))
         return {
-            "denoiser": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **load),
-            "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **load),
+            "denoiser": folder.model(UNet2DConditionModel, "unet"),
+            "vae": folder.model(AutoencoderKL, "vae"),
             "text_encoders": [
-                CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **te),
-                CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **te),
+                folder.text_encoder(CLIPTextModel, "text_encoder"),
+                folder.text_encoder(CLIPTextModelWithProjection, "text_encoder_2"),
             ],
-            "tokenizers": [
-                AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
-                AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common),
-            ],
+            "tokenizers": [folder.tokenizer("tokenizer"), folder.tokenizer("tokenizer_2")],
             # the folder's Euler config read as DDPM: only the β schedule and prediction_type matter
-            "scheduler_config": dict(DDPMScheduler.load_config(source, subfolder="scheduler", **common)),
+            "scheduler_config": folder.scheduler_config(DDPMScheduler),
         }
 
     def encode_text(self, prompts):
