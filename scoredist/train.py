@@ -448,6 +448,7 @@ class Chunk:
         logs["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step was taken with
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()  # skipped steps count too, so the schedule stays aligned with `step`
+        self.renderer.after_update(self.step, self.optimizer)  # last: a renderer's own rates win over the scheduler's
         self.step += 1
         return render, objective, t, logs, found if found_now is None else found_now
 

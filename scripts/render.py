@@ -1,4 +1,4 @@
-"""Render a NeRF run's checkpoint without training (threestudio's test mode): fixed views and a turntable.
+"""Render a NeRF or Gaussians run's checkpoint without training (threestudio's test mode): fixed views and a turntable.
 
 python scripts/render.py outputs/2026-11-29/14-30-38-ours                 # RUN_DIR/render/
 python scripts/render.py RUN_DIR --views 120 --size 256 --elevation 20 --out turntable/
@@ -19,7 +19,7 @@ from scoredist.renderers.loading import renderer_from_run
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="a run folder of renderer=nerf (or one of its checkpoints/*.pt)")
+    parser.add_argument("run", type=Path, help="a run folder of renderer=nerf or gaussians (or a checkpoints/*.pt)")
     parser.add_argument("--views", type=int, default=None, help="views around the object (run's turntable_views)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (run's render size)")
     parser.add_argument("--elevation", type=float, default=None, help="degrees (run's turntable_elevation)")

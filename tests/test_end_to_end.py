@@ -46,6 +46,17 @@ NERF_SMALL = (
     "renderer.eval_views=2",
 )
 
+GS_SMALL = (
+    "renderer.height=16",
+    "renderer.width=16",
+    "renderer.num_points=64",
+    "renderer.densify_every=2",
+    "renderer.mesh_resolution=16",
+    "renderer.mesh_threshold=0.05",
+    "renderer.turntable_views=2",
+    "renderer.eval_views=2",
+)
+
 # ---------------------------------------------------------------------------------------------------------------------
 # train.py's command line, in process
 # ---------------------------------------------------------------------------------------------------------------------
@@ -129,6 +140,7 @@ RENDERERS = {
     "nerf": ("renderer=nerf", *NERF_SMALL),
     "nerf_threestudio": ("renderer=nerf_threestudio", *NERF_SMALL),
     "points": ("renderer=points", "renderer.num_points=64"),
+    "gaussians": ("renderer=gaussians", *GS_SMALL),
 }
 GUIDANCES = {
     "sd": ("guidance=sd", "guidance.pretrained={tiny}"),
@@ -149,6 +161,9 @@ VALID = {
     ("nerf", "shapes"): ("eval.json", "views.png", "turntable.mp4", "model.obj"),
     ("nerf_threestudio", "sd"): ("views.png", "turntable.mp4", "model.obj"),
     ("nerf_threestudio", "shapes"): ("eval.json", "views.png", "turntable.mp4", "model.obj"),
+    ("gaussians", "sd"): ("views.png", "turntable.mp4", "gaussians.ply", "model.obj"),
+    ("gaussians", "shapes"): ("eval.json", "views.png", "turntable.mp4", "gaussians.ply", "model.obj"),
+    ("gaussians", "shapes_flow"): ("eval.json", "views.png", "gaussians.ply"),
     ("points", "points2d"): ("particles.png", "progress.png"),
     **{
         (renderer, family): files
@@ -158,6 +173,7 @@ VALID = {
             "image-rgb": ("progress.png",),
             "nerf": ("views.png", "turntable.mp4", "model.obj"),
             "nerf_threestudio": ("views.png",),
+            "gaussians": ("views.png", "gaussians.ply"),
         }.items()
     },
     ("image-latent", "shapes_flow"): ("eval.json", "progress.png"),
@@ -278,6 +294,17 @@ OVERLAYS = {
     "illusion": documented("python train.py +experiment=illusion guidance.pretrained=/path/to/sd-2-1-base"),
     "illusion_shapes": documented("python train.py +experiment=illusion_shapes"),
     "nerf_demo": documented("python train.py +experiment=nerf_demo"),
+    "gs_demo": documented("python train.py +experiment=gs_demo"),
+    "t23d_ours_gs": short_run(
+        "prompt=a hamburger",
+        "guidance.pretrained={tiny}",
+        *GS_SMALL,
+        "renderer.stages=[]",
+        "trainer.max_steps=2",
+        "trainer.device=cpu",
+        "logger=none",
+        files=("views.png", "gaussians.ply", "model.obj"),
+    ),  # fmt: skip
     "nerf_demo_sds": short_run(*WORLD, "trainer.max_steps=4", "renderer.mesh_resolution=32", files=("model.obj",)),
     "painting2real": documented(
         'python train.py +experiment=painting2real input=painting.png prompt="a photo of a harbour at dusk" '

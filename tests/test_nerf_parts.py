@@ -200,7 +200,7 @@ def test_an_empty_or_nan_field_is_an_error_with_the_range_and_a_threshold_to_try
 
 def test_mesh_advice_names_the_callers_own_setting_export_flags_or_train_keys():
     from scoredist.renderers.mesh import check_density
-    from scoredist.renderers.nerf import run_setting
+    from scoredist.renderers.scene import run_setting
 
     sigma = torch.tensor([0.0, 10.0, 30.0])  # a threshold to try: halfway from the median to the maximum, 20
     with pytest.raises(ValueError) as from_export:

@@ -184,6 +184,8 @@ WORLD = ("guidance.resolution=16", "guidance.num_azimuths=4", "guidance.elevatio
 # the tiny pipeline in place of SD 2.1-base weights; its native size is 64² (an 8×8 latent)
 TINY_SD = ("guidance.pretrained={tiny}", "renderer.height=64", "renderer.width=64")
 # a NeRF run in seconds
+# a Gaussians demo in seconds: 40 steps end nearest "red cube" in the 16² world
+GS_SHORT = ("trainer.max_steps=40", "renderer.mesh_resolution=32", "renderer.turntable_views=4", *WORLD)
 NERF_SHORT = ("trainer.max_steps=10", "renderer.mesh_resolution=32", "renderer.turntable_views=4", *WORLD)
 # the benchmark at tests/test_benchmark.py's tiny size: 2 prompts × 2 samples × 3 steps, no Inception, no tracker
 BENCH_SHORT = (
@@ -418,6 +420,24 @@ def _table() -> dict[str, Spec]:
         ),
         ('python train.py +experiment=t23d_ours prompt="a hamburger"', Spec("t23d-ours", skip=GPU_SD)),
         (
+            "python train.py +experiment=gs_demo",
+            Spec(
+                "gs-demo",
+                **shapes_run,
+                short=GS_SHORT,
+                files=(
+                    "run/final.png",
+                    "run/views.png",
+                    "run/turntable.mp4",
+                    "run/gaussians.ply",
+                    "run/model.obj",
+                    "run/eval.json",
+                ),
+                nearest=("red cube",),
+            ),
+        ),
+        ('python train.py +experiment=t23d_ours_gs prompt="a hamburger"', Spec("t23d-ours-gs", skip=GPU_SD)),
+        (
             'python train.py +experiment=t23d_ism prompt="a DSLR photo of a bagel filled with cream cheese and lox."',
             Spec("t23d-ism", skip=GPU_SD),
         ),
@@ -620,6 +640,25 @@ def _table() -> dict[str, Spec]:
                 ),
                 runs=("run",),
                 check=check_samples([c for c in CAPTIONS for _ in range(2)]),
+            ),
+        ),
+        # --- README: Gaussians
+        (
+            "python scripts/export.py RUN_DIR --format ply",
+            Spec(
+                "export-gs-ply",
+                subst=(("RUN_DIR", "{out:gs-demo}/run"),),
+                files=("{out:gs-demo}/run/gaussians.ply",),
+                output=("Gaussians (3DGS layout",),
+            ),
+        ),
+        (
+            "python scripts/export.py RUN_DIR --format obj",
+            Spec(
+                "export-gs-obj",
+                subst=(("RUN_DIR", "{out:gs-demo}/run"),),
+                files=("{out:gs-demo}/run/model.obj",),
+                output=("watertight",),
             ),
         ),
         # --- README: NeRF

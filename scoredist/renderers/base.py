@@ -93,6 +93,11 @@ class Renderer(nn.Module):
         """Called by the trainer before every training forward with the chunk's step (0-based), so a renderer can
         follow a schedule of the step (a NeRF's render size). Default: nothing."""
 
+    def after_update(self, step: int, optimizer) -> None:
+        """Called by the trainer after step `step`'s optimizer update (and its LR scheduler's step), with the
+        optimizer, so a renderer can change its own parameter set and their state in it (3D Gaussians' density
+        control) or set its groups' rates for the next step. Default: nothing."""
+
     def forward(self) -> Render:
         """The rows of one step for every sample the renderer holds (see `Render`)."""
         raise NotImplementedError

@@ -1,4 +1,5 @@
-"""A finished (or interrupted) NeRF run's renderer, rebuilt from its folder: config.yaml + checkpoints/last.pt.
+"""A finished (or interrupted) 3D run's renderer (a NeRF or Gaussians), rebuilt from its folder: config.yaml +
+checkpoints/last.pt.
 
 Used by scripts/export.py (a mesh) and scripts/render.py (views and a turntable without training).
 """
@@ -12,11 +13,14 @@ from omegaconf import OmegaConf
 
 from scoredist.checkpoint import checkpoint_path, load_checkpoint, run_folder_of
 from scoredist.devices import pick_device
+from scoredist.renderers.gaussians import GaussianRenderer
 from scoredist.renderers.nerf import NeRFRenderer
 
+SCENE_RENDERERS = ("NeRFRenderer", "GaussianRenderer")
 
-def renderer_from_run(run: str | Path, device: str = "auto") -> tuple[NeRFRenderer, int]:
-    """The run's NeRF renderer in eval mode with its last checkpoint loaded, and the step it was saved at.
+
+def renderer_from_run(run: str | Path, device: str = "auto") -> tuple[NeRFRenderer | GaussianRenderer, int]:
+    """The run's NeRF or Gaussians renderer in eval mode with its last checkpoint loaded, and the step it was saved at.
 
     `run` is a run folder or one of its .pt files."""
     folder = run_folder_of(run)
@@ -25,8 +29,10 @@ def renderer_from_run(run: str | Path, device: str = "auto") -> tuple[NeRFRender
         raise FileNotFoundError(f"{folder} is not a run folder (no config.yaml); give the folder a train.py run wrote")
     cfg = OmegaConf.load(config_file)
     target = str(cfg.renderer.get("_target_", ""))
-    if not target.endswith("NeRFRenderer"):
-        raise ValueError(f"{folder} is not a NeRF run (renderer {target or 'unknown'}); run it with renderer=nerf")
+    if not target.endswith(SCENE_RENDERERS):
+        raise ValueError(
+            f"{folder} is not a 3D run (renderer {target or 'unknown'}); run it with renderer=nerf or gaussians"
+        )
     state = load_checkpoint(checkpoint_path(run))
     renderer = instantiate(OmegaConf.create(OmegaConf.to_container(cfg.renderer, resolve=True)))
     where = pick_device(device)

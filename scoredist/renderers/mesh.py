@@ -5,7 +5,7 @@ The grid is padded with one layer of empty cells, so a surface that reaches the 
 always watertight. A mesh with no triangles (threshold above every density, or below all of them) and a density with
 NaNs are errors that give the density range and a threshold to try, never an empty file. The setting to try is
 written as the caller takes it (`setting`): scripts/export.py's flag (`export_flag`, the default) or, at the end of a
-training run, train.py's key (`scoredist.renderers.nerf.run_setting`).
+training run, train.py's key (`scoredist.renderers.scene.run_setting`).
 """
 
 from __future__ import annotations

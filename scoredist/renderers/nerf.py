@@ -20,9 +20,6 @@ then each entry of `stages` from its own step on (the paper: 64² for steps 0–
 
 from __future__ import annotations
 
-import bisect
-import inspect
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,21 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scoredist.images import grid, save_strip, save_video
-from scoredist.renderers.base import ModelSpace, Render, Renderer
+from scoredist.renderers.base import ModelSpace, Render
 from scoredist.renderers.cameras import (
     Cameras,
     camera_rays,
-    orbit_cameras,
     ray_box,
-    reachable_view_suffixes,
-    sample_cameras,
     sample_lights,
-    view_suffix,
 )
 from scoredist.renderers.hashgrid import make_hash_grid, tcnn_available
-from scoredist.renderers.mesh import FORMATS, Setting, export_flag, extract_mesh, write_mesh
+from scoredist.renderers.mesh import FORMATS, Setting, export_flag, extract_mesh
 from scoredist.renderers.occupancy import make_estimator
+from scoredist.renderers.scene import SceneRenderer
 from scoredist.renderers.shading import SHADINGS, Background, choose_shading, density_normals, orientation_loss, shade
 from scoredist.renderers.sketch import load_mesh, occupancy_grid, sample_grid
 from scoredist.renderers.volume import accumulate, composite_packed
@@ -61,27 +54,6 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_hidden_layers: int) -> n
     return nn.Sequential(*layers)
 
 
-def stage_table(height: int, width: int, batch_size: int, stages: Sequence[Mapping]) -> list[tuple[int, ...]]:
-    """(start step, height, width, batch size) of every stage: the first from step 0, then one per `stages` entry
-    ({step, height, width, and optionally batch_size, else the previous stage's}), in ascending step order."""
-    table = [(0, int(height), int(width), int(batch_size))]
-    for stage in stages:
-        unknown = set(stage) - {"step", "height", "width", "batch_size"}
-        if unknown or not {"step", "height", "width"} <= set(stage):
-            raise ValueError(
-                f"renderer.stages entries need step, height, width (and optionally batch_size), got {dict(stage)}"
-            )
-        table.append(
-            (int(stage["step"]), int(stage["height"]), int(stage["width"]), int(stage.get("batch_size", table[-1][3])))
-        )
-    steps = [row[0] for row in table]
-    if steps != sorted(set(steps)):
-        raise ValueError(f"renderer.stages must start at increasing steps after 0, got {steps[1:]}")
-    if any(v <= 0 for row in table for v in row[1:]):
-        raise ValueError(f"renderer sizes and batch sizes must be positive, got {[row[1:] for row in table]}")
-    return table
-
-
 @dataclass
 class Frame:
     """One render: rgb (B, 3, H, W), opacity (B, 1, H, W), samples evaluated per ray, orientation term (or None)."""
@@ -92,7 +64,7 @@ class Frame:
     orientation: torch.Tensor | None = None
 
 
-class NeRFRenderer(Renderer):
+class NeRFRenderer(SceneRenderer):
     """Hash-grid NeRF rendered from `batch_size` random cameras per step: x (B, 3, H, W) in [0, 1] at the model's size.
 
     Args:
@@ -137,9 +109,6 @@ class NeRFRenderer(Renderer):
             mesh_min_part of all faces (floaters; threestudio drops pieces under 1 % too).
         chunk: field evaluations per batch when rendering without gradient (bounds the turntable's memory).
     """
-
-    outputs_rgb = True
-    max_samples = 1  # one scene per run: a prompt list is a sweep (python train.py -m prompt=...,...)
 
     def __init__(
         self,
@@ -209,18 +178,35 @@ class NeRFRenderer(Renderer):
         chunk: int = 2**18,
     ):
         super().__init__()
-        self.stages = stage_table(height, width, batch_size, stages)
-        for name, value in (("num_samples", num_samples), ("eval_views", eval_views)):
-            if int(value) <= 0:
-                raise ValueError(f"renderer.{name} must be positive, got {value}")
+        self.init_scene(
+            height,
+            width,
+            batch_size,
+            stages,
+            dict(
+                azimuth_range=azimuth_range,
+                elevation_range=elevation_range,
+                distance_range=distance_range,
+                fovy_range=fovy_range,
+            ),
+            view_dependent_prompt,
+            (front_threshold, back_threshold, overhead_threshold),
+            eval_views,
+            eval_distance,
+            eval_fovy,
+            turntable_views,
+            turntable_elevation,
+            turntable_size,
+            export_mesh,
+        )
+        if int(num_samples) <= 0:
+            raise ValueError(f"renderer.num_samples must be positive, got {num_samples}")
         if density_activation not in ("softplus", "exp"):
             raise ValueError(f"renderer.density_activation must be softplus or exp, got {density_activation!r}")
         if shading not in SHADINGS:
             raise ValueError(f"renderer.shading must be one of {SHADINGS}, got {shading!r}")
         if export_mesh is not None and export_mesh not in FORMATS:
             raise ValueError(f"renderer.export_mesh must be one of {FORMATS} or null, got {export_mesh!r}")
-        self.stage, self.step = 0, 0
-        self.model_size: tuple[int, int] | None = None  # set by bind: what the guidance model takes
         self.encoding_backend = encoding_backend
         self.encoding_kwargs = dict(
             num_levels=num_levels,
@@ -250,14 +236,6 @@ class NeRFRenderer(Renderer):
         )
         self.alpha_threshold, self.early_stop_eps = float(alpha_threshold), float(early_stop_eps)
         self.render_step_size = 1.732 * 2 * self.bound / self.num_samples  # threestudio's, for radius = bound
-        self.camera_ranges = {
-            "azimuth_range": tuple(azimuth_range),
-            "elevation_range": tuple(elevation_range),
-            "distance_range": tuple(distance_range),
-            "fovy_range": tuple(fovy_range),
-        }
-        self.view_dependent_prompt = bool(view_dependent_prompt)
-        self.thresholds = (float(front_threshold), float(back_threshold), float(overhead_threshold))
         self.shading = shading
         self.shading_odds = dict(
             ambient_only_steps=int(ambient_only_steps),
@@ -276,38 +254,13 @@ class NeRFRenderer(Renderer):
         else:
             self.register_buffer("sketch", None)
         self.encoding_lr, self.network_lr = float(encoding_lr), float(network_lr)
-        self.eval_views = int(eval_views)
-        self.eval_distance, self.eval_fovy = eval_distance, eval_fovy
-        self.turntable_views, self.turntable_elevation = int(turntable_views), float(turntable_elevation)
-        self.turntable_size = int(turntable_size) if turntable_size else None
-        self.export_mesh, self.mesh_resolution, self.mesh_threshold = export_mesh, int(mesh_resolution), mesh_threshold
+        self.mesh_resolution, self.mesh_threshold = int(mesh_resolution), mesh_threshold
         self.mesh_min_part = float(mesh_min_part)
         self.chunk = int(chunk)
 
     # ----------------------------------------------------------------------------------------------------------------
     # The schedule
     # ----------------------------------------------------------------------------------------------------------------
-
-    @property
-    def render_size(self) -> tuple[int, int]:
-        """This stage's render size (H, W)."""
-        return self.stages[self.stage][1], self.stages[self.stage][2]
-
-    @property
-    def height(self) -> int:  # what the model receives: its own size once bound, else the render size
-        return self.model_size[0] if self.model_size else self.render_size[0]
-
-    @property
-    def width(self) -> int:
-        return self.model_size[1] if self.model_size else self.render_size[1]
-
-    @property
-    def batch_size(self) -> int:
-        return self.stages[self.stage][3]
-
-    def stage_at(self, step: int) -> int:
-        """The stage a step is in; a stage's own start step is in it (threestudio's bisect_right on its milestones)."""
-        return bisect.bisect_right([row[0] for row in self.stages], step) - 1
 
     def at_step(self, step: int) -> None:
         """Follow the schedule (render size, cameras per step) and update the occupancy grid (every n-th step)."""
@@ -439,19 +392,6 @@ class NeRFRenderer(Renderer):
         to_image = lambda v: v.view(b, height, width, -1).permute(0, 3, 1, 2)
         return Frame(to_image(rgb), to_image(opacity), ray_indices.shape[0] / max(n_rays, 1), orientation)
 
-    def to_model_size(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Renders resized to the model's own size: bilinear as the paper's code upsamples 64² → 512² for the VAE;
-        antialiased when shrinking (a 64² render for the 32² shapes prior)."""
-        if self.model_size is None or tuple(rgb.shape[-2:]) == self.model_size:
-            return rgb
-        shrink = rgb.shape[-2] > self.model_size[0]
-        return F.interpolate(rgb, size=self.model_size, mode="bilinear", align_corners=False, antialias=shrink)
-
-    def suffixes(self, cams: Cameras) -> list[str]:
-        if not self.view_dependent_prompt:
-            return [""] * len(cams)
-        return [view_suffix(a, e, *self.thresholds) for a, e in zip(cams.azimuth.tolist(), cams.elevation.tolist())]
-
     def regularizers(self, frame: Frame) -> tuple[torch.Tensor | None, dict]:
         """threestudio's sparsity √(o² + 0.01) and opaque (binary entropy) terms over pixels, DreamFusion's orientation
         term and the sketch term; their weighted sum (None when every weight is 0) and their values for the log."""
@@ -484,25 +424,6 @@ class NeRFRenderer(Renderer):
         bce = F.binary_cross_entropy(occupied.clamp(1e-5, 1 - 1e-5), (target > 0.5).float(), reduction="none")
         return (bce * (2 * target - 1).abs()).mean()
 
-    @classmethod
-    def render_sizes(cls, cfg) -> list[tuple[int | None, int | None, int | None]]:
-        """Every stage of the resolution schedule: (height, width, cameras per step), the cameras being the rows of
-        the one sample (scene) a NeRF holds."""
-        table = stage_table(cfg.height, cfg.width, cfg.batch_size, cfg.get("stages") or [])
-        return [(h, w, b) for _, h, w, b in table]
-
-    @classmethod
-    def view_phrases(cls, cfg) -> list[str]:
-        """The view phrases the cameras of this config can get (cameras.reachable_view_suffixes, decided as
-        `suffixes` decides them), or [""] without view-dependent prompts. Keys the config leaves out take this
-        class's defaults."""
-        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
-        get = lambda key: cfg.get(key, defaults[key])
-        if not get("view_dependent_prompt"):
-            return [""]
-        keys = ("azimuth_range", "elevation_range", "front_threshold", "back_threshold", "overhead_threshold")
-        return reachable_view_suffixes(*(get(key) for key in keys))
-
     def bind(self, space: ModelSpace, seeds: Sequence[int] = (0,)) -> None:
         """The scene's initial field comes from torch's global RNG, which the trainer seeds with the run's seed."""
         self.use_device(space.device)
@@ -522,7 +443,7 @@ class NeRFRenderer(Renderer):
 
         In eval mode (`renderer.eval()`) the cameras are fixed instead: `eval_views` azimuths evenly spaced from 0°
         (front) at turntable_elevation, mid-range distance and fovy, without jitter, so final images are repeatable."""
-        cams = sample_cameras(self.batch_size, **self.camera_ranges) if self.training else self.orbit(self.eval_views)
+        cams = self.cameras()
         shading = choose_shading(self.shading, self.training, self.step, **self.shading_odds)
         frame = self.render(cams, *self.render_size, stratified=self.training, shading=shading)
         regularization, logs = self.regularizers(frame)
@@ -551,13 +472,6 @@ class NeRFRenderer(Renderer):
     # ----------------------------------------------------------------------------------------------------------------
     # End of run
     # ----------------------------------------------------------------------------------------------------------------
-
-    def orbit(self, views: int) -> Cameras:
-        """`views` cameras evenly spaced in azimuth from 0° (front), at turntable_elevation, eval distance and fovy."""
-        mid = lambda key: sum(self.camera_ranges[key]) / 2
-        distance = mid("distance_range") if self.eval_distance is None else self.eval_distance
-        fovy = mid("fovy_range") if self.eval_fovy is None else self.eval_fovy
-        return orbit_cameras(views, self.turntable_elevation, distance, fovy)
 
     def turntable(self, views: int | None = None, size: int | None = None) -> torch.Tensor:
         """`views` renders (V, 3, S, S) around the object at turntable_elevation, mid-range distance and fovy."""
@@ -596,26 +510,7 @@ class NeRFRenderer(Renderer):
         views are of one scene, unlabelled."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        frames = [grid(view[None]) for view in self.turntable()]  # uint8 (h, w, 3), upsampled to ≥ 128 px
-        every = max(1, len(frames) // 8)  # evenly spaced azimuths (every 45° for 24 views)
-        written = [save_strip(frames[::every][:8], run_dir / "views.png", max_frames=8)]
-        video = save_video(frames, run_dir / "turntable.mp4", fps=8)
-        written += [video] if video is not None else []
-        if self.export_mesh is not None:
-            try:
-                mesh = self.mesh(setting=run_setting(run_dir))
-                written.append(write_mesh(mesh, run_dir / f"model.{self.export_mesh}"))
-            except ValueError as err:  # a finished run must not fail on its mesh; say why there is none
-                warnings.warn(f"no mesh written: {err}", stacklevel=2)
-        return written
-
-
-def run_setting(run_dir: Path) -> Setting:
-    """A mesh setting as the end of a training run advises it: the train.py key for the next run, and scripts/export.py
-    for the run just finished (its checkpoint holds the field, so no retraining is needed)."""
-    return lambda key, value: (
-        f"renderer.mesh_{key}={value} (or, for this run: python scripts/export.py {run_dir} --{key} {value})"
-    )
+        return self.write_views(run_dir) + self.write_mesh(run_dir)
 
 
 def _split(cams: Cameras) -> list[Cameras]:

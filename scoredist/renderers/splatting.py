@@ -13,8 +13,9 @@ The same image model as gsplat's `rasterization` (the CUDA path), so that the tw
   cut-offs; 3DGS clamps α at 0.99);
 - C = Σ_k c_k α_k T_k + T_final · background, T_k = Π_{j<k} (1 − α_j) over the Gaussians composited.
 
-Tile-free: every pixel against every Gaussian (in chunks of pixels), differentiable end to end. Because T only falls
-along the depth order, "stopped" is simply T_k (1 − α_k) ≤ 1e-4, so the whole composite is a few tensor operations.
+Tile-free in the CUDA sense: bands of rows, every pixel of a band against every Gaussian whose 3σ box overlaps the
+band, differentiable end to end. Because T only falls along the depth order, "stopped" is simply T_k (1 − α_k) ≤ 1e-4,
+so the whole composite is a few tensor operations.
 """
 
 from __future__ import annotations
@@ -85,6 +86,26 @@ def project(
     return means2d, conics, tz, valid
 
 
+def footprint_radii(conics: torch.Tensor, opacities: torch.Tensor) -> torch.Tensor:
+    """(N, 2) the half-sides in pixels of each projected Gaussian's box, gsplat's: ⌈e·√Σ'_xx⌉, ⌈e·√Σ'_yy⌉ with
+    e = min(3.33, √(2 ln(255·o))), the distance beyond which its α < 1/255; 0 for o < 1/255 (never visible)."""
+    a, b, c = conics.detach().unbind(-1)
+    det = (a * c - b * b).clamp_min(1e-20)
+    var = torch.stack([c / det, a / det], dim=-1)  # the 2D covariance's diagonal
+    o = opacities.detach()
+    extend = (2 * (255.0 * o).clamp_min(1.0).log()).sqrt().clamp_max(3.33)
+    radii = (extend[:, None] * var.sqrt()).ceil()
+    return torch.where((o >= ALPHA_MIN)[:, None], radii, torch.zeros_like(radii))
+
+
+def visible(means2d: torch.Tensor, radii: torch.Tensor, valid: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(N,) bool: in front of the near plane, a box (radii (N, 2)) of positive size that overlaps the image."""
+    x, y = means2d.detach().unbind(-1)
+    rx, ry = radii.unbind(-1)
+    inside = (x + rx > 0) & (x - rx < width) & (y + ry > 0) & (y - ry < height)
+    return valid & inside & (rx > 0) & (ry > 0)
+
+
 def composite(
     means2d: torch.Tensor,
     conics: torch.Tensor,
@@ -95,41 +116,49 @@ def composite(
     width: int,
     height: int,
     background: torch.Tensor | None = None,
-    pixels_per_chunk: int = 4096,
+    rows_per_band: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Front-to-back alpha compositing of N projected Gaussians over every pixel.
 
     colors (N, D), opacities (N,) in [0, 1] → image (H, W, D) and alpha (H, W) = 1 − T_final; background (D,) or None
-    (zeros)."""
-    order = torch.argsort(torch.where(valid, depths, torch.full_like(depths, math.inf)))
-    order = order[valid[order]]
+    (zeros). The image is composited in bands of `rows_per_band` rows, each against only the Gaussians whose box
+    (`footprint_radii`) overlaps it, as a tile rasteriser does; inside a band every pixel meets every such Gaussian."""
+    radii = footprint_radii(conics, opacities)
+    seen = visible(means2d, radii, valid, width, height)
+    order = torch.argsort(torch.where(seen, depths, torch.full_like(depths, math.inf)))
+    order = order[seen[order]]
     means2d, conics, colors, opacities = means2d[order], conics[order], colors[order], opacities[order]
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=means2d.dtype, device=means2d.device) + 0.5,
-        torch.arange(width, dtype=means2d.dtype, device=means2d.device) + 0.5,
-        indexing="ij",
-    )
-    pixels = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)  # (P, 2)
+    top, bottom = (means2d[:, 1] - radii[order, 1]).detach(), (means2d[:, 1] + radii[order, 1]).detach()
+    xs = torch.arange(width, dtype=means2d.dtype, device=means2d.device) + 0.5
     images, alphas = [], []
-    for start in range(0, pixels.shape[0], pixels_per_chunk):
-        d = pixels[start : start + pixels_per_chunk, None, :] - means2d[None]  # (p, N, 2)
-        sigma = (
-            0.5 * (conics[:, 0] * d[..., 0] ** 2 + conics[:, 2] * d[..., 1] ** 2) + conics[:, 1] * d[..., 0] * d[..., 1]
-        )
-        alpha = (opacities * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
-        alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
-        one_minus = 1 - alpha
-        # T_k = Π_{j<k} (1 − α_j): an exclusive cumulative product along the depth order
-        transmittance = torch.cumprod(torch.cat([torch.ones_like(one_minus[:, :1]), one_minus[:, :-1]], 1), 1)
-        included = transmittance * one_minus > TRANSMITTANCE_MIN
-        weights = torch.where(included, alpha * transmittance, torch.zeros_like(alpha))
-        t_final = torch.where(included, one_minus, torch.ones_like(one_minus)).prod(1)
-        color = weights @ colors
+    for start in range(0, height, rows_per_band):
+        stop = min(start + rows_per_band, height)
+        here = torch.nonzero((bottom > start) & (top < stop)).flatten()  # still in depth order
+        ys = torch.arange(start, stop, dtype=means2d.dtype, device=means2d.device) + 0.5
+        pixels = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).reshape(-1, 2)  # (p, 2) as x, y
+        color, t_final = composite_band(pixels, means2d[here], conics[here], colors[here], opacities[here])
         if background is not None:
             color = color + t_final[:, None] * background
         images.append(color)
         alphas.append(1 - t_final)
     return torch.cat(images).view(height, width, -1), torch.cat(alphas).view(height, width)
+
+
+def composite_band(
+    pixels: torch.Tensor, means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor, opacities: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels (p, 2) against n Gaussians in depth order → colour (p, D) and final transmittance (p,)."""
+    d = pixels[:, None, :] - means2d[None]  # (p, n, 2)
+    sigma = 0.5 * (conics[:, 0] * d[..., 0] ** 2 + conics[:, 2] * d[..., 1] ** 2) + conics[:, 1] * d[..., 0] * d[..., 1]
+    alpha = (opacities * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
+    alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
+    one_minus = 1 - alpha
+    # T_k = Π_{j<k} (1 − α_j): an exclusive cumulative product along the depth order
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(one_minus[:, :1]), one_minus[:, :-1]], 1), 1)
+    included = transmittance * one_minus > TRANSMITTANCE_MIN
+    weights = torch.where(included, alpha * transmittance, torch.zeros_like(alpha))
+    t_final = torch.where(included, one_minus, torch.ones_like(one_minus)).prod(1)
+    return weights @ colors, t_final
 
 
 def rasterize(
