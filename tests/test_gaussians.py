@@ -17,6 +17,7 @@ from scoredist.renderers.cameras import Cameras, camera_rays, orbit_cameras
 from scoredist.renderers.densify import plan
 from scoredist.renderers.gaussian_ply import read_ply
 from scoredist.renderers.gaussians import GaussianRenderer, camera_matrices, expon_lr, gsplat_available
+from scoredist.renderers.splatting import covariances, project
 from scoredist.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -39,6 +40,32 @@ def test_a_point_on_a_pixels_ray_projects_to_that_pixels_centre():
         assert cam[2] > 0  # in front (OpenCV: +z forward)
         pixel = (K[0] @ cam)[:2] / cam[2]
         torch.testing.assert_close(pixel, torch.tensor([j + 0.5, i + 0.5]), atol=1e-4, rtol=0)
+
+
+def test_projection_and_colours_equal_gsplats_own_pytorch_reference():
+    """gsplat's pure-PyTorch reference (gsplat.cuda._torch_impl, what its CUDA kernels are tested against) on the
+    same Gaussians and cameras: the projected centres, depths and conics of splatting.project, and the degree-1
+    spherical-harmonic colours of GaussianRenderer.colours. Its compositing needs CUDA; ours is tested by hand."""
+    ref = pytest.importorskip("gsplat.cuda._torch_impl")
+    torch.manual_seed(0)
+    r = bound(GaussianRenderer(num_points=300, sh_degree=1, distance_range=(2.5, 2.5)), 32)
+    with torch.no_grad():
+        r.log_scales += torch.randn_like(r.log_scales)
+        r.quats.normal_()
+        r.sh_rest.normal_()
+    cams = orbit_cameras(3, 25.0, 2.5, 49.1)
+    view, K = camera_matrices(cams, 32, 48)
+    covs = covariances(r.quats, r.log_scales.exp()).detach()
+    _, means2d, depths, conics, _ = ref._fully_fused_projection(r.means.detach(), covs, view, K, 48, 32)
+    for i in range(len(cams)):
+        ours = project(r.means.detach(), covs, view[i], K[i], 48, 32)
+        torch.testing.assert_close(ours[0], means2d[i], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(ours[2], depths[i])
+        torch.testing.assert_close(ours[1], conics[i], atol=1e-6, rtol=1e-4)
+        eye = torch.linalg.inv(view[i])[:3, 3]
+        coeffs = torch.cat([r.sh_dc[:, None], r.sh_rest], dim=1).detach()
+        theirs = (ref._spherical_harmonics(1, r.means.detach() - eye, coeffs) + 0.5).clamp_min(0)
+        torch.testing.assert_close(r.colours(eye).detach(), theirs)
 
 
 def test_the_centres_rate_decays_log_linearly_as_3dgs_schedules_it():

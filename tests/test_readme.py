@@ -843,6 +843,24 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         (
+            "python scripts/bench_splat.py",
+            Spec(
+                "bench-splat",
+                short_flags=("--count", "300", "--size", "24", "--rounds", "1"),
+                output=("M pixel-Gaussian pairs a step", "| torch |"),
+            ),
+        ),
+        ("python scripts/bench_splat.py --device cuda", Spec("bench-splat-cuda", skip="needs a GPU (--device cuda)")),
+        (
+            "python scripts/bench_splat.py --run RUN_DIR",
+            Spec(
+                "bench-splat-run",
+                subst=(("RUN_DIR", "{out:gs-demo}/run"),),
+                short_flags=("--size", "16", "--rounds", "1"),
+                output=("| torch |",),
+            ),
+        ),
+        (
             "python scripts/bench_speed.py --model sd3 --size 64 --losses sds --batch-sizes 1",
             Spec(
                 "bench-speed-sd3",

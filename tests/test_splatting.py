@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from scoredist.renderers.splatting import covariances, project, quaternion_to_rotation, rasterize
@@ -36,7 +37,7 @@ def test_one_gaussian_on_the_axis_gives_the_hand_computed_pixel():
         a = hand_alpha(o, j + 0.5 - W / 2, i + 0.5 - H / 2, var)
         a = a if a >= 1 / 255 else 0.0
         torch.testing.assert_close(image[i, j], a * color[0] + (1 - a) * bg)
-        assert alpha[i, j].item() == a
+        assert alpha[i, j].item() == pytest.approx(a, rel=1e-12, abs=1e-15)
 
 
 def test_two_gaussians_composite_front_to_back_whatever_their_order():
