@@ -544,6 +544,7 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     guidance = instantiate(cfg.guidance, device=str(device), precision=cfg.trainer.precision)
     renderer_class = get_class(cfg.renderer._target_)
     check_pairing(renderer_class, guidance)
+    check_views_per_object(guidance, renderer_class.render_sizes(cfg.renderer))
     run = Run(cfg, run_dir, device, guidance, instantiate(cfg.loss), instantiate(cfg.schedule))
     chunks = plan_chunks(cfg, samples)
     mine = own_chunks(cfg, [len(c) for c in chunks])
@@ -649,7 +650,8 @@ GUIDANCE_FOR = {"images": "guidance=sd or guidance=shapes", "points": "guidance=
 
 def check_pairing(renderer_class, guidance) -> None:
     """A renderer makes images or 2D points; a guidance model takes one of them (its sample shape: (C, H, W) or
-    (2,)). Refuse a pair that does not fit before anything runs, naming what to choose instead (otherwise it fails
+    (2,)), and a camera-conditioned one needs a renderer whose rows have cameras. Refuse a pair that does not fit
+    before anything runs, naming what to choose instead (otherwise it fails
     later in the model's own words: a conv2d shape error, an unknown view word, a size hint that cannot be met)."""
     takes = "points" if len(guidance.sample_shape()) == 1 else "images"
     if renderer_class.makes != takes:
@@ -657,6 +659,25 @@ def check_pairing(renderer_class, guidance) -> None:
         raise ValueError(
             f"renderer={name} makes {renderer_class.makes}, but guidance {type(guidance).__name__} takes {takes}: "
             f"use {GUIDANCE_FOR[renderer_class.makes]} with renderer={name}"
+        )
+    if getattr(guidance, "needs_cameras", False) and not renderer_class.has_cameras:
+        name = chosen_option("renderer", renderer_class.__name__.removesuffix("Renderer").lower())
+        raise ValueError(
+            f"renderer={name} has no cameras, but guidance {type(guidance).__name__} conditions every view on its "
+            f"camera: use renderer=nerf or renderer=gaussians with it (or guidance=shapes with renderer={name})"
+        )
+
+
+def check_views_per_object(guidance, sizes: list[tuple]) -> None:
+    """A multi-view guidance model takes the views of one object in groups of `views_per_object`: every stage's
+    cameras per step must fill whole groups."""
+    per_object = getattr(guidance, "views_per_object", None)
+    cameras = sorted({rows for _, _, rows in sizes if rows is not None})
+    if per_object and any(rows % per_object for rows in cameras):
+        raise ValueError(
+            f"guidance.views_per_object={per_object} takes the views of one object in groups of {per_object}, but the "
+            f"renderer has {', '.join(map(str, cameras))} cameras per step: use trainer.batch_size={per_object} "
+            f"(or a multiple of it)"
         )
 
 

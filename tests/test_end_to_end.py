@@ -149,6 +149,8 @@ GUIDANCES = {
     "flux": ("guidance=flux", "guidance.pretrained={tiny_flux}"),
     "shapes": ("guidance=shapes", "prompt=a red cube", *WORLD),
     "shapes_flow": ("guidance=shapes_flow", "prompt=a red cube", *WORLD),
+    # one view per object: any renderer's cameras per step fill whole groups (groups of 2+: test_multiview_prior.py)
+    "shapes_multiview": ("guidance=shapes_multiview", "prompt=a red cube", *WORLD, "guidance.views_per_object=1"),
     "points2d": ("guidance=points2d", "prompt=a ring"),
 }
 # the pairings the code supports, and the files a run of each ends with besides the run-folder contract
@@ -164,6 +166,9 @@ VALID = {
     ("gaussians", "sd"): ("views.png", "turntable.mp4", "gaussians.ply", "model.obj"),
     ("gaussians", "shapes"): ("eval.json", "views.png", "turntable.mp4", "gaussians.ply", "model.obj"),
     ("gaussians", "shapes_flow"): ("eval.json", "views.png", "gaussians.ply"),
+    ("nerf", "shapes_multiview"): ("eval.json", "views.png", "model.obj"),
+    ("nerf_threestudio", "shapes_multiview"): ("eval.json", "views.png"),
+    ("gaussians", "shapes_multiview"): ("eval.json", "views.png", "gaussians.ply"),
     ("points", "points2d"): ("particles.png", "progress.png"),
     **{
         (renderer, family): files

@@ -438,6 +438,17 @@ def _table() -> dict[str, Spec]:
         ),
         ('python train.py +experiment=t23d_ours_gs prompt="a hamburger"', Spec("t23d-ours-gs", skip=GPU_SD)),
         (
+            "python train.py +experiment=janus_shapes",
+            Spec(
+                "janus-shapes",
+                always=(SWEEP,),
+                short=("trainer.max_steps=10", "renderer.mesh_resolution=16", "renderer.turntable_views=4", *WORLD),
+                runs=("sweep/*-*",),
+                files=("sweep/0-*/eval.json", "sweep/1-*/eval.json", "sweep/1-*/views.png"),
+                check=check_sweep_jobs(2),
+            ),
+        ),
+        (
             'python train.py +experiment=t23d_ism prompt="a DSLR photo of a bagel filled with cream cheese and lox."',
             Spec("t23d-ism", skip=GPU_SD),
         ),

@@ -73,6 +73,7 @@ class Guidance(nn.Module):
     channels: int = 3
     downscale: int = 1
     prediction: str = "epsilon"  # what the network itself predicts (predictions.PREDICTIONS)
+    needs_cameras: bool = False  # conditions every row on its camera (prompts.Condition.camera): 3D renderers only
 
     def __init__(self, alphas_cumprod: torch.Tensor):
         super().__init__()

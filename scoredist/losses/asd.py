@@ -25,7 +25,7 @@ import torch
 
 from scoredist.guidance.base import add_noise, cfg
 from scoredist.losses.base import LazyMean, ScoreLoss, norm
-from scoredist.prompts import texts
+from scoredist.prompts import conditions
 from scoredist.schedules import TimestepSchedule, value_at
 
 
@@ -67,7 +67,7 @@ class ASD(ScoreLoss):
             eps = guidance.predict_noise(
                 torch.cat([x_t, x_t, x_plus]),
                 torch.cat([t, t, t_plus]),
-                [*texts(prompts), *[self.negative_prompt] * b, *texts(prompts)],
+                conditions([prompts, [self.negative_prompt] * b, prompts]),
             )
         eps_cond, eps_neg, eps_plus = eps.chunk(3)
         scale = value_at(self.guidance_scale, step)

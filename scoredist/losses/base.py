@@ -14,6 +14,7 @@ import torch
 
 from scoredist.guidance.base import add_noise
 from scoredist.prompts import Prompt, texts
+from scoredist.prompts import conditions as row_conditions
 
 # w(t) as a function of ᾱ_t. "1-abar" is DreamFusion's and the paper's 2D choice; "sqrt((1-abar)/abar)" is ISM's and
 # SDI's (an x0-space loss written in ε units: x − x̂0 = sqrt((1 − ᾱ)/ᾱ) · (ε̂ − ε)).
@@ -46,11 +47,11 @@ def predict_conditions(
     """ε̂ for several conditions in ONE batched guidance call.
 
     x_t: (B, ...) shared by all conditions, or one (B, ...) tensor per condition (DDS noises two images).
-    conditions: C lists of B prompts (`Prompt` rows or plain strings). Returns C tensors of shape (B, ...).
+    conditions: C lists of B prompts (`Prompt` rows or plain strings), aligned by row: a plain string (∅, a negative)
+    carries the camera of the render row beside it (`prompts.conditions`). Returns C tensors of shape (B, ...).
     """
     xs = list(x_t) if isinstance(x_t, (list, tuple)) else [x_t] * len(conditions)
-    prompts = [p for cond in conditions for p in texts(cond)]
-    eps = guidance.predict_noise(torch.cat(xs), t.repeat(len(conditions)), prompts)
+    eps = guidance.predict_noise(torch.cat(xs), t.repeat(len(conditions)), row_conditions(conditions))
     return list(eps.chunk(len(conditions)))
 
 

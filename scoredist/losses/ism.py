@@ -27,11 +27,14 @@ guided call: 4 to 8. Their t is in [21, 500] after the warm-up (timesteps[i] = i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from scoredist.guidance.base import add_noise, alpha_bar, cfg, ddim_move
 from scoredist.losses.base import LazyMean, ScoreLoss, norm, predict_conditions
 from scoredist.losses.inversion import invert, strided_path
+from scoredist.prompts import Prompt, beside
 from scoredist.schedules import linear_ramp, value_at
 
 START = 1  # LucidDreamer's inversion starts at timesteps[0], which is 1 on Stable Diffusion's leading grid
@@ -74,12 +77,13 @@ class ISM(ScoreLoss):
         """δ_T: interval_start at step 0, `interval` from the end of the warm-up on (truncated, as theirs)."""
         return int(linear_ramp(step, 0, self.warmup_steps, self.interval_start, self.interval))
 
-    def inversion_eps(self, guidance, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """ε̂ on the inversion path: ε(∅); with inversion_guidance_scale > 1, their reverse CFG with the negative."""
-        n = z.shape[0]
+    def inversion_eps(self, guidance, z: torch.Tensor, t: torch.Tensor, rows: Sequence[Prompt]) -> torch.Tensor:
+        """ε̂ on the inversion path: ε(∅); with inversion_guidance_scale > 1, their reverse CFG with the negative.
+        rows: the prompts of z's rows (their cameras go with the ∅ rows to a camera-conditioned model)."""
+        inverse = beside(self.inverse_prompt, rows)
         if self.inversion_guidance_scale <= 1:
-            return guidance.predict_noise(z, t, [self.inverse_prompt] * n)
-        eps_inv, eps_neg = predict_conditions(guidance, z, t, [[self.inverse_prompt] * n, [self.negative_prompt] * n])
+            return guidance.predict_noise(z, t, inverse)
+        eps_inv, eps_neg = predict_conditions(guidance, z, t, [inverse, [self.negative_prompt] * len(rows)])
         return eps_inv + self.inversion_guidance_scale * (eps_neg - eps_inv)
 
     def direction(self, guidance, x, t, noise, prompts, step):
@@ -88,8 +92,9 @@ class ISM(ScoreLoss):
         with torch.no_grad():
             x_1 = add_noise(x.detach(), noise, torch.full_like(t, START), guidance.alphas_cumprod)
             path, active = strided_path(s, START, self.inversion_stride, self.inversion_steps)
-            x_s = invert(guidance, x_1, path, active, lambda z, tt, rows: self.inversion_eps(guidance, z, tt))
-            eps_s = self.inversion_eps(guidance, x_s, s)  # ISM's target, and the step from s to t
+            predict = lambda z, tt, rows: self.inversion_eps(guidance, z, tt, [prompts[i] for i in rows.tolist()])
+            x_s = invert(guidance, x_1, path, active, predict)
+            eps_s = self.inversion_eps(guidance, x_s, s, prompts)  # ISM's target, and the step from s to t
             a_s, a_t = (alpha_bar(guidance.alphas_cumprod, u, x.dim()) for u in (s, t))
             x_t = ddim_move(x_s, eps_s, a_s, a_t)
             eps_neg, eps_cond = predict_conditions(guidance, x_t, t, [[self.negative_prompt] * b, prompts])

@@ -62,6 +62,7 @@ class Renderer(nn.Module):
     height: int | None = None  # render size in pixels; None for renderers that make no images (points)
     width: int | None = None
     max_samples: int | None = None  # samples one renderer holds at once (a NeRF is one scene); None: any number
+    has_cameras: bool = False  # its rows carry cameras (Render.cameras): what camera-conditioned guidance needs
 
     @classmethod
     def render_sizes(cls, cfg) -> list[tuple[int | None, int | None, int | None]]:

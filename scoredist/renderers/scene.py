@@ -55,6 +55,7 @@ def run_setting(run_dir: Path) -> Setting:
 
 class SceneRenderer(Renderer):
     outputs_rgb = True
+    has_cameras = True
     max_samples = 1  # one scene per run: a prompt list is a sweep (python train.py -m prompt=...,...)
 
     def init_scene(

@@ -50,7 +50,7 @@ class ParticleScore(SourceModel):
     @torch.no_grad()
     def update(self, x: torch.Tensor, prompts: Sequence[Prompt | str]) -> None:
         """Replace the particles by the rows of x (N, ...), grouped by prompt text (N prompts)."""
-        names = texts(prompts)
+        names = [str(name) for name in texts(prompts)]  # plain strings: the particles go into checkpoints
         if len(names) != x.shape[0]:
             raise ValueError(f"got {x.shape[0]} particles but {len(names)} prompts")
         flat = x.detach().reshape(x.shape[0], -1).double()

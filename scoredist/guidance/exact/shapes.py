@@ -3,8 +3,9 @@
 Every caption "<colour> <shape>" owns a bank of views (azimuths × elevations). Every view owns one mixture component
 per variant: the clean render, one per corruption and one per corruption's mirror (`world.VARIANT_NAMES`; see world.py
 for why artifacts come in mirrored pairs). Component k of a caption bank is view k // V_n, variant k % V_n (V_n
-variants). Fixed weights: views uniform; within a view the clean component has `clean_weight` and the other variants
-share the rest equally; captions uniform. Means are the renders in [−1, 1]; every component has the same isotropic
+variants). Fixed weights: views uniform (or, with `front_weight` w > 1, each front view w times likelier than any
+other: the single-view bias behind many-faced 3D objects, for +experiment=janus_shapes); within a view the clean
+component has `clean_weight` and the other variants share the rest equally; captions uniform. Means are the renders in [−1, 1]; every component has the same isotropic
 variance σ² (`variance`).
 
 A prompt selects components (vocabulary.py):
@@ -104,6 +105,7 @@ class ShapesPrior(Guidance):
         clean_weight: float = 0.5,
         supersample: int = 2,
         overhead_elevation: float = 60.0,
+        front_weight: float = 1.0,
         mixture_cache_size: int = 4,
         device: str = "cpu",
         precision: str = "fp32",
@@ -131,7 +133,15 @@ class ShapesPrior(Guidance):
         self._view_of = torch.arange(n_view).repeat_interleave(n_var)  # (K_c,) component → view index
         variant_logw = torch.full((n_var,), math.log((1 - clean_weight) / (n_var - 1)), dtype=torch.float64)
         variant_logw[VARIANT_NAMES.index("clean")] = math.log(clean_weight)
-        self._component_logw = variant_logw[self._variant_of] - math.log(n_view)  # (K_c,), sums to 1 in prob space
+        # front_weight > 1: a front view is that much likelier than any other view of the same object, whatever the
+        # prompt's view phrase does not exclude — the bias of 2D models that makes a 3D object many-faced (Janus)
+        if front_weight <= 0:
+            raise ValueError(f"front_weight must be positive, got {front_weight}")
+        front = torch.tensor([name == "front view" for name in self.bank_view_names], dtype=torch.float64)
+        view_logw = torch.log_softmax(math.log(front_weight) * front, 0)  # (n_view,)
+        if front_weight == 1.0:
+            view_logw = torch.full((n_view,), -math.log(n_view), dtype=torch.float64)  # uniform, as always before
+        self._component_logw = variant_logw[self._variant_of] + view_logw[self._view_of]  # (K_c,), sums to 1
 
         self.captions: list[tuple[str, str]] = [(c, s) for c in COLOURS for s in SHAPES]
         self._banks: dict[tuple[str, str], torch.Tensor] = {}  # caption → means (K_c, D) float64 on CPU
@@ -509,7 +519,7 @@ class ShapesSourceModel(SourceModel):
 
     def prompt_slot(self, prompts: Sequence[str]) -> torch.Tensor:
         """Embedding rows of the prompts, assigning the next free row to a text seen for the first time."""
-        for p in prompts:
+        for p in map(str, prompts):  # plain strings: the slots go into checkpoints
             if p not in self.slots:
                 if len(self.slots) >= self.prompt_slots:
                     raise ValueError(
