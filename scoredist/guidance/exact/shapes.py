@@ -5,8 +5,8 @@ per variant: the clean render, one per corruption and one per corruption's mirro
 for why artifacts come in mirrored pairs). Component k of a caption bank is view k // V_n, variant k % V_n (V_n
 variants). Fixed weights: views uniform (or, with `front_weight` w > 1, each front view w times likelier than any
 other: the single-view bias behind many-faced 3D objects, for +experiment=janus_shapes); within a view the clean
-component has `clean_weight` and the other variants share the rest equally; captions uniform. Means are the renders in [−1, 1]; every component has the same isotropic
-variance σ² (`variance`).
+component has `clean_weight` and the other variants share the rest equally; captions uniform. Means are the renders
+in [−1, 1]; every component has the same isotropic variance σ² (`variance`).
 
 A prompt selects components (vocabulary.py):
 - colour/shape words select captions (none named = all), "" therefore selects the whole world;
