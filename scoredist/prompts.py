@@ -59,7 +59,6 @@ class Condition(str):
         return self
 
 
-
 def conditions(groups: Sequence[Sequence[Prompt | str]], suffix: str = "") -> list[Condition]:
     """The rows of C aligned groups of B rows each (a loss's conditions: y, ∅, negative, ..., one row per render row)
     flattened into C·B `Condition`s, group after group. A `Prompt` row gives its text (with `suffix` before its view

@@ -544,8 +544,9 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     guidance = instantiate(cfg.guidance, device=str(device), precision=cfg.trainer.precision)
     renderer_class = get_class(cfg.renderer._target_)
     check_pairing(renderer_class, guidance)
-    check_views_per_object(guidance, renderer_class.render_sizes(cfg.renderer))
-    run = Run(cfg, run_dir, device, guidance, instantiate(cfg.loss), instantiate(cfg.schedule))
+    loss = instantiate(cfg.loss)
+    check_views_per_object(guidance, renderer_class.render_sizes(cfg.renderer), loss)
+    run = Run(cfg, run_dir, device, guidance, loss, instantiate(cfg.schedule))
     chunks = plan_chunks(cfg, samples)
     mine = own_chunks(cfg, [len(c) for c in chunks])
     run.first_chunk = mine.start
@@ -668,10 +669,16 @@ def check_pairing(renderer_class, guidance) -> None:
         )
 
 
-def check_views_per_object(guidance, sizes: list[tuple]) -> None:
+def check_views_per_object(guidance, sizes: list[tuple], loss=None) -> None:
     """A multi-view guidance model takes the views of one object in groups of `views_per_object`: every stage's
-    cameras per step must fill whole groups."""
+    cameras per step must fill whole groups, and the loss must call it with whole groups."""
     per_object = getattr(guidance, "views_per_object", None)
+    if per_object and per_object > 1 and loss is not None and not loss.calls_whole_rows:
+        raise ValueError(
+            f"loss={chosen_option('loss', type(loss).__name__.lower())} calls the model on some rows at a time (its "
+            f"inversion), but guidance.views_per_object={per_object} needs an object's views together: use "
+            "guidance.views_per_object=1 or another loss"
+        )
     cameras = sorted({rows for _, _, rows in sizes if rows is not None})
     if per_object and any(rows % per_object for rows in cameras):
         raise ValueError(

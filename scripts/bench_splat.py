@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.run:
             renderer, _ = renderer_from_run(args.run, str(device))
             renderer.train()
+            renderer.background.aug_prob = 0.0  # the same background for every backend: |Δ| compares rasterisers
         else:
             renderer = random_renderer(args.count, args.size, device)
         backends = ["torch"] + (["gsplat"] if device.type == "cuda" and gsplat_available() else [])

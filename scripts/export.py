@@ -29,7 +29,9 @@ from scoredist.renderers.mesh import FORMATS, export_flag, write_mesh
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a run folder of renderer=nerf or gaussians (or a checkpoints/*.pt)")
-    parser.add_argument("--format", choices=FORMATS, default="obj", help="mesh file format (default obj)")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="obj", help="obj | glb | ply (default obj); ply of Gaussians: splats"
+    )
     parser.add_argument("--resolution", type=int, default=None, help="marching-cubes grid per side (run's default)")
     parser.add_argument("--threshold", type=float, default=None, help="density of the surface (run's default)")
     parser.add_argument(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, at most 8 minutes, for a lent GPU machine that has no network: the GPU-marked tests,
 # the Gaussian rasterisers side by side (scripts/bench_splat.py: PyTorch on CUDA vs gsplat, which compiles its kernels
-# on first use and so needs nvcc there), then scripts/bench_speed.py for SD 2.1-base and one flow-matching backbone (SD3-medium's transformer), random
-# weights at real size, eager vs torch.compile, fp16 vs bf16, batch 1/4/8, appended to docs/results/speed-gpu.md.
+# on first use and so needs nvcc there), then scripts/bench_speed.py for SD 2.1-base (fp16 and bf16, eager and
+# compiled) and one flow-matching backbone (SD3-medium's transformer, bf16), random weights at real size, batch 1/4/8,
+# appended to docs/results/speed-gpu.md.
 #
 # That machine has torch, transformers, accelerate, peft, safetensors, pytest, imageio, matplotlib, scipy; the rest
 # of scoredist's dependencies travel as wheels. Here, with network:   bash scripts/gpu_check.sh --download

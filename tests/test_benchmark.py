@@ -362,6 +362,7 @@ def test_a_single_sample_py_run_is_named_after_its_method_and_a_user_error_is_on
 # what each script's own --help must name (its file name, or its purpose where argparse does not print the name)
 SCRIPT_HELP = {
     "bench_prior.py": "bench_prior.py",
+    "bench_splat.py": "bench_splat.py",
     "bench_speed.py": "bench_speed.py",
     "benchmark.py": "scripts/benchmark.py",
     "collect.py": "collect.py",

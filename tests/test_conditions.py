@@ -38,10 +38,11 @@ class RecordingGuidance(StubGuidance):
 
     def __init__(self, plain: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.plain, self.seen = plain, []
+        self.plain, self.seen, self.calls_seen = plain, [], []
 
     def predict_noise(self, x_t, t, prompts):
         self.seen.extend(prompts)
+        self.calls_seen.append(list(prompts))
         return super().predict_noise(x_t, t, [str(p) for p in prompts] if self.plain else prompts)
 
 
@@ -65,6 +66,8 @@ def test_every_loss_gives_the_same_direction_and_hands_every_row_its_camera(name
         direction, _ = loss.direction(guidance, x, t, noise, ROWS, 0)
         results[plain] = direction
         if not plain:
-            cams = cameras_of(guidance.seen)
-            assert guidance.seen and all(c in CAMS for c in cams), (name, guidance.seen)
+            assert guidance.seen and all(cam in CAMS for cam in cameras_of(guidance.seen)), (name, guidance.seen)
+            for row in guidance.seen:  # a prompt row has its own row's camera (∅ rows: the one beside them, above)
+                if "view" in row:
+                    assert row.camera == CAMS["back view" in row], (name, row, row.camera)
     assert torch.equal(results[False], results[True]), name

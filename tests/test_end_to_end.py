@@ -151,6 +151,7 @@ GUIDANCES = {
     "shapes_flow": ("guidance=shapes_flow", "prompt=a red cube", *WORLD),
     # one view per object: any renderer's cameras per step fill whole groups (groups of 2+: test_multiview_prior.py)
     "shapes_multiview": ("guidance=shapes_multiview", "prompt=a red cube", *WORLD, "guidance.views_per_object=1"),
+    "shapes_image": ("guidance=shapes_image", "prompt=a torus", *WORLD),
     "points2d": ("guidance=points2d", "prompt=a ring"),
 }
 # the pairings the code supports, and the files a run of each ends with besides the run-folder contract
@@ -169,6 +170,9 @@ VALID = {
     ("nerf", "shapes_multiview"): ("eval.json", "views.png", "model.obj"),
     ("nerf_threestudio", "shapes_multiview"): ("eval.json", "views.png"),
     ("gaussians", "shapes_multiview"): ("eval.json", "views.png", "gaussians.ply"),
+    ("nerf", "shapes_image"): ("eval.json", "views.png"),
+    ("nerf_threestudio", "shapes_image"): ("eval.json",),
+    ("gaussians", "shapes_image"): ("eval.json", "gaussians.ply"),
     ("points", "points2d"): ("particles.png", "progress.png"),
     **{
         (renderer, family): files
@@ -300,6 +304,8 @@ OVERLAYS = {
     "illusion_shapes": documented("python train.py +experiment=illusion_shapes"),
     "nerf_demo": documented("python train.py +experiment=nerf_demo"),
     "gs_demo": documented("python train.py +experiment=gs_demo"),
+    "janus_shapes": documented("python train.py +experiment=janus_shapes"),
+    "i23d_shapes": documented("python train.py +experiment=i23d_shapes"),
     "t23d_ours_gs": short_run(
         "prompt=a hamburger",
         "guidance.pretrained={tiny}",

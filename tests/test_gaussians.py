@@ -124,9 +124,23 @@ def test_densify_on_planted_statistics_does_what_the_rule_says_and_keeps_adam_in
         assert (avg[2:] == 0).all()
     assert r.stats.grad_sum.shape == (5,) and (r.stats.views == 0).all()
     # and the optimizer steps the new set
+    before_step = r.means.detach().clone()
     for p in r.parameters():
         p.grad = torch.ones_like(p)
     opt.step()
+    assert (r.means - before_step).abs().min() > 0
+
+
+def test_a_faint_gaussian_is_not_copied_and_split_children_still_too_large_are_dropped():
+    """3DGS prunes after densifying, over the copies too."""
+    grads, opac, screen = torch.tensor([0.02, 0.02, 0.02]), torch.tensor([0.005, 0.005, 0.5]), torch.zeros(3)
+    rule = plan(grads, torch.tensor([0.01, 0.1, 0.01]), opac, screen, 0.01, 0.01, 4.0, 0.01)
+    # hot but faint: neither cloned (0, small) nor split (1, large); the opaque one (2) is cloned
+    assert rule.clone.tolist() == [2] and len(rule.split) == 0 and rule.keep.tolist() == [False, False, True]
+    r, opt = planted()
+    r.rule["max_world_size"] = 0.1  # Gaussian 1 (scale 0.2) splits into two of 0.125: still too large, both dropped
+    r.densify(opt)
+    assert r.count == 3 and (r.log_scales.exp().amax(-1) <= 0.1).all()
 
 
 def test_opacity_reset_caps_at_one_percent_and_zeroes_the_moments():
@@ -143,6 +157,15 @@ def test_growth_stops_at_max_gaussians_but_pruning_goes_on():
     r.max_gaussians = 4
     r.densify(opt)
     assert r.count == 3  # nothing cloned or split; the faint one pruned
+
+
+def test_the_centres_rate_is_the_schedules_at_the_iteration_it_is_used_for():
+    r = bound(GaussianRenderer(num_points=8, position_lr=0.01, position_lr_final=0.0001, position_lr_steps=10))
+    opt = torch.optim.Adam(r.param_groups(0.0))
+    means = next(g for g in opt.param_groups if g["name"] == "means")
+    assert means["lr"] == pytest.approx(expon_lr(1, 0.01, 0.0001, 10))  # iteration 1 is step 0
+    r.after_update(0, opt)
+    assert means["lr"] == pytest.approx(expon_lr(2, 0.01, 0.0001, 10))
 
 
 def test_view_space_gradients_reach_the_statistics_once_per_view_seen():
@@ -263,3 +286,15 @@ def test_gsplat_and_the_pytorch_rasteriser_agree_on_images_and_gradients():
     (a, ga), (b, gb) = results["torch"], results["gsplat"]
     assert (a - b).abs().max() < 2e-3 and (a - b).abs().mean() < 1e-4
     assert (ga - gb).norm() < 0.05 * gb.norm()
+    # density control's statistics: the same views, gradients and sizes from both backends
+    r.train()
+    stats = {}
+    for backend in ("torch", "gsplat"):
+        r.backend = backend
+        r.stats.reset(r.count, r.device)
+        rgb, _ = r.render(cams, 64, 64, keep_stats=True)
+        rgb.square().sum().backward()
+        r.after_update(10**6, torch.optim.Adam(r.param_groups(0.0)))  # past the densify window: statistics only
+        stats[backend] = (r.stats.views.clone(), r.stats.grad_sum.clone())
+    assert (stats["torch"][0] != stats["gsplat"][0]).float().mean() < 0.01
+    assert (stats["torch"][1] - stats["gsplat"][1]).norm() < 0.05 * stats["gsplat"][1].norm()

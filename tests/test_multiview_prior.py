@@ -86,7 +86,7 @@ def test_the_views_of_one_object_share_their_evidence(prior2):
 
 def test_rows_without_cameras_or_whole_groups_are_refused_in_one_line(prior2):
     x_t, t = torch.zeros(2, 3, 16, 16), torch.tensor([10, 10])
-    with pytest.raises(ValueError, match="needs the camera of every row: use it with a 3D renderer"):
+    with pytest.raises(ValueError, match="ShapesMultiviewPrior needs the camera of every row: use it with a 3D"):
         prior2.predict_noise(x_t, t, ["a red cube", "a red cube"])
     with pytest.raises(ValueError, match=r"groups of guidance.views_per_object=2, got 3 rows"):
         prior2.predict_noise(torch.zeros(3, 3, 16, 16), torch.tensor([1, 1, 1]), rows(*[("", 0.0, 15.0)] * 3))
@@ -114,3 +114,50 @@ def test_a_run_whose_cameras_per_step_do_not_fill_whole_groups_is_refused_before
     check_views_per_object(ShapesPrior(**WORLD), [(64, 64, 3)])  # single-view: anything goes
     with pytest.raises(ValueError, match=r"renderer has 4, 6 cameras per step: use trainer.batch_size=4"):
         check_views_per_object(prior, [(64, 64, 4), (256, 256, 6)])
+    from scoredist.losses.ism import ISM
+    from scoredist.losses.sds import SDS
+
+    check_views_per_object(prior, [(64, 64, 4)], SDS())
+    with pytest.raises(ValueError, match=r"loss=ism calls the model on some rows .*guidance.views_per_object=1"):
+        check_views_per_object(prior, [(64, 64, 4)], ISM())
+
+
+@pytest.fixture(scope="module")
+def image_prior(tmp_path_factory):
+    """The image-conditioned prior with a reference that is the bank's own clean blue cone at azimuth 90°."""
+    from scoredist.guidance.exact.multiview import ShapesImagePrior
+    from scoredist.images import write_image
+
+    world = ShapesPrior(**WORLD)
+    clean = world.bank("blue", "cone").view(4, len(VARIANT_NAMES), 3, 16, 16)[1, 0]  # (3, R, R) in [−1, 1]
+    path = tmp_path_factory.mktemp("reference") / "cone.png"
+    rgb = ((clean + 1) / 2).clamp(0, 1).permute(1, 2, 0).mul(255).round().byte().numpy()
+    write_image(path, rgb)
+    return ShapesImagePrior(reference=str(path), reference_azimuth=90.0, reference_elevation=15.0, **WORLD)
+
+
+def test_the_reference_image_decides_the_object_and_each_camera_its_view(image_prior):
+    """Given a photo of the blue cone from 90°, a row at 270° under "a cone" (no colour named) denoises at t = 950 to
+    the blue cone as seen from 270°; the empty prompt (Zero123's unconditional branch) ignores the photo."""
+    torch.manual_seed(3)
+    x_t = torch.randn(1, 3, 16, 16)
+    t = torch.tensor([950])
+    abar = image_prior._abar64[t].view(1, 1)
+    for prompt, caption in (("a cone", "blue cone"), ("", None)):
+        eps = image_prior.exact_eps(x_t, t, rows((prompt, 270.0, 15.0)))
+        x0 = (x_t.view(1, -1).double() - (1 - abar).sqrt() * eps.view(1, -1)) / abar.sqrt()
+        label = image_prior.nearest_component(x0.view(1, 3, 16, 16).float())[0]
+        if caption is not None:
+            assert (label.caption, label.azimuth, label.variant) == (caption, 270.0, "clean")
+        else:  # the posterior mean of the whole world: not the blue cone's view in particular
+            assert label.caption != "blue cone" or label.azimuth != 270.0
+
+
+def test_the_image_conditioned_eps_is_the_score_of_its_closed_form_density(image_prior):
+    torch.manual_seed(4)
+    prompts = rows(("a cone", 0.0, 15.0), ("a cone", 180.0, 15.0))
+    t = torch.tensor([300, 800])
+    x_t = torch.randn(2, 3, 16, 16, dtype=torch.float64).requires_grad_()
+    (grad,) = torch.autograd.grad(image_prior.group_log_density(x_t, t, prompts).sum(), x_t)
+    expected = -(1 - image_prior._abar64[t].view(-1, 1, 1, 1)).sqrt() * grad
+    torch.testing.assert_close(image_prior.exact_eps(x_t.detach(), t, prompts), expected, rtol=1e-9, atol=1e-11)

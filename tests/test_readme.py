@@ -183,9 +183,9 @@ def documented_commands() -> list[Command]:
 WORLD = ("guidance.resolution=16", "guidance.num_azimuths=4", "guidance.elevations=[15.0]", "guidance.supersample=1")
 # the tiny pipeline in place of SD 2.1-base weights; its native size is 64² (an 8×8 latent)
 TINY_SD = ("guidance.pretrained={tiny}", "renderer.height=64", "renderer.width=64")
-# a NeRF run in seconds
 # a Gaussians demo in seconds: 40 steps end nearest "red cube" in the 16² world
 GS_SHORT = ("trainer.max_steps=40", "renderer.mesh_resolution=32", "renderer.turntable_views=4", *WORLD)
+# a NeRF run in seconds
 NERF_SHORT = ("trainer.max_steps=10", "renderer.mesh_resolution=32", "renderer.turntable_views=4", *WORLD)
 # the benchmark at tests/test_benchmark.py's tiny size: 2 prompts × 2 samples × 3 steps, no Inception, no tracker
 BENCH_SHORT = (
@@ -437,6 +437,15 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         ('python train.py +experiment=t23d_ours_gs prompt="a hamburger"', Spec("t23d-ours-gs", skip=GPU_SD)),
+        (
+            "python train.py +experiment=i23d_shapes",
+            Spec(
+                "i23d-shapes",
+                **shapes_run,
+                short=("trainer.max_steps=10", "renderer.mesh_resolution=16", "renderer.turntable_views=4", *WORLD),
+                files=("run/eval.json", "run/views.png", "run/model.obj"),
+            ),
+        ),
         (
             "python train.py +experiment=janus_shapes",
             Spec(

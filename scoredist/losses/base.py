@@ -115,6 +115,9 @@ class ScoreLoss:
     # False where the parameters are not a sample of the prompt (iRFDS optimises noise): eval.json then holds only the
     # evaluation of the loss's own outputs, not of the renders
     renders_are_samples = True
+    # False where some model calls take a subset of a step's rows (DDIM inversion of the rows still on their own
+    # timestep path): a multi-view prior, which needs each object's views together, refuses such a loss
+    calls_whole_rows = True
 
     def __init__(self, weighting: str = "1-abar", reduction: str = "sum"):
         check_weighting(weighting)

@@ -41,6 +41,8 @@ START = 1  # LucidDreamer's inversion starts at timesteps[0], which is 1 on Stab
 
 
 class ISM(ScoreLoss):
+    calls_whole_rows = False  # the inversion calls the model on the rows still inverting
+
     def __init__(
         self,
         guidance_scale=7.5,

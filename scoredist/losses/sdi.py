@@ -48,6 +48,8 @@ def guided(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float, form:
 
 
 class SDI(ScoreLoss):
+    calls_whole_rows = False  # the inversion calls the model on the rows still inverting
+
     def __init__(
         self,
         guidance_scale=7.5,

@@ -8,7 +8,9 @@ once per view it is visible in (`DensityStats.add`). At a densification step the
 - split: mean gradient ≥ grad_threshold and largest scale > percent_dense · extent → the Gaussian is replaced by
   `split_into` Gaussians whose centres are drawn from it and whose scales are divided by 0.8 · split_into;
 - prune: opacity < min_opacity, or largest scale > max_world_size (None: never), or projected radius (a fraction of the
-  larger image side, max over the views since the last densification) > max_screen_fraction (None: never).
+  larger image side, max over the views since the last densification) > max_screen_fraction (None: never). As 3DGS
+  prunes after densifying, a faint Gaussian is neither cloned nor split, and a split's children larger than
+  max_world_size are dropped.
 
 3DGS resets the screen-size record inside densification before it prunes, so its screen-size test never removes a
 Gaussian (gsplat documents this as a bug of the official code); DreamGaussian inherits that. Here a rule set to None
@@ -54,10 +56,12 @@ def plan(
 ) -> Plan:
     """The rule of the module docstring on per-Gaussian statistics (N,) each. `densify` False: prune only."""
     big = max_scales > percent_dense * extent
-    hot = (mean_grads >= grad_threshold) & densify
+    faint = opacities < min_opacity
+    # 3DGS prunes after cloning and splitting, over the copies too: a faint Gaussian's copies would go with it
+    hot = (mean_grads >= grad_threshold) & densify & ~faint
     clone = torch.nonzero(hot & ~big).flatten()
     split = torch.nonzero(hot & big).flatten()
-    prune = opacities < min_opacity
+    prune = faint.clone()
     if max_world_size is not None:
         prune |= max_scales > max_world_size
     if max_screen_fraction is not None:

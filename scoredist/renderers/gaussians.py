@@ -27,6 +27,7 @@ conf/renderer/gaussians.yaml.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from scoredist.renderers.cameras import (
     camera_axes,
 )
 from scoredist.renderers.densify import DensityStats, edit_parameters, plan, reset_state_rows, split_children
-from scoredist.renderers.gaussian_ply import SH_C0, read_ply, write_ply
+from scoredist.renderers.gaussian_ply import read_ply, sh_to_rgb, write_ply
 from scoredist.renderers.mesh import FORMATS, Setting, export_flag, extract_mesh
 from scoredist.renderers.scene import SceneRenderer
 from scoredist.renderers.shading import Background
@@ -53,11 +54,24 @@ BACKENDS = ("auto", "torch", "gsplat")
 
 
 def gsplat_available() -> bool:
+    """gsplat imports (it compiles its CUDA kernels only on first use: see `gsplat_builds`)."""
     try:
         import gsplat  # noqa: F401
-    except Exception:  # an ImportError, or a failed CUDA build on import
+    except Exception:
         return False
     return True
+
+
+def gsplat_builds() -> bool:
+    """gsplat's CUDA kernels load (built on first use from its sources, which needs nvcc; cached afterwards). Only
+    asked on a CUDA machine: elsewhere there is nothing to build."""
+    if not gsplat_available():
+        return False
+    try:
+        from gsplat.cuda._backend import _C
+    except Exception:  # a failed build raises from the import
+        return False
+    return _C is not None
 
 
 def camera_matrices(cams: Cameras, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +267,7 @@ class GaussianRenderer(SceneRenderer):
         self.background = Background(tuple(background), background_aug)
         self.position_lrs = (float(position_lr), float(position_lr_final), int(position_lr_steps))
         self.rates = {
-            "means": float(position_lr),
+            "means": expon_lr(1, float(position_lr), float(position_lr_final), int(position_lr_steps)),  # iteration 1
             "sh_dc": float(feature_lr),
             "sh_rest": float(feature_lr) / 20,
             "logit_opacities": float(opacity_lr),
@@ -280,7 +294,9 @@ class GaussianRenderer(SceneRenderer):
             self.register_parameter(name, nn.Parameter(torch.zeros(0, width_) if width_ else torch.zeros(0)))
         self.sh_rest = nn.Parameter(torch.zeros(0, rest, 3)) if rest else None
         self.stats = DensityStats()
-        self.last_views: list[tuple[torch.Tensor, torch.Tensor, int, int]] = []  # this step's (means2d, radii, W, H)
+        # this step's views for density control: (projected centres, their index in it or None, radii, W, H) — gsplat
+        # gives one (C, N, 2) tensor for all views, whose rows have no gradient of their own
+        self.last_views: list[tuple[torch.Tensor, int | None, torch.Tensor, int, int]] = []
 
     # ----------------------------------------------------------------------------------------------------------------
     # The Gaussians
@@ -331,7 +347,7 @@ class GaussianRenderer(SceneRenderer):
     def colours(self, eye: torch.Tensor) -> torch.Tensor:
         """(N, 3) RGB of every Gaussian seen from the camera centre eye (3,): degree 0 is view-independent; degree 1
         adds 3DGS's −C1·y·f1 + C1·z·f2 − C1·x·f3 of the unit direction from the camera to the Gaussian."""
-        rgb = SH_C0 * self.sh_dc + 0.5
+        rgb = sh_to_rgb(self.sh_dc)
         if self.sh_rest is not None:
             d = F.normalize(self.means - eye.to(self.means), dim=-1)
             f = self.sh_rest
@@ -369,7 +385,17 @@ class GaussianRenderer(SceneRenderer):
 
     def use_device(self, device) -> None:
         if self.backend_choice == "auto":
-            self.backend = "gsplat" if torch.device(device).type == "cuda" and gsplat_available() else "torch"
+            self.backend = "torch"
+            if torch.device(device).type == "cuda":
+                if gsplat_builds():
+                    self.backend = "gsplat"
+                else:
+                    warnings.warn(
+                        "renderer.backend=auto: gsplat is not installed or its CUDA kernels did not build; rendering "
+                        "with the pure-PyTorch rasteriser (slower). pip install -e '.[gsplat]' needs nvcc matching "
+                        "torch.version.cuda",
+                        stacklevel=2,
+                    )
         if self.backend == "gsplat" and torch.device(device).type != "cuda":
             raise ValueError("renderer.backend=gsplat needs CUDA: use renderer.backend=torch (or auto) on the CPU")
 
@@ -380,20 +406,23 @@ class GaussianRenderer(SceneRenderer):
     def after_update(self, step: int, optimizer) -> None:
         """After step `step`'s optimizer update: record this step's view-space gradients, densify / prune / reset
         opacities on the schedule, and set the centres' rate for the next step."""
-        if self.training:
-            for means2d, radii, width, height in self.last_views:
-                if means2d.grad is not None:
-                    self.stats.add(means2d.grad, radii, width, height)
+        views = len(self.last_views)
+        for means2d, index, radii, width, height in self.last_views if self.training else ():
+            if means2d.grad is not None:
+                grad = means2d.grad if index is None else means2d.grad[index]
+                # × views: the objective averages a sample over its cameras; undone as gsplat's strategy does, so the
+                # threshold means the same whatever the cameras per step
+                self.stats.add(grad * views, radii, width, height)
         self.last_views = []
         first, last, every = self.densify_window
-        n = step + 1  # 3DGS and DreamGaussian count iterations from 1
+        n = step + 1  # 3DGS and DreamGaussian count iterations from 1: this was iteration n
         if first <= n <= last and n % every == 0:
             self.densify(optimizer)
         if self.opacity_reset_every and first <= n <= last and n % self.opacity_reset_every == 0:
             self.reset_opacities(optimizer)
         for group in optimizer.param_groups:
-            if group.get("name") == "means":
-                group["lr"] = expon_lr(n, *self.position_lrs)
+            if group.get("name") == "means":  # the rate of iteration n + 1, as DreamGaussian sets it before a step
+                group["lr"] = expon_lr(n + 1, *self.position_lrs)
 
     @torch.no_grad()
     def densify(self, optimizer=None) -> None:
@@ -414,6 +443,9 @@ class GaussianRenderer(SceneRenderer):
             appended[name] = torch.cat([p.data[rule.clone], repeated])
         appended["means"] = torch.cat([self.means.data[rule.clone], children_means])
         appended["log_scales"] = torch.cat([self.log_scales.data[rule.clone], children_scales])
+        if self.rule["max_world_size"] is not None:  # children still too large go, as 3DGS's pruning after the split
+            small = appended["log_scales"].exp().amax(-1) <= self.rule["max_world_size"]
+            appended = {name: value[small] for name, value in appended.items()}
         edit_parameters(self, list(params), rule.keep, appended, optimizer)
         self.stats.reset(self.count, self.device)
 
@@ -441,7 +473,11 @@ class GaussianRenderer(SceneRenderer):
         else:
             rgb, alpha, means2d, radii = self._rasterize_torch(view, K, colours, background, height, width)
         if keep_stats:
-            self.last_views = [(means2d[i], radii[i], width, height) for i in range(len(cams))]
+            shared = self.backend == "gsplat"  # one (C, N, 2) tensor: its gradient is read per view at the end
+            self.last_views = [
+                (means2d, i, radii[i], width, height) if shared else (means2d[i], None, radii[i], width, height)
+                for i in range(len(cams))
+            ]
         return rgb.clamp(0, 1), alpha
 
     def _rasterize_torch(self, view, K, colours, background, height, width):
@@ -483,7 +519,9 @@ class GaussianRenderer(SceneRenderer):
         if means2d.requires_grad:
             means2d.retain_grad()
         radii = meta["radii"]
-        radii = (radii if radii.dim() == 2 else radii.amin(-1)).float()  # gsplat ≥ 1.5: per-axis radii
+        if radii.dim() == 3:  # gsplat ≥ 1.5: per-axis radii, visible where both are positive (its strategy's test)
+            radii = torch.where((radii > 0).all(-1), radii.amax(-1), torch.zeros_like(radii[..., 0]))
+        radii = radii.float()
         return rgb.permute(0, 3, 1, 2), alpha.permute(0, 3, 1, 2), means2d, radii
 
     def forward(self) -> Render:
@@ -526,7 +564,7 @@ class GaussianRenderer(SceneRenderer):
         points = points.to(self.device)
         precision = torch.linalg.inv(covariances(self.quats, self.log_scales.exp()).double()).float()
         reach = 3 * self.log_scales.exp().amax(-1)[:, None]
-        opacities, colour = self.opacities(), (SH_C0 * self.sh_dc + 0.5).clamp(0, 1)
+        opacities, colour = self.opacities(), sh_to_rgb(self.sh_dc).clamp(0, 1)
         lo, hi = points.amin(0), points.amax(0)
         cell = ((points - lo) / (hi - lo).clamp_min(1e-9) * blocks).long().clamp(0, blocks - 1)
         block_of = (cell[:, 0] * blocks + cell[:, 1]) * blocks + cell[:, 2]
@@ -549,10 +587,14 @@ class GaussianRenderer(SceneRenderer):
     @torch.no_grad()
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
         """(M, 3) colour at points: the Gaussians' colours weighted by their density there (the nearest Gaussian's
-        where none reaches)."""
+        where none reaches, found in chunks)."""
+        points = points.to(self.device)
         density, coloured = self.splat_field(points)
-        nearest = (SH_C0 * self.sh_dc + 0.5).clamp(0, 1)[torch.cdist(points.to(self.device), self.means).argmin(-1)]
-        return torch.where(density[:, None] > 1e-6, coloured / density.clamp_min(1e-6)[:, None], nearest)
+        colour = coloured / density.clamp_min(1e-6)[:, None]
+        empty = torch.nonzero(density <= 1e-6).flatten()
+        for part in empty.split(4096):
+            colour[part] = sh_to_rgb(self.sh_dc).clamp(0, 1)[torch.cdist(points[part], self.means).argmin(-1)]
+        return colour
 
     def mesh(
         self,

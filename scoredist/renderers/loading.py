@@ -34,7 +34,10 @@ def renderer_from_run(run: str | Path, device: str = "auto") -> tuple[NeRFRender
             f"{folder} is not a 3D run (renderer {target or 'unknown'}); run it with renderer=nerf or gaussians"
         )
     state = load_checkpoint(checkpoint_path(run))
-    renderer = instantiate(OmegaConf.create(OmegaConf.to_container(cfg.renderer, resolve=True)))
+    settings = OmegaConf.to_container(cfg.renderer, resolve=True)
+    if target.endswith("GaussianRenderer"):
+        settings["backend"] = "auto"  # gsplat where it runs (CUDA), else the PyTorch rasteriser: the same Gaussians
+    renderer = instantiate(OmegaConf.create(settings))
     where = pick_device(device)
     renderer.use_device(where)
     if any(key.startswith("encoding.encoding.") for key in state["renderer"]) and where.type != "cuda":

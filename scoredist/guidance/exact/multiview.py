@@ -14,7 +14,8 @@ log π_o ∝ log w_o + Σ_v log N(x_v,t; √ᾱ_v μ_o(c_v), (ᾱ_v σ² + 1 −
     E[x_0,v | x_1,t … x_V,t] = (1 − √ᾱ_v s_v) Σ_o π_o μ_o(c_v) + s_v x_v,t,   s_v = √ᾱ_v σ² / (ᾱ_v σ² + 1 − ᾱ_v),
     ε̂_v = (x_v,t − √ᾱ_v E[x_0,v | ·]) / √(1 − ᾱ_v).
 
-With V = 1 this is the single-view prior restricted to the one bank view the camera sees. The prompt selects objects
+With V = 1 this is the single-view prior restricted to the one bank view the camera sees. `front_weight` (a setting
+of the single-view prior) changes nothing here: the camera fixes which view each row is. The prompt selects objects
 as it does for the single-view prior (colour and shape words, descriptors); view phrases are not needed — the
 camera says where each view is from — and are ignored.
 
@@ -28,13 +29,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
+from scoredist.cameras import Cameras, eye_positions
 from scoredist.guidance.exact.shapes import ShapesPrior
 from scoredist.guidance.exact.vocabulary import parse_prompt
 from scoredist.guidance.exact.world import VARIANT_NAMES
 from scoredist.prompts import cameras_of
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class ShapesMultiviewPrior(ShapesPrior):
@@ -67,7 +72,7 @@ class ShapesMultiviewPrior(ShapesPrior):
         cameras = cameras_of(prompts)
         if any(c is None for c in cameras):
             raise ValueError(
-                "guidance=shapes_multiview needs the camera of every row: use it with a 3D renderer "
+                f"guidance {type(self).__name__} needs the camera of every row: use it with a 3D renderer "
                 "(renderer=nerf or renderer=gaussians), whose rows carry their cameras"
             )
         if len(prompts) % self.views_per_object:
@@ -108,7 +113,12 @@ class ShapesMultiviewPrior(ShapesPrior):
         for start in range(0, flat.shape[0], self.views_per_object):
             rows = slice(start, start + self.views_per_object)
             means, log_w = self.group_objects(prompts[rows], views[rows], flat.shape[1])
+            log_w = self.object_evidence(prompts[start], log_w)
             yield rows, flat[rows], abar[rows], means.to(flat.device), log_w.to(flat.device)
+
+    def object_evidence(self, prompt: str, log_w: torch.Tensor) -> torch.Tensor:
+        """The objects' log-weights given what the rows are conditioned on besides their views (here nothing)."""
+        return log_w
 
     @torch.no_grad()
     def exact_eps(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -131,9 +141,9 @@ class ShapesMultiviewPrior(ShapesPrior):
 
 
 def directions(azimuth: torch.Tensor, elevation: torch.Tensor) -> torch.Tensor:
-    """Unit vectors from the origin to cameras at these angles (degrees), the scene frame of scoredist/cameras.py."""
-    az, el = torch.deg2rad(azimuth), torch.deg2rad(elevation)
-    return torch.stack([el.cos() * az.sin(), el.sin(), el.cos() * az.cos()], dim=-1)
+    """Unit vectors from the origin to cameras at these angles (degrees), float64: scoredist/cameras.py's frame."""
+    ones = torch.ones_like(azimuth)
+    return eye_positions(Cameras(azimuth, elevation, ones, ones))
 
 
 def view_log_likelihoods(x_t: torch.Tensor, abar: torch.Tensor, means: torch.Tensor, variance: float) -> torch.Tensor:
@@ -154,3 +164,51 @@ def group_eps(
     shrink = a * variance / (abar[:, None] * variance + (1 - abar)[:, None])  # (V, 1)
     mean_x0 = (1 - a * shrink) * torch.einsum("o,vod->vd", posterior, means) + shrink * x_t
     return (x_t - a * mean_x0) / (1 - abar)[:, None].sqrt()
+
+
+class ShapesImagePrior(ShapesMultiviewPrior):
+    """Zero123's setting, exact: the distribution of an object's view at a row's camera given one reference image of
+    it and the reference's camera (so the relative pose of each row is known).
+
+    The reference x_ref is one more, noise-free view of the object, seen from bank view v_ref (the nearest to
+    `reference_azimuth`, `reference_elevation`): the objects' weights become π_o ∝ w_o N(x_ref; μ_o(v_ref), σ² I),
+    and every group of views is then distributed as in ShapesMultiviewPrior with π in place of w. As Zero123's
+    classifier-free guidance zeroes the image and pose of its unconditional branch, a row with the empty prompt is
+    not conditioned on the reference (the world's prior, each view at its camera); any other prompt's words still
+    select captions and variants.
+
+    reference: a PNG (any size: resized to the world's resolution) of the object as `reference_azimuth` /
+    `reference_elevation` show it (degrees, the cameras' convention).
+    """
+
+    def __init__(
+        self,
+        reference: str,
+        reference_azimuth: float = 0.0,
+        reference_elevation: float = 15.0,
+        views_per_object: int = 1,
+        **kwargs,
+    ):
+        super().__init__(views_per_object=views_per_object, **kwargs)
+        from scoredist.images import read_image  # local: only this prior reads an image
+
+        path = Path(reference)
+        if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
+            path = REPO_ROOT / path  # a shipped reference (assets/references/...) from any directory
+        rgb = read_image(path, self.resolution, self.resolution)  # (1, 3, R, R) in [0, 1]
+        self.reference = (rgb.double() * 2 - 1).reshape(-1)  # model space, flattened
+        cameras = torch.tensor([[float(reference_azimuth), float(reference_elevation)]], dtype=torch.float64)
+        self.reference_view = int(self.bank_view_of(cameras)[0])
+
+    def object_evidence(self, prompt: str, log_w: torch.Tensor) -> torch.Tensor:
+        """log π_o = log w_o + log N(x_ref; μ_o(v_ref), σ² I), normalised; the empty prompt keeps w (no image)."""
+        if str(prompt) == "":
+            return log_w
+        captions, variants = self.objects(prompt)
+        kept = variants.nonzero().flatten()
+        n_var = len(VARIANT_NAMES)
+        dim = self.reference.shape[0]
+        seen = torch.cat([self.bank(*c).view(-1, n_var, dim)[self.reference_view, kept] for c in captions])  # (O, D)
+        log_lik = -0.5 * ((self.reference[None] - seen) ** 2).sum(1) / self.variance
+        posterior = log_w + log_lik
+        return posterior - torch.logsumexp(posterior, 0)
