@@ -378,7 +378,7 @@ class GaussianRenderer(SceneRenderer):
 
     def bind(self, space: ModelSpace, seeds: Sequence[int] = (0,)) -> None:
         """The initial Gaussians come from torch's global RNG, which the trainer seeds with the run's seed; on CUDA
-        backend=auto takes gsplat when it imports."""
+        backend=auto takes gsplat when its kernels build."""
         self.model_size = tuple(space.native_size)
         self.use_device(space.device)
         self.initialise()
