@@ -26,7 +26,7 @@ from scoredist.renderers.base import ModelSpace
 from scoredist.renderers.cameras import sample_cameras
 from scoredist.renderers.gaussians import GaussianRenderer, camera_matrices, gsplat_available
 from scoredist.renderers.loading import renderer_from_run
-from scoredist.renderers.splatting import covariances, footprint_radii, project, visible
+from scoredist.renderers.splatting import bands, covariances, footprint_radii, project, visible
 
 
 def random_renderer(count: int, size: int, device: torch.device) -> GaussianRenderer:
@@ -53,9 +53,8 @@ def pairs_evaluated(renderer: GaussianRenderer, cams, size: int, rows_per_band: 
             radii = footprint_radii(conics, renderer.opacities())
             seen = visible(means2d, radii, valid, size, size)
             top, bottom = means2d[:, 1] - radii[:, 1], means2d[:, 1] + radii[:, 1]
-            for start in range(0, size, rows_per_band):
-                stop = min(start + rows_per_band, size)
-                total += int((seen & (bottom > start) & (top < stop)).sum()) * (stop - start) * size
+            for start, stop, reach in bands(top, bottom, size, rows_per_band):
+                total += int((seen & reach).sum()) * (stop - start) * size
     return total
 
 

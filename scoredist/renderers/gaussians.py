@@ -467,7 +467,10 @@ class GaussianRenderer(SceneRenderer):
         view, K = view.to(self.device), K.to(self.device)
         eyes = torch.linalg.inv(view)[:, :3, 3]
         background = self.background(torch.zeros(1, 3, device=self.device))[0]
-        colours = torch.stack([self.colours(eye) for eye in eyes])  # (B, N, 3)
+        if self.sh_rest is None:  # degree 0: the same colours from every camera
+            colours = self.colours(eyes[0]).expand(len(cams), -1, -1)
+        else:
+            colours = torch.stack([self.colours(eye) for eye in eyes])  # (B, N, 3)
         if self.backend == "gsplat":
             rgb, alpha, means2d, radii = self._rasterize_gsplat(view, K, colours, background, height, width)
         else:
@@ -488,8 +491,10 @@ class GaussianRenderer(SceneRenderer):
             means2d, conics, depths, valid = project(self.means, covs, view[i], K[i], width, height)
             if means2d.requires_grad:
                 means2d.retain_grad()
-            image, alpha = composite(means2d, conics, colours[i], opacities, depths, valid, width, height, background)
-            r = footprint_radii(conics, opacities)
+            r = footprint_radii(conics, opacities)  # once: composite's band selection and density control's sizes
+            image, alpha = composite(
+                means2d, conics, colours[i], opacities, depths, valid, width, height, background, radii=r
+            )
             shown = visible(means2d, r, valid, width, height)
             images.append(image.permute(2, 0, 1))
             alphas.append(alpha[None])

@@ -106,6 +106,14 @@ def visible(means2d: torch.Tensor, radii: torch.Tensor, valid: torch.Tensor, wid
     return valid & inside & (rx > 0) & (ry > 0)
 
 
+def bands(top: torch.Tensor, bottom: torch.Tensor, height: int, rows_per_band: int = 16):
+    """Each band of rows of the image: (start, stop, which Gaussians' boxes, rows top..bottom (N,), reach rows
+    start … stop − 1), the work unit of `composite`."""
+    for start in range(0, height, rows_per_band):
+        stop = min(start + rows_per_band, height)
+        yield start, stop, (bottom > start) & (top < stop)
+
+
 def composite(
     means2d: torch.Tensor,
     conics: torch.Tensor,
@@ -117,13 +125,14 @@ def composite(
     height: int,
     background: torch.Tensor | None = None,
     rows_per_band: int = 16,
+    radii: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Front-to-back alpha compositing of N projected Gaussians over every pixel.
 
     colors (N, D), opacities (N,) in [0, 1] → image (H, W, D) and alpha (H, W) = 1 − T_final; background (D,) or None
     (zeros). The image is composited in bands of `rows_per_band` rows, each against only the Gaussians whose box
     (`footprint_radii`) overlaps it, as a tile rasteriser does; inside a band every pixel meets every such Gaussian."""
-    radii = footprint_radii(conics, opacities)
+    radii = footprint_radii(conics, opacities) if radii is None else radii  # a caller that needs them passes them
     seen = visible(means2d, radii, valid, width, height)
     order = torch.argsort(torch.where(seen, depths, torch.full_like(depths, math.inf)))
     order = order[seen[order]]
@@ -131,9 +140,8 @@ def composite(
     top, bottom = (means2d[:, 1] - radii[order, 1]).detach(), (means2d[:, 1] + radii[order, 1]).detach()
     xs = torch.arange(width, dtype=means2d.dtype, device=means2d.device) + 0.5
     images, alphas = [], []
-    for start in range(0, height, rows_per_band):
-        stop = min(start + rows_per_band, height)
-        here = torch.nonzero((bottom > start) & (top < stop)).flatten()  # still in depth order
+    for start, stop, reach in bands(top, bottom, height, rows_per_band):
+        here = torch.nonzero(reach).flatten()  # still in depth order
         ys = torch.arange(start, stop, dtype=means2d.dtype, device=means2d.device) + 0.5
         pixels = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).reshape(-1, 2)  # (p, 2) as x, y
         color, t_final = composite_band(pixels, means2d[here], conics[here], colors[here], opacities[here])
