@@ -50,6 +50,20 @@ def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
     return resize_image(decode_image(path)[None], height, width)
 
 
+def read_rgba(path: str | Path, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image with an object mask (an RGBA PNG whose alpha is the mask; an RGB image is all foreground) as rgb
+    (1, 3, height, width) and alpha (1, 1, height, width) in [0, 1], area-averaged to the size (cv2's INTER_AREA, as
+    threestudio resizes its reference images)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"no image at {str(file)!r}")
+    with Image.open(file) as image:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    rgba = torch.from_numpy(rgba).permute(2, 0, 1)[None]
+    rgba = F.interpolate(rgba, (height, width), mode="area")
+    return rgba[:, :3].contiguous(), rgba[:, 3:].contiguous()
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] → (B, H, W, 3) uint8."""
     return (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -63,12 +63,14 @@ class TimestepSchedule:
 
     grid: if set, t is drawn uniformly from a `grid`-step DDIM grid (multiples of T // grid) inside the bounds, as the
     paper's text-to-image code does with grid=500; if None, from every integer timestep inside the bounds.
+    shared_t: one t for all the rows a sample renders in a step (MVDream's four views share one timestep; its
+    threestudio guidance draws one t per batch); False: one t per row.
     """
 
-    def __init__(self, t_min: float = 0.02, t_max: float = 0.98, grid: int | None = None):
+    def __init__(self, t_min: float = 0.02, t_max: float = 0.98, grid: int | None = None, shared_t: bool = False):
         if not 0.0 <= t_min <= t_max <= 1.0:
             raise ValueError(f"schedule needs 0 <= t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
-        self.t_min, self.t_max, self.grid = t_min, t_max, grid
+        self.t_min, self.t_max, self.grid, self.shared_t = t_min, t_max, grid, bool(shared_t)
 
     def bounds(self, step: int) -> tuple[float, float]:
         return self.t_min, self.t_max
@@ -99,8 +101,9 @@ class TimestepSchedule:
         """(batch_size,) long timesteps, drawn from `generator` (the trainer gives each sample its own, on `device`),
         or from torch's global RNG when None."""
         first, last, stride = self.index_range(step, num_train_timesteps)
-        k = torch.randint(0, (last - first) // stride + 1, (batch_size,), device=device, generator=generator)
-        return first + stride * k
+        draws = 1 if self.shared_t else batch_size
+        k = torch.randint(0, (last - first) // stride + 1, (draws,), device=device, generator=generator)
+        return (first + stride * k).expand(batch_size).clone()
 
 
 class AnnealedSchedule(TimestepSchedule):
@@ -108,8 +111,8 @@ class AnnealedSchedule(TimestepSchedule):
 
     The paper's NeRF setting: 0.98 → 0.5 at step 5000."""
 
-    def __init__(self, t_min=0.02, t_max=0.98, t_max_after=0.5, anneal_step=5000, grid=None):
-        super().__init__(t_min, t_max, grid)
+    def __init__(self, t_min=0.02, t_max=0.98, t_max_after=0.5, anneal_step=5000, grid=None, shared_t=False):
+        super().__init__(t_min, t_max, grid, shared_t)
         self.t_max_after, self.anneal_step = t_max_after, anneal_step
 
     def bounds(self, step: int) -> tuple[float, float]:
@@ -117,9 +120,10 @@ class AnnealedSchedule(TimestepSchedule):
 
 
 class DecaySchedule(TimestepSchedule):
-    """Both bounds (or t itself, when t_min == t_max) decay from their start values to `t_min_end`/`t_max_end` over
-    the first `decay_fraction` of `max_steps` (then stay), linearly or as sqrt (fast early, as in DreamTime-style
-    schedules). ISM's warm-up: t_max 0.98 → 0.5 over 0.3 of the run; SDI's t: 0.98 → 0.25 over all of it."""
+    """Both bounds (or t itself, when t_min == t_max) decay from their start values to `t_min_end`/`t_max_end`
+    between `decay_start` and `decay_fraction` of `max_steps` (before: the start values; after: the end values),
+    linearly or as sqrt (fast early, as in DreamTime-style schedules). ISM's warm-up: t_max 0.98 → 0.5 over 0.3 of
+    the run; SDI's t: 0.98 → 0.25 over all of it; Stable-Zero123's: from step 50 to 200 of 600."""
 
     def __init__(
         self,
@@ -131,14 +135,18 @@ class DecaySchedule(TimestepSchedule):
         mode="linear",
         grid=None,
         decay_fraction: float = 1.0,
+        decay_start: float = 0.0,
+        shared_t: bool = False,
     ):
-        super().__init__(t_min, t_max, grid)
+        super().__init__(t_min, t_max, grid, shared_t)
         if mode not in ("linear", "sqrt"):
             raise ValueError(f"DecaySchedule mode must be 'linear' or 'sqrt', got {mode!r}")
-        if not 0 < decay_fraction <= 1:
-            raise ValueError(f"DecaySchedule decay_fraction must be in (0, 1], got {decay_fraction}")
+        if not 0 <= decay_start < decay_fraction <= 1:
+            raise ValueError(
+                f"DecaySchedule needs 0 <= decay_start < decay_fraction <= 1, got {decay_start} and {decay_fraction}"
+            )
         self.t_min_end, self.t_max_end, self.max_steps, self.mode = t_min_end, t_max_end, max_steps, mode
-        self.decay_fraction = decay_fraction
+        self.decay_fraction, self.decay_start = decay_fraction, decay_start
 
     def state_dict(self) -> dict:
         return {"max_steps": self.max_steps}
@@ -147,7 +155,8 @@ class DecaySchedule(TimestepSchedule):
         self.max_steps = state.get("max_steps", self.max_steps)
 
     def bounds(self, step: int) -> tuple[float, float]:
-        frac = min(1.0, step / max(1.0, self.decay_fraction * self.max_steps))
+        start, end = self.decay_start * self.max_steps, self.decay_fraction * self.max_steps
+        frac = min(1.0, max(0.0, step - start) / max(1.0, end - start))
         if self.mode == "sqrt":
             frac = math.sqrt(frac)
         lerp = lambda a, b: (1 - frac) * a + frac * b  # exactly b at the end (a + frac·(b − a) is not)

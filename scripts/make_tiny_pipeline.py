@@ -6,8 +6,10 @@ Example:
 
 --family sdxl, sd3 or flux writes the layout of SDXL-base-1.0, SD3-medium or FLUX.1-dev instead
 (scoredist.guidance.tiny_families), loadable with diffusers' StableDiffusionXLPipeline, StableDiffusion3Pipeline or
-FluxPipeline.from_pretrained(folder). The weights are random: the folder exercises the real loading and batching code,
-not image quality.
+FluxPipeline.from_pretrained(folder); --family zero123 (or stable_zero123) and mvdream the layout of the folders
+scripts/convert_checkpoint.py writes (scoredist.guidance.tiny_camera_families):
+    python scripts/make_tiny_pipeline.py tiny-zero123 --family zero123
+The weights are random: the folder exercises the real loading and batching code, not image quality.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import time
 
 DTYPES = ("float32", "bfloat16", "float16")
+CAMERA_FAMILIES = ("zero123", "stable_zero123", "mvdream")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,8 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--family",
         default="sd",
-        choices=["sd", "sdxl", "sd3", "flux"],
-        help="layout of which hub repository: sd (SD 1/2), sdxl (SDXL-base-1.0), sd3 (SD3-medium), flux (FLUX.1-dev)",
+        choices=["sd", "sdxl", "sd3", "flux", "zero123", "stable_zero123", "mvdream"],
+        help="layout of which hub repository: sd (SD 1/2), sdxl (SDXL-base-1.0), sd3 (SD3-medium), flux (FLUX.1-dev); "
+        "or of the folder scripts/convert_checkpoint.py writes: zero123 / stable_zero123 (one layout), mvdream",
     )
     parser.add_argument("--pixel-space", action="store_true", help="no VAE: the UNet works on 3x16x16 RGB in [-1, 1]")
     parser.add_argument(
@@ -56,6 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         path = build_tiny_pipeline(args.out_dir, args.pixel_space, args.prediction_type, args.seed, args.architecture)
         print(f"wrote {path} in {time.perf_counter() - start:.2f} s; use guidance=sd guidance.pretrained={path}")
         return
+    if args.family in CAMERA_FAMILIES:
+        from scoredist.guidance.tiny_camera_families import MAKERS as CAMERA_MAKERS
+
+        path = CAMERA_MAKERS[args.family](args.out_dir, args.seed)
+        print(f"wrote {path} ({args.family}, tiny) in {time.perf_counter() - start:.2f} s")
+        return
     import torch
 
     from scoredist.guidance.tiny_families import MAKERS
@@ -72,6 +82,8 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         if args.dtype != "float32":
             parser.error("--dtype is for --family sdxl/sd3/flux; family sd writes float32")
         return
+    if args.family in CAMERA_FAMILIES and (args.architecture != "tiny" or args.dtype != "float32"):
+        parser.error(f"--family {args.family} has only the tiny float32 layout")
     if args.architecture == "sd21-base":
         parser.error("--architecture sd21-base is for --family sd; use real")
     if args.pixel_space or args.prediction_type != "epsilon":

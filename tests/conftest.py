@@ -52,9 +52,23 @@ def tiny_family_paths(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_paths(tiny_sd_path, tiny_family_paths) -> dict:
-    """Every tiny folder by the placeholder a test command uses for it: {tiny} (SD), {tiny_sdxl}, {tiny_sd3}, ..."""
-    return {"tiny": tiny_sd_path, **{f"tiny_{family}": path for family, path in tiny_family_paths.items()}}
+def tiny_camera_paths(tmp_path_factory) -> dict:
+    """Tiny random-weight folders of the camera-conditioned families (tiny_camera_families.py): zero123 (also
+    Stable-Zero123's layout) and mvdream."""
+    from scoredist.guidance.tiny_camera_families import make_tiny_mvdream, make_tiny_zero123
+
+    return {
+        "zero123": make_tiny_zero123(tmp_path_factory.mktemp("tiny-zero123")),
+        "mvdream": make_tiny_mvdream(tmp_path_factory.mktemp("tiny-mvdream")),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tiny_sd_path, tiny_family_paths, tiny_camera_paths) -> dict:
+    """Every tiny folder by the placeholder a test command uses for it: {tiny} (SD), {tiny_sdxl}, {tiny_sd3}, ...,
+    {tiny_zero123}, {tiny_mvdream}."""
+    families = {**tiny_family_paths, **tiny_camera_paths}
+    return {"tiny": tiny_sd_path, **{f"tiny_{family}": path for family, path in families.items()}}
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ import pytest
 from tests.test_readme import COMMANDS, ROOT, WORLD, contract
 
 CONF = ROOT / "conf"
+RGBA = ROOT / "assets" / "references" / "yellow_torus_rgba.png"  # an RGBA reference (alpha: the object's mask)
 TINY_SD = ("guidance.pretrained={tiny}", "renderer.height=64", "renderer.width=64")
 SHORT = ("trainer.max_steps=3", "trainer.image_every=1", "trainer.log_every=1", "trainer.device=cpu", "logger=none")
 NERF_SMALL = (
@@ -153,6 +154,10 @@ GUIDANCES = {
     "shapes_multiview": ("guidance=shapes_multiview", "prompt=a red cube", *WORLD, "guidance.views_per_object=1"),
     "shapes_image": ("guidance=shapes_image", "prompt=a torus", *WORLD),
     "points2d": ("guidance=points2d", "prompt=a ring"),
+    "zero123": ("guidance=zero123", "guidance.pretrained={tiny_zero123}", f"guidance.reference={RGBA}"),
+    "stable_zero123": ("guidance=stable_zero123", "guidance.pretrained={tiny_zero123}", f"guidance.reference={RGBA}"),
+    # one view per object here (any cameras per step); groups of four: +experiment=t23d_mvdream below
+    "mvdream": ("guidance=mvdream", "guidance.pretrained={tiny_mvdream}", "guidance.views_per_object=1"),
 }
 # the pairings the code supports, and the files a run of each ends with besides the run-folder contract
 VALID = {
@@ -189,6 +194,15 @@ VALID = {
     ("image-rgb", "shapes_flow"): ("eval.json", "progress.png"),
     ("nerf", "shapes_flow"): ("eval.json", "views.png", "turntable.mp4", "model.obj"),
     ("nerf_threestudio", "shapes_flow"): ("eval.json", "views.png"),
+    **{
+        (renderer, family): files
+        for family in ("zero123", "stable_zero123", "mvdream")
+        for renderer, files in {
+            "nerf": ("views.png", "turntable.mp4", "model.obj"),
+            "nerf_threestudio": ("views.png",),
+            "gaussians": ("views.png", "gaussians.ply"),
+        }.items()
+    },
 }
 PAIRS = [(r, g) for r in RENDERERS for g in GUIDANCES]
 
@@ -298,6 +312,8 @@ T23D = (
     "logger=none",
 )
 T23D_FILES = ("views.png", "turntable.mp4", "model.obj")
+I23D_FILES = ("views.png", "turntable.mp4")  # no surface at the small runs' mesh threshold after 20 steps
+TWENTY = ("trainer.max_steps=20", "trainer.device=cpu", "logger=none")  # the camera families' overlays: 20 steps
 OVERLAYS = {
     "demo": documented("make demo"),
     "illusion": documented("python train.py +experiment=illusion guidance.pretrained=/path/to/sd-2-1-base"),
@@ -336,6 +352,25 @@ OVERLAYS = {
     "t23d_sdi": short_run(*T23D, files=T23D_FILES),
     "t23d_esd": short_run(*T23D, files=T23D_FILES),
     "t23d_asd": short_run(*T23D, files=T23D_FILES),
+    "i23d_zero123": short_run(
+        f"image={RGBA}",
+        "guidance.pretrained={tiny_zero123}",
+        *NERF_SMALL,
+        "trainer.batch_size=2",
+        *TWENTY,
+        files=I23D_FILES,
+    ),
+    "i23d_stable_zero123": short_run(
+        f"image={RGBA}",
+        "guidance.pretrained={tiny_zero123}",
+        *NERF_SMALL,
+        "trainer.batch_size=2",
+        *TWENTY,
+        files=I23D_FILES,
+    ),
+    "t23d_mvdream": short_run(
+        "guidance.pretrained={tiny_mvdream}", *NERF_SMALL, "trainer.batch_size=4", *TWENTY, files=T23D_FILES
+    ),
     "t2i_asd": short_run(*T2I),
     "t2i_csd": short_run(*T2I),
     "t2i_esd": short_run(*T2I),

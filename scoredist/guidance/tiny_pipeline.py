@@ -31,21 +31,24 @@ HIDDEN = 32
 # Whole-word merges so that the tokenizer has real multi-character tokens besides the byte alphabet, and so that the
 # project's own prompts (captions, view suffixes, the source/target suffixes and the NFSD negative prompt) take about
 # as many tokens as with the real CLIP vocabulary instead of one per character (which would overflow 77 tokens).
-MERGE_WORDS = (
-    "a an the of on in with and photo image painting red green blue yellow white black cube sphere cone cylinder torus "
-    "front side back overhead view oversaturated smooth pixelated cartoon foggy hazy blurry bad structure noisy "
-    "malformed detailed high resolution quality sharp unrealistic low out focus ugly contrast dull dark gloomy"
-).split()
+MERGE_WORDS = tuple(
+    (
+        "a an the of on in with and photo image painting red green blue yellow white black cube sphere cone cylinder "
+        "torus front side back overhead view oversaturated smooth pixelated cartoon foggy hazy blurry bad structure "
+        "noisy malformed detailed high resolution quality sharp unrealistic low out focus ugly contrast dull dark "
+        "gloomy"
+    ).split()
+)
 
 
-def _byte_level_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+def _byte_level_vocab_and_merges(extra_words: tuple[str, ...] = ()) -> tuple[dict[str, int], list[str]]:
     """A CLIP-style BPE vocabulary: the 256 byte-level symbols, each also in its end-of-word form "x</w>", a few
     whole-word merges, then BOS/EOS. Every byte sequence is covered, so no prompt can produce an unknown token."""
     alphabet = sorted(ByteLevel.alphabet())
     tokens = alphabet + [c + "</w>" for c in alphabet]
     merges: list[str] = []
     # Longest words first: their merge chains then outrank shorter words' merges that could split them midway.
-    for word in sorted(MERGE_WORDS, key=len, reverse=True):
+    for word in sorted(dict.fromkeys(MERGE_WORDS + tuple(extra_words)), key=len, reverse=True):
         # Merge left to right: "cube" → c u → cu b → cub e</w> → cube</w>.
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         left = pieces[0]
@@ -59,12 +62,13 @@ def _byte_level_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def build_tokenizer(out_dir: Path) -> CLIPTokenizer:
+def build_tokenizer(out_dir: Path, extra_words: tuple[str, ...] = ()) -> CLIPTokenizer:
     """Write vocab.json + merges.txt to out_dir, load them as a CLIPTokenizer (max length 77) and save it there too.
+    extra_words: more whole-word merges (a family's own long prompts, such as MVDream's negative prompt).
 
     The raw files stay beside tokenizer.json, as in real SD repositories, so older transformers can read the folder.
     """
-    vocab, merges = _byte_level_vocab_and_merges()
+    vocab, merges = _byte_level_vocab_and_merges(tuple(extra_words))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")

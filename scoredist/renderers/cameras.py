@@ -25,15 +25,33 @@ def sample_cameras(
     elevation_range: Sequence[float] = (-10.0, 45.0),
     distance_range: Sequence[float] = (1.0, 1.5),
     fovy_range: Sequence[float] = (40.0, 70.0),
+    views_per_group: int = 1,
+    relative_distance: bool = False,
 ) -> Cameras:
     """n cameras, every quantity uniform in its range, drawn from torch's global CPU RNG (which the trainer seeds and
-    checkpoints, so a resumed run draws the same cameras)."""
-    return Cameras(
-        azimuth=_uniform(n, azimuth_range),
-        elevation=_uniform(n, elevation_range),
-        distance=_uniform(n, distance_range),
-        fovy=_uniform(n, fovy_range),
-    )
+    checkpoints, so a resumed run draws the same cameras).
+
+    views_per_group V > 1: MVDream-threestudio's multi-view cameras — n / V groups of V views of the object, each group
+    with one elevation, distance and fovy, its azimuths 360°/V apart from one random offset (a group's azimuths are
+    azimuth_range's low end + (u + k)/V · 360°, k = 0 … V−1; the range's width is not used).
+    relative_distance: the distance drawn is × 1 / tan(fovy / 2) (MVDream-threestudio's relative_radius), so the
+    object fills the same share of the view whatever the fovy.
+    """
+    views = int(views_per_group)
+    if views < 1 or n % views:
+        raise ValueError(f"renderer.views_per_group={views_per_group} must divide the cameras per step ({n})")
+    if views == 1:
+        azimuth, elevation = _uniform(n, azimuth_range), _uniform(n, elevation_range)
+        distance, fovy = _uniform(n, distance_range), _uniform(n, fovy_range)
+    else:
+        groups = n // views
+        offset = torch.rand(groups, 1)
+        azimuth = ((offset + torch.arange(views)) / views * 360.0 + float(azimuth_range[0])).reshape(-1)
+        each = lambda bounds: _uniform(groups, bounds).repeat_interleave(views)
+        elevation, distance, fovy = each(elevation_range), each(distance_range), each(fovy_range)
+    if relative_distance:
+        distance = distance / torch.tan(torch.deg2rad(fovy) / 2)
+    return Cameras(azimuth=azimuth, elevation=elevation, distance=distance, fovy=fovy)
 
 
 def orbit_cameras(n: int, elevation: float, distance: float, fovy: float) -> Cameras:

@@ -157,7 +157,8 @@ class GaussianRenderer(SceneRenderer):
         background, background_aug: a solid RGB colour behind the Gaussians; the probability of a random solid colour
             per training step instead.
         azimuth_range, elevation_range, distance_range, fovy_range, view_dependent_prompt, front_threshold,
-            back_threshold, overhead_threshold: cameras and view phrases, as the NeRF's.
+            back_threshold, overhead_threshold, views_per_group, relative_distance: cameras and view phrases, as the
+            NeRF's.
         position_lr, position_lr_final, position_lr_steps: the centres' exponential rate schedule (DreamGaussian:
             0.001 × spatial_lr_scale 10 = 0.01 → 0.0002 over 300 steps).
         feature_lr, opacity_lr, scaling_lr, rotation_lr: the other groups' constant rates (f_rest at feature_lr / 20).
@@ -190,6 +191,8 @@ class GaussianRenderer(SceneRenderer):
         elevation_range: Sequence[float] = (-30.0, 30.0),
         distance_range: Sequence[float] = (2.5, 2.5),
         fovy_range: Sequence[float] = (49.1, 49.1),
+        views_per_group: int = 1,
+        relative_distance: bool = False,
         view_dependent_prompt: bool = True,
         front_threshold: float = 45.0,
         back_threshold: float = 45.0,
@@ -237,6 +240,8 @@ class GaussianRenderer(SceneRenderer):
                 elevation_range=elevation_range,
                 distance_range=distance_range,
                 fovy_range=fovy_range,
+                views_per_group=views_per_group,
+                relative_distance=relative_distance,
             ),
             view_dependent_prompt,
             (front_threshold, back_threshold, overhead_threshold),

@@ -62,6 +62,7 @@ class Frame:
     opacity: torch.Tensor
     samples_per_ray: float
     orientation: torch.Tensor | None = None
+    background: torch.Tensor | None = None  # (B, 3, H, W): the colour behind the object at each pixel
 
 
 class NeRFRenderer(SceneRenderer):
@@ -87,6 +88,9 @@ class NeRFRenderer(SceneRenderer):
         alpha_threshold, early_stop_eps: samples with α below min(alpha_threshold, mean occupancy) or transmittance
             below early_stop_eps are skipped (threestudio: 0.01, nerfacc: 1e-4); 0 and 0 keep every grid sample.
         azimuth_range, elevation_range, distance_range, fovy_range: uniform camera ranges (degrees, scene units).
+        views_per_group: cameras come in groups of this many views of the object, 360°/V apart in azimuth from one
+            random offset, with one elevation, distance and fovy per group (MVDream's cameras; 1: independent).
+        relative_distance: distances are distance_range × 1/tan(fovy/2) (MVDream-threestudio's relative_radius).
         view_dependent_prompt: add ", front view" etc. to each render's prompt.
         front_threshold, back_threshold, overhead_threshold: the view phrase's angles (see cameras.view_suffix).
         shading: albedo | lambertian | textureless | random (DreamFusion's augmentation; see shading.py), with
@@ -100,6 +104,9 @@ class NeRFRenderer(SceneRenderer):
             init_shape_resolution: its occupancy grid; sketch_weight: × a term keeping the density near the sketch
             (binary cross-entropy between the occupancy 1 − exp(−σ·step) at `sketch_points` random points and the
             sketch's, weighted by |2·occ − 1|, so it relaxes near the sketch's surface).
+        reference_image, reference_camera, reference_rgb_weight, reference_mask_weight: image-to-3D's reference
+            view (threestudio's zero123 system): an RGBA image (alpha: the mask) that the render at reference_camera
+            (azimuth, elevation, distance, fovy) must match, each step, in colour and opacity (`reference_terms`).
         encoding_lr, network_lr: the parameter groups' learning rates (networks include an MLP background).
         eval_views: fixed views of the final images and eval.json (azimuths evenly spaced from 0°, the front).
         eval_distance, eval_fovy: the camera of those views and of the turntable (None: the middle of the range).
@@ -143,6 +150,8 @@ class NeRFRenderer(SceneRenderer):
         elevation_range: Sequence[float] = (-10.0, 45.0),
         distance_range: Sequence[float] = (1.0, 1.5),
         fovy_range: Sequence[float] = (40.0, 70.0),
+        views_per_group: int = 1,
+        relative_distance: bool = False,
         view_dependent_prompt: bool = True,
         front_threshold: float = 45.0,
         back_threshold: float = 45.0,
@@ -163,6 +172,10 @@ class NeRFRenderer(SceneRenderer):
         init_shape_resolution: int = 64,
         sketch_weight=0.0,
         sketch_points: int = 4096,
+        reference_image: str | None = None,
+        reference_camera: Sequence[float] = (0.0, 5.0, 3.8, 20.0),
+        reference_rgb_weight=0.0,
+        reference_mask_weight=0.0,
         encoding_lr: float = 0.01,
         network_lr: float = 0.001,
         eval_views: int = 8,
@@ -188,6 +201,8 @@ class NeRFRenderer(SceneRenderer):
                 elevation_range=elevation_range,
                 distance_range=distance_range,
                 fovy_range=fovy_range,
+                views_per_group=views_per_group,
+                relative_distance=relative_distance,
             ),
             view_dependent_prompt,
             (front_threshold, back_threshold, overhead_threshold),
@@ -248,6 +263,7 @@ class NeRFRenderer(SceneRenderer):
         self.sparsity_weight, self.opacity_weight, self.orient_weight = sparsity_weight, opacity_weight, orient_weight
         self.sketch_weight, self.sketch_points = sketch_weight, int(sketch_points)
         self.init_shape = init_shape
+        self.init_reference(reference_image, reference_camera, reference_rgb_weight, reference_mask_weight)
         if init_shape is not None:
             vertices, faces = load_mesh(init_shape)
             self.register_buffer("sketch", occupancy_grid(vertices, faces, self.bound, int(init_shape_resolution)))
@@ -388,9 +404,11 @@ class NeRFRenderer(SceneRenderer):
             colour = shade(albedo, normals, light_dirs, shading, **self.light)
             if torch.is_grad_enabled():
                 orientation = orientation_loss(weights, normals, sample_dirs, opacity)
-        rgb = accumulate(weights, colour, ray_indices, n_rays) + (1.0 - opacity) * self.background(rays_d)
-        to_image = lambda v: v.view(b, height, width, -1).permute(0, 3, 1, 2)
-        return Frame(to_image(rgb), to_image(opacity), ray_indices.shape[0] / max(n_rays, 1), orientation)
+        background = self.background(rays_d)
+        rgb = accumulate(weights, colour, ray_indices, n_rays) + (1.0 - opacity) * background
+        to_image = lambda v: v.reshape(b, height, width, -1).permute(0, 3, 1, 2)
+        samples = ray_indices.shape[0] / max(n_rays, 1)
+        return Frame(to_image(rgb), to_image(opacity), samples, orientation, to_image(background))
 
     def regularizers(self, frame: Frame) -> tuple[torch.Tensor | None, dict]:
         """threestudio's sparsity √(o² + 0.01) and opaque (binary entropy) terms over pixels, DreamFusion's orientation
@@ -413,8 +431,22 @@ class NeRFRenderer(SceneRenderer):
             sketch = self.sketch_term()
             terms.append((self.sketch_weight, sketch))
             logs["nerf/sketch"] = sketch.detach()
+        if self.training and self.reference_image is not None:
+            rgb_term, mask_term = self.reference_terms()
+            terms += [(self.reference_rgb_weight, rgb_term), (self.reference_mask_weight, mask_term)]
+            logs["nerf/reference_rgb"], logs["nerf/reference_mask"] = rgb_term.detach(), mask_term.detach()
         weighted = [value_at(w, self.step) * term for w, term in terms if value_at(w, self.step) != 0]
         return (sum(weighted) if weighted else None), logs
+
+    def reference_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """threestudio's zero123 reference view: the render at the reference camera, at this stage's size, against the
+        input image on the render's own background (gt = rgb·mask + background·(1 − mask)), and its opacity against
+        the mask; both mean squared errors."""
+        height, width = self.render_size
+        rgb, mask = self.reference_target(height, width)
+        frame = self.render(self.reference_cameras(), height, width, stratified=True)
+        target = rgb * mask + frame.background * (1 - mask)
+        return F.mse_loss(frame.rgb, target), F.mse_loss(frame.opacity, mask)
 
     def sketch_term(self) -> torch.Tensor:
         """Binary cross-entropy between the field's occupancy and the sketch's at random points of the box."""

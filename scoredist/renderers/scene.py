@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import inspect
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -77,11 +78,19 @@ class SceneRenderer(Renderer):
     ) -> None:
         """The settings every scene renderer has (see NeRFRenderer's Args)."""
         self.stages = stage_table(height, width, batch_size, stages)
+        views = int(camera_ranges.get("views_per_group", 1))
+        if views < 1 or any(row[3] % views for row in self.stages):
+            raise ValueError(
+                f"renderer.views_per_group={views} must divide the cameras per step of every stage "
+                f"({[row[3] for row in self.stages]})"
+            )
         if int(eval_views) <= 0:
             raise ValueError(f"renderer.eval_views must be positive, got {eval_views}")
         self.stage, self.step = 0, 0
         self.model_size: tuple[int, int] | None = None  # set by bind: what the guidance model takes
-        self.camera_ranges = {key: tuple(value) for key, value in camera_ranges.items()}
+        self.camera_ranges = {
+            key: tuple(value) if key.endswith("_range") else value for key, value in camera_ranges.items()
+        }
         self.view_dependent_prompt = bool(view_dependent_prompt)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.eval_views = int(eval_views)
@@ -89,6 +98,32 @@ class SceneRenderer(Renderer):
         self.turntable_views, self.turntable_elevation = int(turntable_views), float(turntable_elevation)
         self.turntable_size = int(turntable_size) if turntable_size else None
         self.export_mesh = export_mesh
+
+    def init_reference(self, image: str | None, camera: Sequence[float], rgb_weight, mask_weight) -> None:
+        """Image-to-3D's reference view (Zero123's setting): an RGBA image (alpha: the object's mask) seen from `camera`
+        (azimuth, elevation, distance, fovy), which the scene must reproduce there, weighted by rgb_weight and
+        mask_weight (numbers or schedules of the step)."""
+        self.reference_image = str(image) if image else None
+        if len(camera) != 4:
+            raise ValueError(f"renderer.reference_camera is (azimuth, elevation, distance, fovy), got {list(camera)}")
+        self.reference_camera = tuple(float(c) for c in camera)
+        self.reference_rgb_weight, self.reference_mask_weight = rgb_weight, mask_weight
+        self._reference_targets: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.reference_image is not None:
+            self.reference_target(8, 8)  # a missing or unreadable file stops the run now, not at its first step
+
+    def reference_cameras(self) -> Cameras:
+        return Cameras.from_tensor(torch.tensor([self.reference_camera]))
+
+    def reference_target(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's rgb (1, 3, H, W) and binary mask (alpha > 0.5, threestudio's) at a render size (cached)."""
+        from scoredist.images import read_rgba
+
+        if (height, width) not in self._reference_targets:
+            rgb, alpha = read_rgba(self.reference_image, height, width)
+            self._reference_targets[(height, width)] = (rgb, (alpha > 0.5).float())
+        rgb, mask = self._reference_targets[(height, width)]
+        return rgb.to(self.device), mask.to(self.device)
 
     # ----------------------------------------------------------------------------------------------------------------
     # The schedule
@@ -159,8 +194,10 @@ class SceneRenderer(Renderer):
     def orbit(self, views: int) -> Cameras:
         """`views` cameras evenly spaced in azimuth from 0° (front), at turntable_elevation, eval distance and fovy."""
         mid = lambda key: sum(self.camera_ranges[key]) / 2
-        distance = mid("distance_range") if self.eval_distance is None else self.eval_distance
         fovy = mid("fovy_range") if self.eval_fovy is None else self.eval_fovy
+        distance = mid("distance_range") if self.eval_distance is None else self.eval_distance
+        if self.eval_distance is None and self.camera_ranges.get("relative_distance"):
+            distance = distance / math.tan(math.radians(fovy) / 2)
         return orbit_cameras(views, self.turntable_elevation, distance, fovy)
 
     # ----------------------------------------------------------------------------------------------------------------

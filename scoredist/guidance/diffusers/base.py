@@ -164,6 +164,8 @@ class DiffusersGuidance(Guidance):
         super().__init__(path.alphas_cumprod)
         self.noise_path, self.prediction = path, prediction
         self.denoiser = parts["denoiser"].requires_grad_(False).eval()
+        for name, module in parts.get("modules", {}).items():  # a family's other networks (Zero123's image encoder)
+            setattr(self, name, module.requires_grad_(False).eval())
         self.vae = None if parts.get("vae") is None else parts["vae"].requires_grad_(False).eval()
         encoders = [e.requires_grad_(False).eval() for e in parts["text_encoders"]]
         if offload_text_encoders:  # outside the module tree (object.__setattr__): .to(device) must skip them
@@ -190,7 +192,8 @@ class DiffusersGuidance(Guidance):
     # ---- what a family provides ----------------------------------------------------------------------------------
 
     def load_components(self, folder: Folder) -> dict:
-        """{"denoiser", "vae" (or None), "text_encoders", "tokenizers", "scheduler_config"} from the folder."""
+        """{"denoiser", "vae" (or None), "text_encoders", "tokenizers", "scheduler_config"} from the folder, and
+        optionally "modules": {attribute name: other frozen network} (Zero123's image encoder and pose projection)."""
         raise NotImplementedError
 
     def resolve_flow_shift(self, parts: dict) -> float | None:

@@ -19,6 +19,15 @@ FOLDER_LAYOUTS = {  # what a local folder of each family holds (besides model_in
     "sdxl": "unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/",
     "sd3": "transformer/, vae/, text_encoder/ … text_encoder_3/, tokenizer/ … tokenizer_3/",
     "flux": "transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/",
+    "zero123": "unet/, vae/, image_encoder/, cc_projection/",
+    "stable_zero123": "unet/, vae/, image_encoder/, cc_projection/",
+    "mvdream": "unet/ (with the camera embedding), vae/, text_encoder/, tokenizer/",
+}
+CONVERTED = ("zero123", "stable_zero123", "mvdream")  # no diffusers repository on the hub: converted from the authors'
+EXACT_COUNTERPART = {  # the exact prior of the same setting, which runs anywhere
+    "zero123": "`python train.py +experiment=i23d_shapes`",
+    "stable_zero123": "`python train.py +experiment=i23d_shapes`",
+    "mvdream": "`python train.py +experiment=janus_shapes`",
 }
 
 
@@ -29,10 +38,21 @@ def what_to_pass_instead(pretrained: str, reason: str, family: str = "sd") -> st
         f"Could not load diffusion weights from {pretrained!r}: {reason}. Instead, pass a local diffusers folder "
         "(guidance.pretrained=/path/to/local/folder, containing model_index.json, scheduler/, "
         f"{FOLDER_LAYOUTS[family]}, "
-        f"with .safetensors weights), or build a tiny random-weight test pipeline with `python "
+        f"with .safetensors weights{converted(family)}), or build a tiny random-weight test pipeline with `python "
         f"scripts/make_tiny_pipeline.py {tiny}{flag}` and pass guidance.pretrained={tiny}, or use the exact offline "
-        'prior: `python train.py +experiment=demo`, or guidance=shapes prompt="a red cube".'
+        + (
+            f"counterpart: {EXACT_COUNTERPART[family]}."
+            if family in EXACT_COUNTERPART
+            else 'prior: `python train.py +experiment=demo`, or guidance=shapes prompt="a red cube".'
+        )
     )
+
+
+def converted(family: str) -> str:
+    """For families converted from their authors' checkpoints: the command that writes their folder."""
+    if family not in CONVERTED:
+        return ""
+    return f" — written by `python scripts/convert_checkpoint.py {family} CHECKPOINT FOLDER --base BASE_FOLDER`"
 
 
 def hub_offline() -> bool:
