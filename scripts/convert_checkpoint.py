@@ -1,13 +1,9 @@
 """Convert the authors' checkpoint of Zero123, Stable-Zero123 or MVDream into the diffusers folder its guidance loads.
 
-Examples:
-    python scripts/convert_checkpoint.py zero123 zero123-xl.ckpt zero123-xl-diffusers \
-        --base sd-image-variations-diffusers
-    python scripts/convert_checkpoint.py stable_zero123 stable_zero123.ckpt stable-zero123-diffusers \
-        --base sd-image-variations-diffusers
-    python scripts/convert_checkpoint.py mvdream sd-v2.1-base-4view.pt mvdream-sd21-diffusers \
-        --base stable-diffusion-2-1-base
-    python train.py +experiment=i23d_zero123 guidance.pretrained=zero123-xl-diffusers image=object_rgba.png
+Examples (SD_IMAGE_VARIATIONS, SD21_FOLDER: the base folders below):
+    python scripts/convert_checkpoint.py zero123 zero123-xl.ckpt zero123-xl-diffusers --base SD_IMAGE_VARIATIONS
+    python scripts/convert_checkpoint.py mvdream sd-v2.1-base-4view.pt mvdream-sd21-diffusers --base SD21_FOLDER
+    python train.py +experiment=i23d_zero123 image=path/to/object_rgba.png
 
 --base is a local diffusers folder with what stayed frozen in the authors' training: for Zero123 the model it was
 fine-tuned from, lambdalabs/sd-image-variations-diffusers (its image_encoder/ and vae/), for MVDream Stable

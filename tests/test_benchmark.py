@@ -366,6 +366,7 @@ SCRIPT_HELP = {
     "bench_speed.py": "bench_speed.py",
     "benchmark.py": "scripts/benchmark.py",
     "collect.py": "collect.py",
+    "convert_checkpoint.py": "sd-image-variations-diffusers",
     "export.py": "export.py",
     "illusion_figure.py": "illusion_figure.py",
     "make_tiny_pipeline.py": "make_tiny_pipeline.py",

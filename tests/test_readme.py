@@ -218,6 +218,25 @@ GPU_SD = (
     "tiny pipeline in tests/test_end_to_end.py"
 )
 COCO = "needs a GPU, SD weights, the COCO captions and images and a CLIP folder"
+AUTHORS_CHECKPOINT = (
+    "needs the authors' checkpoint and a base folder (none here: no hub); tests/test_camera_guidance.py converts a "
+    "tiny checkpoint of each layout made in code"
+)
+GPU_CONVERTED = (
+    "needs a GPU and the converted weights (none here); the overlay runs 20 steps on its tiny pipeline in "
+    "tests/test_end_to_end.py"
+)
+
+
+def check_rgba(path: Path) -> None:
+    """An RGBA image whose alpha is the object's mask: some of it opaque, the rest transparent, nothing between."""
+    import numpy as np
+    from PIL import Image
+
+    alpha = np.asarray(Image.open(path))[..., 3]
+    assert set(np.unique(alpha)) == {0, 255} and 0.1 < (alpha == 255).mean() < 0.4, np.unique(alpha)
+
+
 SD = "needs Stable Diffusion 2.1-base weights from the hub (guidance=sd is the default; none here, offline)"
 
 
@@ -437,6 +456,42 @@ def _table() -> dict[str, Spec]:
             ),
         ),
         ('python train.py +experiment=t23d_ours_gs prompt="a hamburger"', Spec("t23d-ours-gs", skip=GPU_SD)),
+        *[
+            (f"python scripts/convert_checkpoint.py {args}", Spec(f"convert-{i}", skip=AUTHORS_CHECKPOINT))
+            for i, args in enumerate(
+                [
+                    "zero123 zero123-xl.ckpt zero123-xl-diffusers --base sd-image-variations-diffusers",
+                    "mvdream sd-v2.1-base-4view.pt mvdream-sd21-diffusers --base stable-diffusion-2-1-base",
+                    "zero123 zero123-xl.ckpt zero123-xl-diffusers --base SD_IMAGE_VARIATIONS",
+                    "stable_zero123 stable_zero123.ckpt stable-zero123-diffusers --base SD_IMAGE_VARIATIONS",
+                    "mvdream sd-v2.1-base-4view.pt mvdream-sd21-diffusers --base SD21_FOLDER",
+                ]
+            )
+        ],
+        *[
+            (f"python train.py +experiment={args}", Spec(f"camera-overlay-{i}", skip=GPU_CONVERTED))
+            for i, args in enumerate(
+                [
+                    "i23d_zero123 image=assets/references/yellow_torus_rgba.png",
+                    "i23d_zero123 image=path/to/object_rgba.png",
+                    "i23d_stable_zero123 image=path/to/object_rgba.png",
+                    't23d_mvdream prompt="an astronaut riding a horse"',
+                ]
+            )
+        ],
+        (
+            "python scripts/make_tiny_pipeline.py tiny-zero123 --family zero123",
+            Spec("make-tiny-zero123", subst=(("tiny-zero123", "{out}/tiny-zero123"),), files=("tiny-zero123/unet/*",)),
+        ),
+        (
+            'python scripts/render_shape.py "a yellow torus" torus_rgba.png --alpha --elevation 5 --resolution 256',
+            Spec(
+                "render-rgba",
+                subst=(("torus_rgba.png", "{out}/torus_rgba.png"),),
+                files=("torus_rgba.png",),
+                check=lambda result: check_rgba(result.out / "torus_rgba.png"),
+            ),
+        ),
         (
             "python train.py +experiment=i23d_shapes",
             Spec(

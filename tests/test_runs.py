@@ -642,9 +642,14 @@ def test_the_help_lists_every_conf_group_as_it_is_typed_and_the_launchers():
         group, names = line.lstrip("+").split("   ")[0].split("=")
         assert sorted(names.split("|")) == sorted(p.stem for p in (CONF / group).glob("*.yaml")), line
     assert "loss=sds|asd|bridge|csd|dds|esd|irfds|ism|nfsd|ours|rfds|sdi|vsd" in lines  # the default first
-    assert "guidance=sd|flux|points2d|sd3|sdxl|shapes|shapes_flow|shapes_image|shapes_multiview" in lines
+    assert (
+        "guidance=sd|flux|mvdream|points2d|sd3|sdxl|shapes|shapes_flow|shapes_image|shapes_multiview|stable_zero123"
+        "|zero123" in lines
+    )
     assert "lr_scheduler=cosine   (none by default)" in lines
-    assert any(line.startswith("+experiment=demo|gs_demo|i23d_shapes|illusion|") for line in lines)
+    assert any(
+        line.startswith("+experiment=demo|gs_demo|i23d_shapes|i23d_stable_zero123|i23d_zero123|") for line in lines
+    )
     assert "+benchmark=coco|shapes|shapes_full" in lines  # these need the +: experiment=demo is refused
     assert not any(line.startswith(("experiment=", "benchmark=")) for line in lines)
     launchers = lines[-1].split("=")[1].split("|")

@@ -213,7 +213,9 @@ def test_the_help_shows_the_groups_as_they_are_typed_and_the_launchers(tmp_path)
     lines = result.stdout.splitlines()
     assert "loss=sds|asd|bridge|csd|dds|esd|irfds|ism|nfsd|ours|rfds|sdi|vsd" in lines
     assert "+benchmark=coco|shapes|shapes_full" in lines
-    assert any(line.startswith("+experiment=demo|gs_demo|i23d_shapes|illusion|") for line in lines)
+    assert any(
+        line.startswith("+experiment=demo|gs_demo|i23d_shapes|i23d_stable_zero123|i23d_zero123|") for line in lines
+    )
     assert not any(line.startswith(("experiment", "benchmark")) for line in lines)  # Hydra's "experiment: demo, ..."
     (launchers,) = [line for line in lines if line.startswith("hydra/launcher=")]
     assert {"local", "slurm", "joblib"} <= set(launchers.split("=")[1].split("|"))

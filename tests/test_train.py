@@ -23,6 +23,7 @@ from scoredist.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+RGBA = ROOT / "assets" / "references" / "yellow_torus_rgba.png"
 
 
 def config(*overrides: str, run_dir: Path | None = None):
@@ -44,9 +45,11 @@ def group_options(group: str) -> list[str]:
 def test_every_yaml_of_every_group_composes_and_instantiates(group, tiny_paths):
     options = group_options(group)
     assert options, group
-    tiny = {"sd": tiny_paths["tiny"], **{f: tiny_paths[f"tiny_{f}"] for f in ("sdxl", "sd3", "flux")}}
+    tiny = {"sd": tiny_paths["tiny"], **{f: tiny_paths[f"tiny_{f}"] for f in ("sdxl", "sd3", "flux", "mvdream")}}
+    tiny["zero123"] = tiny["stable_zero123"] = tiny_paths["tiny_zero123"]
     for option in options:
-        cfg = config(f"{group}={option}", f"guidance.pretrained={tiny[option]}" if option in tiny else "seed=0")
+        extra = [f"guidance.reference={RGBA}"] if option.endswith("zero123") else []
+        cfg = config(f"{group}={option}", f"guidance.pretrained={tiny[option]}" if option in tiny else "seed=0", *extra)
         node = cfg[group]
         if group == "guidance":
             obj = instantiate(node, device="cpu", precision="fp32")
@@ -62,6 +65,8 @@ def test_every_yaml_of_every_group_composes_and_instantiates(group, tiny_paths):
 def test_every_experiment_composes_and_its_parts_instantiate():
     for option in group_options("experiment"):
         cfg = config(f"+experiment={option}")
+        if OmegaConf.is_missing(cfg, "image"):  # image-to-3D overlays need the user's image
+            cfg = config(f"+experiment={option}", f"image={RGBA}")
         assert cfg.trainer.max_steps > 0, option
         instantiate(cfg.loss), instantiate(cfg.schedule), instantiate(cfg.renderer)  # a typo'd key raises here
         if cfg.get("lr_scheduler") is not None:

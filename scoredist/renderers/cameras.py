@@ -32,8 +32,8 @@ def sample_cameras(
     checkpoints, so a resumed run draws the same cameras).
 
     views_per_group V > 1: MVDream-threestudio's multi-view cameras — n / V groups of V views of the object, each group
-    with one elevation, distance and fovy, its azimuths 360°/V apart from one random offset (a group's azimuths are
-    azimuth_range's low end + (u + k)/V · 360°, k = 0 … V−1; the range's width is not used).
+    with one elevation, distance and fovy, its azimuths spread evenly over azimuth_range from one random offset:
+    lo + (u + k)/V · (hi − lo), k = 0 … V−1, u ~ U[0, 1) (90° apart for the full circle).
     relative_distance: the distance drawn is × 1 / tan(fovy / 2) (MVDream-threestudio's relative_radius), so the
     object fills the same share of the view whatever the fovy.
     """
@@ -46,7 +46,8 @@ def sample_cameras(
     else:
         groups = n // views
         offset = torch.rand(groups, 1)
-        azimuth = ((offset + torch.arange(views)) / views * 360.0 + float(azimuth_range[0])).reshape(-1)
+        lo, hi = float(azimuth_range[0]), float(azimuth_range[1])
+        azimuth = ((offset + torch.arange(views)) / views * (hi - lo) + lo).reshape(-1)
         each = lambda bounds: _uniform(groups, bounds).repeat_interleave(views)
         elevation, distance, fovy = each(elevation_range), each(distance_range), each(fovy_range)
     if relative_distance:

@@ -60,7 +60,7 @@ class Zero123(DiffusersGuidance):
     Args (besides the diffusers base's):
         reference: the input image (RGBA with the object's mask as alpha, or RGB on white).
         reference_azimuth, reference_elevation, reference_distance: the reference's camera (degrees, scene units);
-            threestudio's zero123.yaml: 0°, 0° and 3.8.
+            threestudio's zero123.yaml: 0°, 5° and 3.8.
     """
 
     family = "zero123"
@@ -71,7 +71,7 @@ class Zero123(DiffusersGuidance):
         pretrained: str = "zero123-xl-diffusers",
         reference: str = "",
         reference_azimuth: float = 0.0,
-        reference_elevation: float = 0.0,
+        reference_elevation: float = 5.0,
         reference_distance: float = 3.8,
         **kwargs,
     ):
