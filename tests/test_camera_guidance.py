@@ -362,3 +362,26 @@ def test_a_checkpoint_with_code_in_it_is_refused_in_one_line(tmp_path):
     torch.save({"state_dict": {}, "callback": torch.optim.SGD}, tmp_path / "code.ckpt")
     with pytest.raises(ValueError, match="weights_only"):
         read_checkpoint(tmp_path / "code.ckpt")
+
+
+def test_mvdream_evaluates_conditional_and_negative_rows_in_one_unet_call(mvdream):
+    """A step's 2 × 4 rows (the loss's two conditions of one object's four views) go through ONE UNet call, and a
+    row's ε is the UNet's with the text and the camera MLP of its own row (as MVDream-threestudio calls it)."""
+    from scoredist.guidance.diffusers.mvdream import mvdream_camera
+
+    torch.manual_seed(2)
+    cams = [(a, 10.0, 2.0, 40.0) for a in (30.0, 120.0, 210.0, 300.0)]
+    conds = rows("a red cube", cams) + rows("ugly, blurry", cams)
+    x, t = torch.randn(8, 4, 8, 8), torch.full((8,), 300)
+    calls = []
+    hook = mvdream.unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        eps = mvdream.predict_noise(x, t, conds)
+    finally:
+        hook.remove()
+    assert calls == [8]
+    with torch.no_grad():
+        text = mvdream.prompt_embeddings([str(c) for c in conds])
+        camera = mvdream_camera(torch.tensor(cams + cams))
+        expected = mvdream.unet(x, t, text, class_labels=camera).sample
+    torch.testing.assert_close(eps, expected)
