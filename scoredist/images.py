@@ -52,8 +52,8 @@ def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
 
 def read_rgba(path: str | Path, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """An image with an object mask (an RGBA PNG whose alpha is the mask; an RGB image is all foreground) as rgb
-    (1, 3, height, width) and alpha (1, 1, height, width) in [0, 1], area-averaged to the size (cv2's INTER_AREA, as
-    threestudio resizes its reference images)."""
+    (1, 3, height, width) and alpha (1, 1, height, width) in [0, 1], area-averaged to the size when shrinking (as
+    cv2's INTER_AREA, with which threestudio resizes its reference images; enlarging repeats pixels)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"no image at {str(file)!r}")

@@ -89,6 +89,18 @@ def cameras_of(rows: Sequence[str]) -> list[tuple[float, ...] | None]:
     return [getattr(row, "camera", None) for row in rows]
 
 
+def require_cameras(rows: Sequence[str], guidance: str) -> list[tuple[float, ...]]:
+    """Each row's camera, or a ValueError naming the 3D renderers when a row has none (a camera-conditioned guidance
+    model fed rows of an image renderer, or plain strings)."""
+    cameras = cameras_of(rows)
+    if any(c is None for c in cameras):
+        raise ValueError(
+            f"guidance {guidance} needs the camera of every row: use it with a 3D renderer (renderer=nerf or "
+            "renderer=gaussians), whose rows carry their cameras"
+        )
+    return cameras
+
+
 def with_caption(prompts: Sequence[Prompt | str], caption: str) -> list[Prompt | str]:
     """The same rows (views, cameras) conditioned on another caption; plain strings become the caption itself."""
     return [replace(p, caption=caption) if isinstance(p, Prompt) else caption for p in prompts]

@@ -200,11 +200,23 @@ def check_texts(guidance, loss, captions: list[tuple[str, str]], views: list[str
                 continue
             seen.add(text)
             try:
+                check_text_role(guidance, what, text)
                 guidance.check_prompt(text)
             except ValueError as e:
                 origin = "" if source == "prompt" else f"{source}: "
                 derived = "" if what == "the prompt" else f"{what}: "  # a suffixed or negative prompt says which
                 raise ValueError(f"{origin}{derived}{e}") from None
+
+
+def check_text_role(guidance, what: str, text: str) -> None:
+    """A model without a text encoder (Zero123) tells only the empty prompt (CFG's unconditional rows) from any
+    other: a loss's negative, source or other texts would silently become conditional rows. Refuse them."""
+    if getattr(guidance, "reads_text", True) or text == "" or what.startswith("the prompt"):
+        return
+    raise ValueError(
+        f"guidance {type(guidance).__name__} reads no text, so {what} ({text!r}) would be conditioned like the prompt: "
+        "use a loss whose conditions are only the prompt and the empty prompt (loss=sds without a negative prompt)"
+    )
 
 
 def available_memory(device: torch.device) -> int:
@@ -546,7 +558,9 @@ def run_chunks(cfg: DictConfig, run_dir: Path, device: torch.device, samples: li
     check_pairing(renderer_class, guidance)
     loss = instantiate(cfg.loss)
     check_views_per_object(guidance, renderer_class.render_sizes(cfg.renderer), loss)
-    run = Run(cfg, run_dir, device, guidance, loss, instantiate(cfg.schedule))
+    schedule = instantiate(cfg.schedule)
+    check_view_groups(guidance, cfg.renderer, schedule)
+    run = Run(cfg, run_dir, device, guidance, loss, schedule)
     chunks = plan_chunks(cfg, samples)
     mine = own_chunks(cfg, [len(c) for c in chunks])
     run.first_chunk = mine.start
@@ -685,6 +699,25 @@ def check_views_per_object(guidance, sizes: list[tuple], loss=None) -> None:
             f"guidance.views_per_object={per_object} takes the views of one object in groups of {per_object}, but the "
             f"renderer has {', '.join(map(str, cameras))} cameras per step: use trainer.batch_size={per_object} "
             f"(or a multiple of it)"
+        )
+
+
+def check_view_groups(guidance, renderer_cfg, schedule) -> None:
+    """A model trained on an object's views at one timestep (MVDream) needs schedule.shared_t, and one trained on
+    views evenly spaced around the object needs the renderer's cameras in such groups (renderer.views_per_group):
+    otherwise it would run, on inputs it never saw."""
+    per_object = getattr(guidance, "views_per_object", 1)
+    name = type(guidance).__name__
+    if getattr(guidance, "shares_timestep", False) and per_object > 1 and not getattr(schedule, "shared_t", False):
+        raise ValueError(
+            f"guidance {name} denoises an object's {per_object} views at one timestep: set schedule.shared_t=true "
+            "(as +experiment=t23d_mvdream does)"
+        )
+    groups = renderer_cfg.get("views_per_group", 1)
+    if getattr(guidance, "views_on_an_orbit", False) and per_object > 1 and groups != per_object:
+        raise ValueError(
+            f"guidance {name} was trained on {per_object} views evenly spaced around the object: set "
+            f"renderer.views_per_group={per_object} (got {groups}), as +experiment=t23d_mvdream does"
         )
 
 

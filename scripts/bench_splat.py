@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             renderer = random_renderer(args.count, args.size, device)
         backends = ["torch"] + (["gsplat"] if device.type == "cuda" and gsplat_available() else [])
         torch.manual_seed(1)
-        cams = sample_cameras(args.cameras, distance_range=renderer.camera_ranges["distance_range"],
-                              fovy_range=renderer.camera_ranges["fovy_range"])  # fmt: skip
+        cams = sample_cameras(args.cameras, distance_range=renderer.camera_sampling["distance_range"],
+                              fovy_range=renderer.camera_sampling["fovy_range"])  # fmt: skip
         for backend in backends:  # warm-up: kernels compiled and caches filled outside the timed rounds
             step(renderer, backend, cams, args.size)
         times = {b: [] for b in backends}

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import time
 
-FAMILIES = ("zero123", "stable_zero123", "mvdream")
+from scoredist.guidance.converted import CONVERTED  # no torch import: --help stays quick
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("family", choices=FAMILIES, help="whose checkpoint it is")
+    parser.add_argument("family", choices=CONVERTED, help="whose checkpoint it is")
     parser.add_argument("checkpoint", help="the authors' .ckpt / .pt / .safetensors file")
     parser.add_argument("out_dir", help="the diffusers folder to write (guidance.pretrained=OUT_DIR)")
     parser.add_argument("--base", required=True, help="local folder with the frozen parts (see above)")

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from scoredist.guidance.converted import CONVERTED  # no torch import: --help stays quick
+
 DTYPES = ("float32", "bfloat16", "float16")
-CAMERA_FAMILIES = ("zero123", "stable_zero123", "mvdream")
+CAMERA_FAMILIES = CONVERTED  # the folders scripts/convert_checkpoint.py writes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--family",
         default="sd",
-        choices=["sd", "sdxl", "sd3", "flux", "zero123", "stable_zero123", "mvdream"],
+        choices=["sd", "sdxl", "sd3", "flux", *CONVERTED],
         help="layout of which hub repository: sd (SD 1/2), sdxl (SDXL-base-1.0), sd3 (SD3-medium), flux (FLUX.1-dev); "
         "or of the folder scripts/convert_checkpoint.py writes: zero123 / stable_zero123 (one layout), mvdream",
     )

@@ -311,10 +311,15 @@ def save_checkpoint(state: dict, path, lightning: bool) -> None:
 def test_a_converted_checkpoint_loads_as_its_guidance_with_the_same_weights(family, tmp_path, tiny_camera_paths):
     """The converter on a tiny checkpoint made in code (Zero123: a Lightning .ckpt read with weights_only; MVDream: a
     .safetensors) writes a folder the guidance loads, whose UNet holds exactly the checkpoint's weights and whose
-    frozen parts are the base folder's."""
+    frozen parts are the base folder's — re-saved as safetensors when the base has .bin files only (as
+    lambdalabs/sd-image-variations-diffusers' main branch)."""
+    from diffusers import AutoencoderKL
+
     from scoredist.guidance.convert import convert
 
     base = tiny_camera_paths[family]  # the tiny folders hold what --base holds: vae/ and image_encoder/ or text parts
+    if family == "zero123":
+        base = bin_only_copy(base, tmp_path / "base")
     settings = TINY_LDM if family == "zero123" else TINY_LDM_MV
     ldm, weights = ldm_checkpoint(family, settings, seed=3)
     if family == "zero123":
@@ -327,18 +332,40 @@ def test_a_converted_checkpoint_loads_as_its_guidance_with_the_same_weights(fami
     out = convert(family, checkpoint, tmp_path / "converted", base, settings)
 
     if family == "zero123":
+        from transformers import CLIPVisionModelWithProjection
+
         from scoredist.guidance.diffusers.zero123 import Zero123
 
         guidance = Zero123(pretrained=str(out), reference=REFERENCE)
         torch.testing.assert_close(guidance.pose_projection.projection.weight, ldm["cc_projection.weight"])
+        encoder = CLIPVisionModelWithProjection.from_pretrained(base, subfolder="image_encoder").state_dict()
+        assert all(torch.equal(v, encoder[k]) for k, v in guidance.image_encoder.state_dict().items())
     else:
         from scoredist.guidance.diffusers.mvdream import MVDream
 
         guidance = MVDream(pretrained=str(out))
     loaded = guidance.denoiser.state_dict()
     assert all(torch.equal(loaded[k], weights[k]) for k in weights)
-    base_vae = (base / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
-    assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == base_vae
+    base_vae = AutoencoderKL.from_pretrained(base, subfolder="vae").state_dict()
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert all(torch.equal(v, base_vae[k]) for k, v in guidance.vae.state_dict().items())
+
+
+def bin_only_copy(folder, out):
+    """The tiny Zero123 folder's VAE and image encoder saved as .bin (torch pickles of tensors) in a new base folder."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+    from transformers import CLIPVisionModelWithProjection
+
+    out.mkdir()
+    shutil.copy(folder / "model_index.json", out / "model_index.json")
+    AutoencoderKL.from_pretrained(folder, subfolder="vae").save_pretrained(out / "vae", safe_serialization=False)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder")
+    encoder.config.save_pretrained(out / "image_encoder")  # transformers 5 writes safetensors only: the .bin by hand
+    torch.save(encoder.state_dict(), out / "image_encoder" / "pytorch_model.bin")
+    assert not list(out.rglob("*.safetensors"))
+    return out
 
 
 def test_the_converter_names_missing_and_leftover_weights(tmp_path, tiny_camera_paths):
@@ -385,3 +412,69 @@ def test_mvdream_evaluates_conditional_and_negative_rows_in_one_unet_call(mvdrea
         camera = mvdream_camera(torch.tensor(cams + cams))
         expected = mvdream.unet(x, t, text, class_labels=camera).sample
     torch.testing.assert_close(eps, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checks before a run
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_text_free_model_refuses_a_loss_that_would_condition_on_other_texts(zero123):
+    """Zero123 tells only "" from any other text: SDS's prompt and ∅ pass; a negative prompt, NFSD's negative or ours'
+    source prompt would be conditioned like the prompt, so the run stops before it starts."""
+    from scoredist.losses.nfsd import NFSD
+    from scoredist.losses.sds import SDS
+    from scoredist.train import check_texts
+
+    captions = [("the object", "prompt")]
+    check_texts(zero123, SDS(guidance_scale=3.0), captions, [""])
+    for loss in (SDS(negative_prompt="ugly"), NFSD()):
+        with pytest.raises(ValueError, match="reads no text"):
+            check_texts(zero123, loss, captions, [""])
+
+
+def test_mvdream_needs_shared_timesteps_and_orbit_groups_before_a_run(mvdream):
+    from omegaconf import OmegaConf
+
+    from scoredist.schedules import TimestepSchedule
+    from scoredist.train import check_view_groups
+
+    grouped = OmegaConf.create({"views_per_group": 4})
+    check_view_groups(mvdream, grouped, TimestepSchedule(shared_t=True))
+    with pytest.raises(ValueError, match="schedule.shared_t=true"):
+        check_view_groups(mvdream, grouped, TimestepSchedule())
+    with pytest.raises(ValueError, match="renderer.views_per_group=4"):
+        check_view_groups(mvdream, OmegaConf.create({"views_per_group": 1}), TimestepSchedule(shared_t=True))
+
+
+def test_i23d_gives_the_renderer_the_guidances_reference_camera():
+    """One place for the reference's camera: the renderer's reference view follows the guidance's pose origin."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.test_readme import ROOT
+
+    overrides = ["+experiment=i23d_zero123", f"image={REFERENCE}", "guidance.reference_azimuth=30"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    assert list(cfg.renderer.reference_camera) == [30.0, 5.0, 3.8, 20.0]
+    assert cfg.renderer.reference_image == cfg.guidance.reference == REFERENCE
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_zero123_on_cuda_in_fp16_and_with_model_offload_matches_the_cpu(zero123, tiny_camera_paths):
+    """The projection and image encoder stay on the CPU under model_offload (only the UNet and VAE are hooked): the
+    rows' context must still reach the device. fp16 within its rounding of the CPU fp32 answer."""
+    from scoredist.guidance.diffusers.zero123 import Zero123
+
+    cams = [(30.0, 10.0, 3.8, 20.0), (200.0, 40.0, 3.8, 20.0)]
+    conds = rows("the object", cams) + rows("", cams)
+    torch.manual_seed(0)
+    x, t = torch.randn(4, 4, 8, 8), torch.tensor([100, 600, 100, 600])
+    reference = zero123.predict_noise(x, t, conds)
+    for flags in ({}, {"model_offload": True}):
+        guidance = Zero123(
+            pretrained=str(tiny_camera_paths["zero123"]), reference=REFERENCE, device="cuda", precision="fp16", **flags
+        )
+        out = guidance.predict_noise(x.cuda(), t.cuda(), conds).cpu()
+        assert (out - reference).abs().max() < 0.05 * reference.abs().max(), flags

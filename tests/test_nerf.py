@@ -249,7 +249,7 @@ def test_render_suffixes_follow_the_sampled_cameras():
     torch.manual_seed(3)
     render = r()
     torch.manual_seed(3)
-    cams = sample_cameras(16, **r.camera_ranges)
+    cams = sample_cameras(16, **r.camera_sampling)
     expected = [view_suffix(a, e) for a, e in zip(cams.azimuth.tolist(), cams.elevation.tolist())]
     assert render.views == expected
     assert {", front view", ", side view", ", back view"} <= set(expected)

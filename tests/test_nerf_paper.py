@@ -78,7 +78,7 @@ def test_the_view_phrases_checked_before_training_are_those_the_papers_cameras_r
     phrases = type(renderer).view_phrases(cfg.renderer)
     assert phrases == [", back view", ", front view", ", side view"]  # elevations −10…45°: never above 60°
     torch.manual_seed(0)
-    assert sorted(set(renderer.suffixes(sample_cameras(4000, **renderer.camera_ranges)))) == phrases
+    assert sorted(set(renderer.suffixes(sample_cameras(4000, **renderer.camera_sampling)))) == phrases
 
 
 def test_stage_one_is_sds_on_the_target_prompt_and_view_against_the_empty_prompt(paper):

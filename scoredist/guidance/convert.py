@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from scoredist.guidance.converted import CONVERTED
+
 UNET_PREFIX = "model.diffusion_model."
 # The authors' UNet settings (ldm's openaimodel.UNetModel arguments; what the converted config is built from):
 # zero123: zero123/configs/sd-objaverse-finetune-c_concat-256.yaml; MVDream: mvdream/configs/sd-v2-base.yaml.
@@ -53,7 +55,7 @@ SD21_UNET = {
     "use_linear_in_transformer": True,
 }
 UNET_SETTINGS = {"zero123": SD1_UNET, "stable_zero123": SD1_UNET, "mvdream": SD21_UNET}
-FAMILIES = tuple(UNET_SETTINGS)
+assert tuple(UNET_SETTINGS) == CONVERTED
 
 
 # ---------------------------------------------------------------------------------------------- UNet keys
@@ -171,7 +173,11 @@ def read_checkpoint(path: str | Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
+    try:  # memory-mapped: a training checkpoint (optimizer states, EMA) can be many times the weights
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):  # a file of the old (non-zip) format cannot be mapped: read it whole
+            raise
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # an UnpicklingError naming a class that weights_only refuses
         raise ValueError(
@@ -201,8 +207,8 @@ def convert(
     Diffusion 2.1-base (text_encoder/, tokenizer/, vae/)."""
     from diffusers import DDPMScheduler
 
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if family not in CONVERTED:
+        raise ValueError(f"family must be one of {CONVERTED}, got {family!r}")
     state = read_checkpoint(checkpoint)
     out, base = Path(out), Path(base)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +225,7 @@ def convert(
     frozen = ("vae", "text_encoder", "tokenizer") if family == "mvdream" else ("vae", "image_encoder")
     base_index = json.loads(_need(base / "model_index.json").read_text())
     for part in frozen:
-        shutil.copytree(_need(base / part), out / part, dirs_exist_ok=True)
+        copy_part(base, part, base_index[part], out)
         index[part] = base_index[part]
     if family != "mvdream":
         from scoredist.guidance.diffusers.zero123 import PoseProjection
@@ -231,6 +237,21 @@ def convert(
         index["cc_projection"] = ["scoredist", "PoseProjection"]
     (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def copy_part(base: Path, part: str, entry: list, out: Path) -> None:
+    """One component of the base folder into out/part, its weights re-saved as safetensors (what the guidance loads;
+    lambdalabs/sd-image-variations-diffusers' main branch has .bin files only). Tokenizers are copied as they are."""
+    import importlib
+
+    source = _need(base / part)
+    library, class_name = entry
+    cls = getattr(importlib.import_module(library), class_name)
+    if not hasattr(cls, "save_pretrained") or not issubclass(cls, torch.nn.Module):
+        shutil.copytree(source, out / part, dirs_exist_ok=True)
+        return
+    module = cls.from_pretrained(base, subfolder=part, local_files_only=True)  # .bin with torch.load(weights_only)
+    module.save_pretrained(out / part, safe_serialization=True)
 
 
 def _need(path: Path) -> Path:

@@ -47,6 +47,7 @@ from scoredist.renderers.scene import SceneRenderer
 from scoredist.renderers.shading import Background
 from scoredist.renderers.sketch import resolve_sketch_path
 from scoredist.renderers.splatting import composite, covariances, footprint_radii, project, visible
+from scoredist.schedules import value_at
 
 SH_C1 = 0.4886025119029199  # the degree-1 real spherical harmonics' constant (3DGS's sh_utils)
 PARAMETERS = ("means", "log_scales", "quats", "logit_opacities", "sh_dc", "sh_rest")
@@ -166,6 +167,8 @@ class GaussianRenderer(SceneRenderer):
         densify_grad_threshold, percent_dense, scene_extent, split_into, min_opacity, max_world_size,
             max_screen_fraction: its rule (scoredist.renderers.densify); max_gaussians: no densification beyond this.
         opacity_reset_every: every this many steps inside the window, opacities above 0.01 become 0.01 (null: never).
+        reference_image, reference_camera, reference_rgb_weight, reference_mask_weight: image-to-3D's reference view,
+            as the NeRF's (its colour against the image on the background, its alpha against the mask).
         eval_views, eval_distance, eval_fovy, turntable_views, turntable_elevation, turntable_size: the end of run
             views, as the NeRF's.
         export_ply: write gaussians.ply (3DGS layout) at the end of a run.
@@ -216,6 +219,10 @@ class GaussianRenderer(SceneRenderer):
         max_screen_fraction: float | None = None,
         max_gaussians: int = 500_000,
         opacity_reset_every: int | None = 700,
+        reference_image: str | None = None,
+        reference_camera: Sequence[float] = (0.0, 0.0, 2.5, 49.1),
+        reference_rgb_weight=0.0,
+        reference_mask_weight=0.0,
         eval_views: int = 8,
         eval_distance: float | None = None,
         eval_fovy: float | None = None,
@@ -270,6 +277,7 @@ class GaussianRenderer(SceneRenderer):
         self.num_points, self.init_radius, self.init_shape = int(num_points), float(init_radius), init_shape
         self.init_opacity, self.sh_degree = float(init_opacity), int(sh_degree)
         self.background = Background(tuple(background), background_aug)
+        self.init_reference(reference_image, reference_camera, reference_rgb_weight, reference_mask_weight)
         self.position_lrs = (float(position_lr), float(position_lr_final), int(position_lr_steps))
         self.rates = {
             "means": expon_lr(1, float(position_lr), float(position_lr_final), int(position_lr_steps)),  # iteration 1
@@ -465,13 +473,17 @@ class GaussianRenderer(SceneRenderer):
     # Rendering
     # ----------------------------------------------------------------------------------------------------------------
 
-    def render(self, cams: Cameras, height: int, width: int, keep_stats: bool = False) -> tuple[torch.Tensor, ...]:
+    def render(
+        self, cams: Cameras, height: int, width: int, keep_stats: bool = False, background: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Cameras (B) → RGB (B, 3, H, W) in [0, 1] and alpha (B, 1, H, W). keep_stats: remember each view's
-        projected centres (with their gradient) and radii for density control."""
+        projected centres (with their gradient) and radii for density control. background: the RGB (3,) behind the
+        Gaussians (None: the renderer's, a random colour with probability background_aug while training)."""
         view, K = camera_matrices(cams, height, width)
         view, K = view.to(self.device), K.to(self.device)
         eyes = torch.linalg.inv(view)[:, :3, 3]
-        background = self.background(torch.zeros(1, 3, device=self.device))[0]
+        if background is None:
+            background = self.background(torch.zeros(1, 3, device=self.device))[0]
         if self.sh_rest is None:  # degree 0: the same colours from every camera
             colours = self.colours(eyes[0]).expand(len(cams), -1, -1)
         else:
@@ -545,13 +557,22 @@ class GaussianRenderer(SceneRenderer):
             "gaussians/mean_opacity": self.opacities().mean().detach() if self.count else 0.0,
             "gaussians/coverage": alpha.mean().detach(),
         }
+        terms, reference_logs = self.reference_regularization("gaussians")
+        logs.update(reference_logs)
+        weighted = [value_at(w, self.step) * term for w, term in terms if value_at(w, self.step) != 0]
         return Render(
             x=self.to_model_size(rgb),
             samples=[0] * len(cams),
             views=self.suffixes(cams),
             cameras=cams.as_tensor(),
+            regularization=sum(weighted) if weighted else None,
             logs=logs,
         )
+
+    def render_reference(self, height: int, width: int) -> tuple[torch.Tensor, ...]:
+        background = self.background(torch.zeros(1, 3, device=self.device))[0]
+        rgb, alpha = self.render(self.reference_cameras(), height, width, background=background)
+        return rgb, alpha, background.view(1, 3, 1, 1)
 
     # ----------------------------------------------------------------------------------------------------------------
     # End of run

@@ -35,6 +35,7 @@ def renderer_from_run(run: str | Path, device: str = "auto") -> tuple[NeRFRender
         )
     state = load_checkpoint(checkpoint_path(run))
     settings = OmegaConf.to_container(cfg.renderer, resolve=True)
+    settings["reference_image"] = None  # a training input only: export and render work without the file
     if target.endswith("GaussianRenderer"):
         settings["backend"] = "auto"  # gsplat where it runs (CUDA), else the PyTorch rasteriser: the same Gaussians
     renderer = instantiate(OmegaConf.create(settings))

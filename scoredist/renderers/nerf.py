@@ -431,22 +431,15 @@ class NeRFRenderer(SceneRenderer):
             sketch = self.sketch_term()
             terms.append((self.sketch_weight, sketch))
             logs["nerf/sketch"] = sketch.detach()
-        if self.training and self.reference_image is not None:
-            rgb_term, mask_term = self.reference_terms()
-            terms += [(self.reference_rgb_weight, rgb_term), (self.reference_mask_weight, mask_term)]
-            logs["nerf/reference_rgb"], logs["nerf/reference_mask"] = rgb_term.detach(), mask_term.detach()
+        reference, reference_logs = self.reference_regularization("nerf")
+        terms += reference
+        logs.update(reference_logs)
         weighted = [value_at(w, self.step) * term for w, term in terms if value_at(w, self.step) != 0]
         return (sum(weighted) if weighted else None), logs
 
-    def reference_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """threestudio's zero123 reference view: the render at the reference camera, at this stage's size, against the
-        input image on the render's own background (gt = rgb·mask + background·(1 − mask)), and its opacity against
-        the mask; both mean squared errors."""
-        height, width = self.render_size
-        rgb, mask = self.reference_target(height, width)
+    def render_reference(self, height: int, width: int) -> tuple[torch.Tensor, ...]:
         frame = self.render(self.reference_cameras(), height, width, stratified=True)
-        target = rgb * mask + frame.background * (1 - mask)
-        return F.mse_loss(frame.rgb, target), F.mse_loss(frame.opacity, mask)
+        return frame.rgb, frame.opacity, frame.background
 
     def sketch_term(self) -> torch.Tensor:
         """Binary cross-entropy between the field's occupancy and the sketch's at random points of the box."""

@@ -2,7 +2,7 @@
 sizes, each render with its view phrase, resized to the model's own size; fixed views, a turntable and a mesh at the
 end of a run.
 
-A subclass sets, in its __init__, `stages` (`stage_table`), `camera_ranges`, `view_dependent_prompt`, `thresholds`,
+A subclass sets, in its __init__, `stages` (`stage_table`), `camera_sampling`, `view_dependent_prompt`, `thresholds`,
 `eval_distance`, `eval_fovy`, `turntable_elevation`, `export_mesh` (through `init_scene`), and implements `turntable`
 and `mesh`.
 """
@@ -23,6 +23,7 @@ from scoredist.images import grid, save_strip, save_video
 from scoredist.renderers.base import Renderer
 from scoredist.renderers.cameras import Cameras, orbit_cameras, reachable_view_suffixes, sample_cameras, view_suffix
 from scoredist.renderers.mesh import Setting, write_mesh
+from scoredist.schedules import value_at
 
 
 def stage_table(height: int, width: int, batch_size: int, stages: Sequence[Mapping]) -> list[tuple[int, ...]]:
@@ -65,7 +66,7 @@ class SceneRenderer(Renderer):
         width: int,
         batch_size: int,
         stages: Sequence[Mapping],
-        camera_ranges: dict,
+        camera_sampling: dict,
         view_dependent_prompt: bool,
         thresholds: Sequence[float],
         eval_views: int,
@@ -78,7 +79,7 @@ class SceneRenderer(Renderer):
     ) -> None:
         """The settings every scene renderer has (see NeRFRenderer's Args)."""
         self.stages = stage_table(height, width, batch_size, stages)
-        views = int(camera_ranges.get("views_per_group", 1))
+        views = int(camera_sampling.get("views_per_group", 1))
         if views < 1 or any(row[3] % views for row in self.stages):
             raise ValueError(
                 f"renderer.views_per_group={views} must divide the cameras per step of every stage "
@@ -88,8 +89,8 @@ class SceneRenderer(Renderer):
             raise ValueError(f"renderer.eval_views must be positive, got {eval_views}")
         self.stage, self.step = 0, 0
         self.model_size: tuple[int, int] | None = None  # set by bind: what the guidance model takes
-        self.camera_ranges = {
-            key: tuple(value) if key.endswith("_range") else value for key, value in camera_ranges.items()
+        self.camera_sampling = {
+            key: tuple(value) if key.endswith("_range") else value for key, value in camera_sampling.items()
         }
         self.view_dependent_prompt = bool(view_dependent_prompt)
         self.thresholds = tuple(float(t) for t in thresholds)
@@ -110,20 +111,48 @@ class SceneRenderer(Renderer):
         self.reference_rgb_weight, self.reference_mask_weight = rgb_weight, mask_weight
         self._reference_targets: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         if self.reference_image is not None:
-            self.reference_target(8, 8)  # a missing or unreadable file stops the run now, not at its first step
+            self._reference_on_cpu(8, 8)  # a missing or unreadable file stops the run now, not at its first step
 
     def reference_cameras(self) -> Cameras:
         return Cameras.from_tensor(torch.tensor([self.reference_camera]))
 
+    def reference_regularization(self, prefix: str) -> tuple[list[tuple], dict]:
+        """The reference view's [(weight, term)] and their logs ("<prefix>/reference_rgb", ".../reference_mask") while
+        training; nothing in eval mode, without a reference image, or when both weights are 0 at this step (no
+        render then)."""
+        weights = (self.reference_rgb_weight, self.reference_mask_weight)
+        if not self.training or self.reference_image is None or not any(value_at(w, self.step) for w in weights):
+            return [], {}
+        rgb_term, mask_term = self.reference_terms()
+        logs = {f"{prefix}/reference_rgb": rgb_term.detach(), f"{prefix}/reference_mask": mask_term.detach()}
+        return list(zip(weights, (rgb_term, mask_term))), logs
+
+    def reference_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """threestudio's zero123 reference view: the render at the reference camera, at this stage's size, against the
+        input image on the render's own background (gt = rgb·mask + background·(1 − mask)), and its opacity against
+        the mask; both mean squared errors."""
+        height, width = self.render_size
+        rgb, mask = self.reference_target(height, width)
+        render, opacity, background = self.render_reference(height, width)
+        return F.mse_loss(render, rgb * mask + background * (1 - mask)), F.mse_loss(opacity, mask)
+
+    def render_reference(self, height: int, width: int) -> tuple[torch.Tensor, ...]:
+        """The training render at the reference camera: rgb (1, 3, H, W), opacity (1, 1, H, W) and the background
+        behind it (broadcastable to the rgb)."""
+        raise NotImplementedError
+
     def reference_target(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reference's rgb (1, 3, H, W) and binary mask (alpha > 0.5, threestudio's) at a render size (cached)."""
+        """The reference's rgb (1, 3, H, W) and binary mask (alpha > 0.5, threestudio's) at a render size."""
+        rgb, mask = self._reference_on_cpu(height, width)
+        return rgb.to(self.device), mask.to(self.device)
+
+    def _reference_on_cpu(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         from scoredist.images import read_rgba
 
-        if (height, width) not in self._reference_targets:
+        if (height, width) not in self._reference_targets:  # read once per render size
             rgb, alpha = read_rgba(self.reference_image, height, width)
             self._reference_targets[(height, width)] = (rgb, (alpha > 0.5).float())
-        rgb, mask = self._reference_targets[(height, width)]
-        return rgb.to(self.device), mask.to(self.device)
+        return self._reference_targets[(height, width)]
 
     # ----------------------------------------------------------------------------------------------------------------
     # The schedule
@@ -189,14 +218,14 @@ class SceneRenderer(Renderer):
     def cameras(self) -> Cameras:
         """This step's cameras: `batch_size` random ones while training; in eval mode the fixed `eval_views` orbit
         from the front (so final images are repeatable)."""
-        return sample_cameras(self.batch_size, **self.camera_ranges) if self.training else self.orbit(self.eval_views)
+        return sample_cameras(self.batch_size, **self.camera_sampling) if self.training else self.orbit(self.eval_views)
 
     def orbit(self, views: int) -> Cameras:
         """`views` cameras evenly spaced in azimuth from 0° (front), at turntable_elevation, eval distance and fovy."""
-        mid = lambda key: sum(self.camera_ranges[key]) / 2
+        mid = lambda key: sum(self.camera_sampling[key]) / 2
         fovy = mid("fovy_range") if self.eval_fovy is None else self.eval_fovy
         distance = mid("distance_range") if self.eval_distance is None else self.eval_distance
-        if self.eval_distance is None and self.camera_ranges.get("relative_distance"):
+        if self.eval_distance is None and self.camera_sampling.get("relative_distance"):
             distance = distance / math.tan(math.radians(fovy) / 2)
         return orbit_cameras(views, self.turntable_elevation, distance, fovy)
 

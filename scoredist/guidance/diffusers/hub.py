@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from scoredist.errors import WeightsNotFoundError
+from scoredist.guidance.converted import CONVERTED
 
 FOLDER_LAYOUTS = {  # what a local folder of each family holds (besides model_index.json and scheduler/)
     "sd": "unet/, text_encoder/, tokenizer/ and, for latent models, vae/",
@@ -23,7 +24,6 @@ FOLDER_LAYOUTS = {  # what a local folder of each family holds (besides model_in
     "stable_zero123": "unet/, vae/, image_encoder/, cc_projection/",
     "mvdream": "unet/ (with the camera embedding), vae/, text_encoder/, tokenizer/",
 }
-CONVERTED = ("zero123", "stable_zero123", "mvdream")  # no diffusers repository on the hub: converted from the authors'
 EXACT_COUNTERPART = {  # the exact prior of the same setting, which runs anywhere
     "zero123": "`python train.py +experiment=i23d_shapes`",
     "stable_zero123": "`python train.py +experiment=i23d_shapes`",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from scoredist.cameras import Cameras, camera_to_world
 from scoredist.guidance.diffusers.sd import StableDiffusion
-from scoredist.prompts import cameras_of
+from scoredist.prompts import require_cameras
 
 
 class MultiviewSelfAttention:
@@ -66,8 +66,8 @@ def mvdream_camera(cameras: torch.Tensor) -> torch.Tensor:
     flattened row by row. Our frame is y up with azimuth 0 on +z; the same camera's position and axes in threestudio's
     frame are (z, x, y) of ours, a permutation applied to the matrix's rows (its columns, the camera's own axes,
     are the same OpenGL right / up / backward)."""
-    c2w = camera_to_world(Cameras.from_tensor(cameras)).double()
-    to_threestudio = torch.zeros(4, 4, dtype=torch.float64)
+    c2w = camera_to_world(Cameras.from_tensor(cameras))
+    to_threestudio = torch.zeros(4, 4)
     to_threestudio[0, 2] = to_threestudio[1, 0] = to_threestudio[2, 1] = to_threestudio[3, 3] = 1.0
     c2w = to_threestudio @ c2w
     c2w[:, :3, 3] = c2w[:, :3, 3] / c2w[:, :3, 3].norm(dim=-1, keepdim=True)
@@ -83,6 +83,8 @@ class MVDream(StableDiffusion):
 
     family = "mvdream"
     needs_cameras = True
+    shares_timestep = True  # an object's views at one t, as trained (checked before a run: schedule.shared_t)
+    views_on_an_orbit = True  # trained on views evenly spaced in azimuth (checked: renderer.views_per_group)
 
     def __init__(self, pretrained: str = "mvdream-sd21-diffusers", views_per_object: int = 4, **kwargs):
         super().__init__(pretrained, **kwargs)
@@ -112,12 +114,7 @@ class MVDream(StableDiffusion):
 
     def embed(self, prompts: Sequence[str]) -> tuple[torch.Tensor, ...]:
         """The text embeddings (N, 77, D) and the rows' camera inputs (N, 16)."""
-        cameras = cameras_of(prompts)
-        if any(c is None for c in cameras):
-            raise ValueError(
-                "guidance=mvdream conditions every row on its camera: use it with a 3D renderer (renderer=nerf or "
-                "renderer=gaussians), whose rows carry their cameras"
-            )
+        cameras = require_cameras(prompts, "MVDream")
         if len(prompts) % self.views_per_object:
             raise ValueError(
                 f"guidance=mvdream takes views in groups of guidance.views_per_object={self.views_per_object}, got "
@@ -126,6 +123,10 @@ class MVDream(StableDiffusion):
             )
         camera = mvdream_camera(torch.tensor(cameras, dtype=torch.float64)[:, :4])
         return (*super().embed(prompts), camera.to(device=self.device, dtype=self.denoiser_dtype))
+
+    def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(N, 77, D) text embeddings alone (no camera needed)."""
+        return super().embed(prompts)[0]
 
     def model_eps(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         groups = t.reshape(-1, self.views_per_object) if t.numel() % self.views_per_object == 0 else None

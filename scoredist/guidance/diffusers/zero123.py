@@ -32,7 +32,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from scoredist.guidance.diffusers.base import DiffusersGuidance
-from scoredist.prompts import cameras_of
+from scoredist.prompts import require_cameras
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation (FrozenCLIPImageEmbedder's buffers)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -65,6 +65,7 @@ class Zero123(DiffusersGuidance):
 
     family = "zero123"
     needs_cameras = True
+    reads_text = False  # every non-empty text is "the reference object": a loss's negative or source text would be too
 
     def __init__(
         self,
@@ -143,19 +144,14 @@ class Zero123(DiffusersGuidance):
 
     def embed(self, prompts: Sequence[str]) -> tuple[torch.Tensor, ...]:
         """Per row: the projected context (N, 1, 768) and the reference-latent flag (N,) — zeros for ∅ rows."""
-        cameras = cameras_of(prompts)
-        if any(c is None for c in cameras):
-            raise ValueError(
-                f"guidance {type(self).__name__} conditions every row on its camera relative to the reference: use "
-                "it with a 3D renderer (renderer=nerf or renderer=gaussians), whose rows carry their cameras"
-            )
-        cameras = torch.tensor(cameras, dtype=torch.float64)
+        cameras = torch.tensor(require_cameras(prompts, type(self).__name__), dtype=torch.float64)
         n = len(prompts)
         pose = self.pose_vector(cameras).to(self.device)
         image = self.reference_embedding.expand(n, -1)
         tokens = torch.cat([image, pose], dim=-1)[:, None]  # (N, 1, 772)
         projection = self.pose_projection
         context = projection(tokens.to(dtype=next(projection.parameters()).dtype, device=projection.device))
+        context = context.to(self.device)  # the projection may wait on the CPU (model_offload)
         conditional = torch.tensor([str(p) != "" for p in prompts], device=self.device)
         context = torch.where(conditional[:, None, None], context, torch.zeros_like(context))
         return context.to(self.denoiser_dtype), conditional

@@ -37,7 +37,7 @@ from scoredist.cameras import Cameras, eye_positions
 from scoredist.guidance.exact.shapes import ShapesPrior
 from scoredist.guidance.exact.vocabulary import parse_prompt
 from scoredist.guidance.exact.world import VARIANT_NAMES
-from scoredist.prompts import cameras_of
+from scoredist.prompts import require_cameras
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -69,12 +69,7 @@ class ShapesMultiviewPrior(ShapesPrior):
     def _check_groups(self, x_t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """The rows' cameras (N, 4), after checking every row has one and the rows come in whole groups."""
         self._check_rows(x_t, prompts)
-        cameras = cameras_of(prompts)
-        if any(c is None for c in cameras):
-            raise ValueError(
-                f"guidance {type(self).__name__} needs the camera of every row: use it with a 3D renderer "
-                "(renderer=nerf or renderer=gaussians), whose rows carry their cameras"
-            )
+        cameras = require_cameras(prompts, type(self).__name__)
         if len(prompts) % self.views_per_object:
             raise ValueError(
                 f"guidance=shapes_multiview takes views in groups of guidance.views_per_object="

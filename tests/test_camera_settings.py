@@ -511,3 +511,42 @@ def test_optimising_the_reference_terms_fits_the_reference_view():
     first, last = torch.tensor(history[0]), torch.tensor(history[-5:]).mean(0)
     factors = first / last
     assert (factors > 10).all(), f"rgb and mask terms fell by {factors.tolist()} (first {first}, last {last})"
+
+
+def test_gaussians_fit_the_reference_view_too():
+    """The same reference-view terms on renderer=gaussians (its colour on its background, its alpha against the
+    mask): 80 Adam steps on them alone, 300 Gaussians at 16², measured 0.034 → 0.0054 (rgb, 6×) and 0.065 → 0.0037
+    (mask, 18×); required 3× and 8×. While training the terms enter the render's regularization and its logs."""
+    from scoredist.renderers.base import ModelSpace
+    from scoredist.renderers.gaussians import GaussianRenderer
+
+    torch.manual_seed(0)
+    renderer = GaussianRenderer(
+        height=16,
+        width=16,
+        num_points=300,
+        background=[1.0, 1.0, 1.0],
+        densify_until=0,
+        reference_image=str(TORUS),
+        reference_camera=[0.0, 5.0, 2.6, 40.0],
+        reference_rgb_weight=2.0,
+        reference_mask_weight=0.5,
+    )
+    renderer.bind(ModelSpace(3, 1, (16, 16), lambda x: x), [0])
+    renderer.train()
+    optimizer = torch.optim.Adam(renderer.param_groups(0.01))
+    history = []
+    for _ in range(80):
+        rgb_term, mask_term = renderer.reference_terms()
+        history.append((rgb_term.item(), mask_term.item()))
+        optimizer.zero_grad()
+        (rgb_term + mask_term).backward()
+        optimizer.step()
+    (rgb0, mask0), (rgb1, mask1) = history[0], history[-1]
+    assert rgb1 < rgb0 / 3 and mask1 < mask0 / 8, history[::10]
+    render = renderer()
+    assert {"gaussians/reference_rgb", "gaussians/reference_mask"} <= set(render.logs)
+    expected = 2.0 * render.logs["gaussians/reference_rgb"] + 0.5 * render.logs["gaussians/reference_mask"]
+    assert render.regularization.item() == pytest.approx(expected.item(), rel=1e-5)
+    renderer.eval()
+    assert renderer().regularization is None
