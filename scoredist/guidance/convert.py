@@ -17,6 +17,7 @@ A checkpoint is read with safetensors or torch.load(weights_only=True): no pickl
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -173,13 +174,15 @@ def read_checkpoint(path: str | Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:  # memory-mapped: a training checkpoint (optimizer states, EMA) can be many times the weights
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err):  # a file of the old (non-zip) format cannot be mapped: read it whole
-            raise
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # an UnpicklingError naming a class that weights_only refuses
+    load = lambda mmap: torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    try:
+        try:  # memory-mapped: a training checkpoint (optimizer states, EMA) can be many times the weights
+            state = load(True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            state = load(False)  # a file of the old (non-zip) format cannot be mapped: read it whole
+    except pickle.UnpicklingError as err:  # weights_only met something other than tensors and plain containers
         raise ValueError(
             f"{path} holds more than tensors ({type(err).__name__}); only weights are read here (weights_only=True). "
             "Save its state_dict to .safetensors first, in an environment you trust"
