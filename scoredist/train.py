@@ -116,6 +116,11 @@ def validate(cfg: DictConfig) -> None:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
+        # a ??? left for the user (image= of an image-to-3D overlay), directly or through an interpolation
+        missing = re.search(r"Missing mandatory value: ?(\S*)", str(e))
+        if missing:
+            key = missing.group(1) or e.full_key
+            raise ValueError(f"{key} has no value: give it on the command line ({key}=...)") from None
         raise ValueError(f"config key {e.full_key}: {e.msg}") from None
     for key, value in numbers(resolved, NUMERIC_GROUPS):
         if not math.isfinite(value):

@@ -478,3 +478,15 @@ def test_zero123_on_cuda_in_fp16_and_with_model_offload_matches_the_cpu(zero123,
         )
         out = guidance.predict_noise(x.cuda(), t.cuda(), conds).cpu()
         assert (out - reference).abs().max() < 0.05 * reference.abs().max(), flags
+
+
+def test_an_image_to_3d_overlay_without_its_image_says_which_key_to_give():
+    from hydra import compose, initialize_config_dir
+
+    from scoredist.train import validate
+    from tests.test_readme import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=i23d_zero123", "trainer.device=cpu"])
+    with pytest.raises(ValueError, match=r"^image has no value: give it on the command line \(image=\.\.\.\)$"):
+        validate(cfg)

@@ -184,6 +184,9 @@ def load_reference(path: str) -> torch.Tensor:
     from scoredist.images import read_rgba
 
     if not path:
-        raise ValueError("guidance.reference is empty: pass the input image, e.g. image=path/to/object_rgba.png")
+        raise ValueError(
+            "guidance.reference is empty: pass the input image (guidance.reference=path/to/object_rgba.png, or "
+            "+experiment=i23d_zero123 image=path/to/object_rgba.png)"
+        )
     rgb, alpha = read_rgba(path, REFERENCE_SIZE, REFERENCE_SIZE)
     return rgb * alpha + (1 - alpha)
