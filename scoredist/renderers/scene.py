@@ -3,8 +3,8 @@ sizes, each render with its view phrase, resized to the model's own size; fixed 
 end of a run.
 
 A subclass sets, in its __init__, `stages` (`stage_table`), `camera_sampling`, `view_dependent_prompt`, `thresholds`,
-`eval_distance`, `eval_fovy`, `turntable_elevation`, `export_mesh` (through `init_scene`), and implements `turntable`
-and `mesh`.
+`eval_distance`, `eval_fovy`, `turntable_elevation`, `export_mesh` (through `init_scene`) and the reference view
+(`init_reference`), and implements `turntable`, `mesh` and `render_reference`.
 """
 
 from __future__ import annotations
