@@ -253,8 +253,27 @@ def copy_part(base: Path, part: str, entry: list, out: Path) -> None:
     if not hasattr(cls, "save_pretrained") or not issubclass(cls, torch.nn.Module):
         shutil.copytree(source, out / part, dirs_exist_ok=True)
         return
-    module = cls.from_pretrained(base, subfolder=part, local_files_only=True)  # .bin with torch.load(weights_only)
-    module.save_pretrained(out / part, safe_serialization=True)
+    load_frozen(cls, source).save_pretrained(out / part, safe_serialization=True)
+
+
+def load_frozen(cls, folder: Path):
+    """A diffusers or transformers model from its folder: safetensors through from_pretrained, or .bin files read
+    here with torch.load(weights_only=True) into the model built from its config (every weight must be found)."""
+    if list(folder.glob("*.safetensors")):
+        return cls.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    files = sorted(folder.glob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{folder} has no .safetensors or .bin weights")
+    config_class = getattr(cls, "config_class", None)  # transformers models; diffusers models build from_config
+    module = cls(config_class.from_pretrained(folder)) if config_class else cls.from_config(cls.load_config(folder))
+    state = {}
+    for file in files:
+        state.update(torch.load(file, map_location="cpu", weights_only=True))
+    result = module.load_state_dict(state, strict=False)
+    extra = [k for k in result.unexpected_keys if not k.endswith("position_ids")]  # older transformers' buffers
+    if result.missing_keys or extra:
+        raise KeyError(f"{folder}: weights missing {result.missing_keys[:3]} or unused {extra[:3]}")
+    return module
 
 
 def _need(path: Path) -> Path:

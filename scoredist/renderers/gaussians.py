@@ -43,11 +43,10 @@ from scoredist.renderers.cameras import (
 from scoredist.renderers.densify import DensityStats, edit_parameters, plan, reset_state_rows, split_children
 from scoredist.renderers.gaussian_ply import read_ply, sh_to_rgb, write_ply
 from scoredist.renderers.mesh import FORMATS, Setting, export_flag, extract_mesh
-from scoredist.renderers.scene import SceneRenderer
+from scoredist.renderers.scene import SceneRenderer, weighted_sum
 from scoredist.renderers.shading import Background
 from scoredist.renderers.sketch import resolve_sketch_path
 from scoredist.renderers.splatting import composite, covariances, footprint_radii, project, visible
-from scoredist.schedules import value_at
 
 SH_C1 = 0.4886025119029199  # the degree-1 real spherical harmonics' constant (3DGS's sh_utils)
 PARAMETERS = ("means", "log_scales", "quats", "logit_opacities", "sh_dc", "sh_rest")
@@ -559,13 +558,12 @@ class GaussianRenderer(SceneRenderer):
         }
         terms, reference_logs = self.reference_regularization("gaussians")
         logs.update(reference_logs)
-        weighted = [value_at(w, self.step) * term for w, term in terms if value_at(w, self.step) != 0]
         return Render(
             x=self.to_model_size(rgb),
             samples=[0] * len(cams),
             views=self.suffixes(cams),
             cameras=cams.as_tensor(),
-            regularization=sum(weighted) if weighted else None,
+            regularization=weighted_sum(terms, self.step),
             logs=logs,
         )
 

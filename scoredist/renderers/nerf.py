@@ -38,7 +38,7 @@ from scoredist.renderers.cameras import (
 from scoredist.renderers.hashgrid import make_hash_grid, tcnn_available
 from scoredist.renderers.mesh import FORMATS, Setting, export_flag, extract_mesh
 from scoredist.renderers.occupancy import make_estimator
-from scoredist.renderers.scene import SceneRenderer
+from scoredist.renderers.scene import SceneRenderer, weighted_sum
 from scoredist.renderers.shading import SHADINGS, Background, choose_shading, density_normals, orientation_loss, shade
 from scoredist.renderers.sketch import load_mesh, occupancy_grid, sample_grid
 from scoredist.renderers.volume import accumulate, composite_packed
@@ -434,8 +434,7 @@ class NeRFRenderer(SceneRenderer):
         reference, reference_logs = self.reference_regularization("nerf")
         terms += reference
         logs.update(reference_logs)
-        weighted = [value_at(w, self.step) * term for w, term in terms if value_at(w, self.step) != 0]
-        return (sum(weighted) if weighted else None), logs
+        return weighted_sum(terms, self.step), logs
 
     def render_reference(self, height: int, width: int) -> tuple[torch.Tensor, ...]:
         frame = self.render(self.reference_cameras(), height, width, stratified=True)

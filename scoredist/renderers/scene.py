@@ -47,6 +47,13 @@ def stage_table(height: int, width: int, batch_size: int, stages: Sequence[Mappi
     return table
 
 
+def weighted_sum(terms: Sequence[tuple], step: int) -> torch.Tensor | None:
+    """Σ w(step)·term over [(weight: a number or a schedule of the step, term)], leaving out the terms weighted 0 at
+    this step; None when none is left (nothing to add to the objective)."""
+    weighted = [value_at(w, step) * term for w, term in terms if value_at(w, step) != 0]
+    return sum(weighted) if weighted else None
+
+
 def run_setting(run_dir: Path) -> Setting:
     """A mesh setting as the end of a training run advises it: the train.py key for the next run, and scripts/export.py
     for the run just finished (its checkpoint holds the scene, so no retraining is needed)."""
